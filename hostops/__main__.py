@@ -1,0 +1,3 @@
+from hostops.cli import main
+
+main()

@@ -1,0 +1,285 @@
+"""The command line: a thin click layer over :mod:`hostops.api`.
+
+Library errors become one-line messages and exit codes here, and only here.
+Nothing in this module imports paramiko at import time: ``hostops --help`` stays fast.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+from typing import Any, Callable, List, Optional, Sequence
+
+import click
+
+from hostops import __version__
+from hostops.errors import HostopsError, SelectionError, UsageError
+from hostops.exitcodes import HELP_TEXT, ExitCode
+from hostops.inventory import Inventory, default_inventory_path
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _warn(message: str) -> None:
+    click.echo(f"hostops: warning: {message}", err=True)
+
+
+# ------------------------------------------------------------------ shared options
+def inventory_options(func: Callable) -> Callable:
+    @click.option("-i", "--inventory", "inventories", multiple=True, metavar="FILE",
+                  help="Inventory file (Ansible YAML, or one host per line). Repeatable: files merge. "
+                       "Default: $HOSTOPS_INVENTORY, else the embedded localhost inventory.")
+    @click.option("-H", "--host", "adhoc_hosts", multiple=True, metavar="[USER@]HOST[:PORT]",
+                  help="Add an ad-hoc host (ranges allowed: web[01:05]). Repeatable.")
+    @click.option("-l", "--limit", "pattern", default="all", show_default=True, metavar="PATTERN",
+                  help="Host pattern: group, host, web:db, web:&prod, web:!db, web*, ~regex, @file.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        return func(*args, **kw)
+
+    return wrapper
+
+
+def load_selection(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str):
+    """Load the inventory and select hosts; no match is a usage error (exit 2)."""
+    paths = list(inventories)
+    if not paths and not adhoc_hosts:
+        paths = [os.environ.get("HOSTOPS_INVENTORY") or default_inventory_path()]
+    inv = Inventory.load(paths, adhoc_hosts)
+    for warning in inv.warnings:
+        _warn(warning)
+    names = inv.select(pattern)
+    if not names:
+        where = ", ".join(paths + [f"-H {h}" for h in adhoc_hosts]) or "the inventory"
+        raise SelectionError(f"no host matched {pattern!r} in {where}; "
+                             f"see the hosts with: hostops inventory -i FILE --graph")
+    return inv, names
+
+
+def connection_options(func: Callable) -> Callable:
+    options = [
+        click.option("-u", "--user", default=None, help="Remote user (inventory ansible_user wins)."),
+        click.option("-p", "--port", type=click.IntRange(1, 65535), default=None, help="SSH port."),
+        click.option("-k", "--identity", "identity_files", multiple=True, metavar="FILE",
+                     help="Private key file. Repeatable."),
+        click.option("--ssh-config", metavar="FILE", default=None, help="ssh_config to read (default ~/.ssh/config)."),
+        click.option("--known-hosts", multiple=True, metavar="FILE",
+                     help="known_hosts file(s) to use instead of ~/.ssh/known_hosts; new keys go to the first."),
+        click.option("--host-key-policy", type=click.Choice(["strict", "accept-new", "off"]), default="strict",
+                     show_default=True, help="strict refuses unknown and changed keys; accept-new records unknown "
+                                             "keys, refuses changed ones; off accepts anything (unsafe)."),
+        click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+                     show_default=True, metavar="S", help="Bound on TCP connect, banner, key exchange and auth."),
+        click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+                     help="Bound on each host's command; past it the host is reported 'timeout'."),
+        click.option("--sudo", is_flag=True, help="Run through 'sudo -n' (never prompts)."),
+        click.option("-f", "--forks", type=click.IntRange(min=1), default=50, show_default=True, metavar="N",
+                     help="Hosts in flight at once, in total."),
+        click.option("--processes", type=click.IntRange(min=1), default=None, metavar="P",
+                     help="Worker processes (default: CPU count); each runs many hosts on threads."),
+        click.option("--start-method", type=click.Choice(["fork", "spawn", "forkserver"]), default=None,
+                     help="multiprocessing start method (default: Python's; or $HOSTOPS_START_METHOD)."),
+        click.option("--log", "log_path", metavar="FILE", default=None,
+                     help="Append JSON lines (run start, one per host, run end) to FILE, created 0600."),
+    ]
+    for opt in reversed(options):
+        func = opt(func)
+    return func
+
+
+def output_options(func: Callable) -> Callable:
+    options = [
+        click.option("-b", "--gather", is_flag=True, help="At the end, print identical outputs once per host list."),
+        click.option("--stream", is_flag=True, help="Print each line as it arrives, prefixed 'host: '."),
+        click.option("--json", "as_json", is_flag=True, help="One JSON object per host per line on stdout."),
+        click.option("-q", "--quiet", is_flag=True, help="Only failed hosts and the summary."),
+        click.option("-o", "--outdir", metavar="DIR", default=None, help="Also write DIR/<host>.out and .err."),
+        click.option("--no-progress", is_flag=True, help="No progress line on stderr (shown only on a TTY)."),
+    ]
+    for opt in reversed(options):
+        func = opt(func)
+    return func
+
+
+def build_options(kw: dict):
+    from hostops.settings import Options
+
+    return Options(
+        user=kw["user"], port=kw["port"], identity_files=tuple(kw["identity_files"]),
+        ssh_config=kw["ssh_config"], known_hosts=tuple(kw["known_hosts"]),
+        host_key_policy=kw["host_key_policy"], connect_timeout=kw["connect_timeout"], timeout=kw["timeout"],
+        sudo=kw["sudo"], forks=kw["forks"], processes=kw["processes"], start_method=kw["start_method"],
+        log=kw["log_path"], stream_output=kw.get("stream", False),
+    )
+
+
+def output_mode(kw: dict) -> str:
+    chosen = [name for name, flag in (("gather", kw["gather"]), ("stream", kw["stream"]), ("json", kw["as_json"]),
+                                      ("quiet", kw["quiet"])) if flag]
+    if len(chosen) > 1:
+        raise UsageError("choose one output mode: " + ", ".join("--" + c for c in chosen) + " cannot be combined")
+    return chosen[0] if chosen else "blocks"
+
+
+def run_action(targets, action, options, kw: dict) -> int:
+    """Run an action with the chosen renderer; Ctrl-C or SIGTERM still prints what finished."""
+    from hostops.api import run
+    from hostops.output import make_renderer
+    from hostops.results import Summary
+
+    mode = output_mode(kw)
+    if options.host_key_policy == "off":
+        _warn("host key checking is off (--host-key-policy off): a man in the middle would go unnoticed")
+    renderer = make_renderer(mode, total=len(targets), progress=not kw["no_progress"], outdir=kw["outdir"])
+    summary = Summary()
+    results = run(targets, action, options, on_start=renderer.started,
+                  on_output=renderer.output if mode == "stream" else None, summary=summary)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        for result in results:
+            renderer.result(result)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        results.close()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C aborts at once
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        renderer.finish(summary)
+    return int(summary.exit_code)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt()
+
+
+# ------------------------------------------------------------------ commands
+@click.group(context_settings=CONTEXT, epilog=HELP_TEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="hostops")
+def cli() -> None:
+    """Run commands on many hosts over SSH, in parallel.
+
+    \b
+    hostops exec "uptime" -i hosts.yml -l web
+    hostops exec "df -h /" -i hosts.yml --json --log /var/log/hostops.jsonl
+    hostops inventory -i hosts.yml --graph
+    """
+
+
+@cli.command("exec", context_settings=CONTEXT, epilog=HELP_TEXT)
+@click.argument("command")
+@inventory_options
+@connection_options
+@output_options
+def exec_cmd(command: str, inventories, adhoc_hosts, pattern, **kw: Any) -> int:
+    """Run COMMAND on every selected host."""
+    from hostops.settings import resolve
+    from hostops.worker import ExecAction
+
+    options = build_options(kw)
+    output_mode(kw)
+    inv, names = load_selection(inventories, adhoc_hosts, pattern)
+    targets = resolve(inv, names, options)
+    return run_action(targets, ExecAction(command, options.timeout, options.sudo), options, kw)
+
+
+@cli.command("inventory", context_settings=CONTEXT)
+@inventory_options
+@click.option("--json", "as_json", is_flag=True, help="JSON, like ansible-inventory --list.")
+@click.option("--graph", is_flag=True, help="The group tree, like ansible-inventory --graph.")
+@click.option("-u", "--user", default=None, help="As for exec: shows the resolved user.")
+@click.option("-p", "--port", type=click.IntRange(1, 65535), default=None, help="As for exec.")
+@click.option("--ssh-config", metavar="FILE", default=None, help="As for exec.")
+def inventory_cmd(inventories, adhoc_hosts, pattern, as_json: bool, graph: bool, user, port, ssh_config) -> int:
+    """List the selected hosts with their resolved connection settings."""
+    from hostops.settings import Options, resolve
+
+    inv, names = load_selection(inventories, adhoc_hosts, pattern)
+    targets = resolve(inv, names, Options(user=user, port=port, ssh_config=ssh_config))
+    if graph:
+        click.echo(render_graph(inv, set(names)))
+    elif as_json:
+        click.echo(json.dumps(inventory_json(inv, targets), indent=2, sort_keys=False))
+    else:
+        width = max(len(t.name) for t in targets)
+        for t in targets:
+            where = "local" if t.connection == "local" else f"{t.user}@{t.hostname}:{t.port}"
+            keys = f"  key={','.join(t.identity_files)}" if t.identity_files else ""
+            click.echo(f"{t.name:<{width}}  {where}{keys}")
+        click.echo(f"{len(targets)} host{'s' if len(targets) != 1 else ''}", err=True)
+    return 0
+
+
+def inventory_json(inv: Inventory, targets) -> dict:
+    selected = {t.name for t in targets}
+    hostvars = {}
+    for t in targets:
+        hv = dict(inv.host_vars(t.name))
+        hv["hostops_connection"] = t.to_json()
+        hostvars[t.name] = hv
+    data: dict = {"_meta": {"hostvars": hostvars}}
+    for name, group in inv.groups.items():
+        hosts = [h for h in group.hosts if h in selected]
+        children = [c for c in group.children if any(h in selected for h in inv.group_hosts(c))]
+        if hosts or children:
+            entry: dict = {}
+            if children:
+                entry["children"] = children
+            if hosts:
+                entry["hosts"] = hosts
+            data[name] = entry
+    return data
+
+
+def render_graph(inv: Inventory, selected: set) -> str:
+    lines: List[str] = []
+
+    def walk(group: str, prefix: str) -> None:
+        lines.append(f"{prefix}@{group}:")
+        inner = prefix.replace("|--", "|  ") + "|--" if prefix else "  |--"
+        for child in inv.groups[group].children:
+            if any(h in selected for h in inv.group_hosts(child)):
+                walk(child, inner)
+        for host in inv.groups[group].hosts:
+            if host in selected and (group != "all"):
+                lines.append(f"{inner}{host}")
+
+    walk("all", "")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ entry point
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Console entry point: every error becomes one line on stderr and a documented exit code."""
+    try:
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="hostops", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("hostops: interrupted", err=True)
+        code = ExitCode.INTERRUPTED
+    except click.ClickException as exc:
+        exc.show()
+        code = ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code
+    except HostopsError as exc:
+        click.echo(f"hostops: error: {exc}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("hostops: interrupted", err=True)
+        code = ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        code = ExitCode.OK
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+    except Exception as exc:  # a bug: say so in one line, keep the traceback for whoever debugs
+        if os.environ.get("HOSTOPS_DEBUG"):
+            raise
+        click.echo(f"hostops: internal error: {type(exc).__name__}: {exc} "
+                   "(set HOSTOPS_DEBUG=1 for the traceback, and please report it)", err=True)
+        code = ExitCode.INTERNAL
+    sys.exit(int(code or 0))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,43 @@
+"""Exit codes, following pssh so existing scripts keep working.
+
+0 all ok · 1 internal error · 2 usage/inventory/selection error (nothing ran) ·
+3 some host timed out · 4 some host unreachable · 5 some remote command failed ·
+130 interrupted. With several, the first of 3, 4, 5 that applies wins, as in pssh.
+"""
+from __future__ import annotations
+
+import enum
+from typing import Iterable
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    TIMEOUT = 3
+    UNREACHABLE = 4
+    FAILED = 5
+    INTERRUPTED = 130
+
+
+#: Host status → the exit code it contributes; order is pssh's priority (first wins).
+_PRIORITY = (("timeout", ExitCode.TIMEOUT), ("unreachable", ExitCode.UNREACHABLE), ("failed", ExitCode.FAILED))
+
+
+def for_statuses(statuses: Iterable[str], interrupted: bool = False) -> ExitCode:
+    """The exit code of a run whose hosts ended with ``statuses``."""
+    if interrupted:
+        return ExitCode.INTERRUPTED
+    seen = set(statuses)
+    for status, code in _PRIORITY:
+        if status in seen:
+            return code
+    return ExitCode.OK
+
+
+HELP_TEXT = (
+    "Exit codes: 0 all hosts ok; 1 internal error; 2 usage, inventory or selection error "
+    "(nothing ran); 3 some host timed out; 4 some host unreachable (DNS, connect, banner, "
+    "auth, host key); 5 some remote command exited non-zero; 130 interrupted. "
+    "With several, the first of 3, 4, 5 that applies wins."
+)

@@ -1,0 +1,75 @@
+"""The JSON-lines run log, shared by the parent and every worker process.
+
+Each record is one ``write()`` of one line, made while holding :class:`LogLock`, so lines
+from many processes never interleave or tear. The lock is an ``fcntl`` lock on the log
+file itself: the kernel releases it if its holder dies (a SIGKILLed worker cannot wedge
+the run), and it also keeps two hostops runs writing the same log apart. A thread lock
+inside the lock object orders the threads of one process.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+from typing import Any, Dict, Optional
+
+
+class LogLock:
+    """The Lock that serialises log writes across processes (fcntl) and threads."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._thread_lock = threading.Lock()
+
+    def __enter__(self) -> "LogLock":
+        self._thread_lock.acquire()
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+
+def open_log(path: str) -> int:
+    """Open ``path`` for appending, created 0600; never follows a symlink at the last step."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o600)
+    return fd
+
+
+class RunLog:
+    """Append JSON records to the log file, one line each, under the LogLock."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fd = open_log(path)
+        self.lock = LogLock(self._fd)
+
+    def write(self, record: Dict[str, Any]) -> None:
+        record = {"time": time.time(), **record}
+        # ensure_ascii keeps any control byte from remote output escaped inside the JSON string,
+        # so a record is always exactly one line.
+        data = (json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
+        with self.lock:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def maybe_open(path: Optional[str]) -> Optional[RunLog]:
+    return RunLog(path) if path else None

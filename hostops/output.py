@@ -1,0 +1,233 @@
+"""Rendering results for people (blocks, gathered, streamed, quiet) and machines (JSON).
+
+Remote output is untrusted: in the human formats every control character except
+newline and tab is shown escaped (``\\x1b``, ``\\u202e``), so a host cannot move the
+cursor, retitle the terminal, write to the clipboard or fake another host's header.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from typing import IO, Dict, List, Optional, Tuple
+
+from hostops.hostlist import compact
+from hostops.results import FAILED, OK, TIMEOUT, UNREACHABLE, HostResult, Summary, decode
+
+# C0 controls but \t and \n, DEL, C1 controls, bidi overrides/isolates, zero-width marks, line/para separators.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+
+
+def sanitize(data: bytes) -> str:
+    """Text safe to print on a terminal: controls escaped, CRLF kept as a newline."""
+    text = decode(data).replace("\r\n", "\n")
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(m: "re.Match[str]") -> str:
+    ch = m.group(0)
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def use_color(stream: IO) -> bool:
+    return "NO_COLOR" not in os.environ and hasattr(stream, "isatty") and stream.isatty()
+
+
+_COLORS = {OK: "32", FAILED: "31", UNREACHABLE: "35", TIMEOUT: "33"}
+
+
+def _paint(text: str, status: str, color: bool) -> str:
+    return f"\x1b[{_COLORS.get(status, '0')}m{text}\x1b[0m" if color else text
+
+
+def header(result: HostResult, color: bool = False, host: Optional[str] = None) -> str:
+    """``host | OK | rc=0 | 0.41s``."""
+    parts = [sanitize((host or result.host).encode()), _paint(result.status.upper(), result.status, color)]
+    if result.exit_code is not None:
+        parts.append(f"rc={result.exit_code}")
+    parts.append(f"{result.duration:.2f}s")
+    return " | ".join(parts)
+
+
+def _body(result: HostResult) -> str:
+    lines: List[str] = []
+    if result.stdout:
+        lines.append(sanitize(result.stdout).rstrip("\n"))
+    if result.stderr:
+        lines.append("[stderr]")
+        lines.append(sanitize(result.stderr).rstrip("\n"))
+    if result.error:
+        lines.append(f"error: {sanitize(result.error.encode())}")
+    return "\n".join(lines)
+
+
+class Progress:
+    """One self-erasing status line on stderr while hosts are in flight (TTY only)."""
+
+    def __init__(self, stream: IO, total: int, enabled: bool):
+        self.stream = stream
+        self.total = total
+        self.enabled = enabled and hasattr(stream, "isatty") and stream.isatty()
+        self.running = 0
+        self.done = 0
+        self._shown = False
+        self._last = 0.0
+
+    def clear(self) -> None:
+        if self._shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._shown = False
+
+    def update(self, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < 0.1:
+            return
+        self._last = now
+        self.stream.write(f"\r\x1b[K[{self.done}/{self.total} done, {self.running} running]")
+        self.stream.flush()
+        self._shown = True
+
+
+class Renderer:
+    """Base renderer: the CLI calls started/output/result as events arrive, then finish."""
+
+    def __init__(self, out: IO = sys.stdout, err: IO = sys.stderr, progress: Optional[Progress] = None,
+                 outdir: Optional[str] = None):
+        self.out = out
+        self.err = err
+        self.progress = progress or Progress(err, 0, False)
+        self.outdir = outdir
+        self.color = use_color(out)
+        if outdir:
+            os.makedirs(outdir, mode=0o700, exist_ok=True)
+
+    def started(self, host: str) -> None:
+        self.progress.running += 1
+        self.progress.update()
+
+    def output(self, host: str, stream: str, data: bytes) -> None:
+        pass
+
+    def result(self, result: HostResult) -> None:
+        self.progress.running = max(0, self.progress.running - 1)
+        self.progress.done += 1
+        if self.outdir:
+            write_outdir(self.outdir, result)
+        self.progress.clear()
+        self.show(result)
+        self.progress.update(force=True)
+
+    def show(self, result: HostResult) -> None:
+        raise NotImplementedError
+
+    def finish(self, summary: Summary) -> None:
+        self.progress.clear()
+        self.out.flush()
+        if summary.interrupted and summary.not_finished:
+            self.err.write(f"interrupted; not finished ({len(summary.not_finished)}): "
+                           f"{compact(summary.not_finished)}\n")
+        self.err.write(summary.line() + "\n")
+        self.err.flush()
+
+
+class BlockRenderer(Renderer):
+    """Default: one block per host as it finishes. ``quiet`` shows only failed hosts."""
+
+    def __init__(self, *a, quiet: bool = False, **kw):
+        super().__init__(*a, **kw)
+        self.quiet = quiet
+
+    def show(self, result: HostResult) -> None:
+        if self.quiet and result.ok:
+            return
+        body = _body(result)
+        self.out.write(header(result, self.color) + "\n" + (body + "\n" if body else ""))
+        self.out.flush()
+
+
+class GatherRenderer(Renderer):
+    """-b/--gather: hosts with identical results printed once, under a compact host list."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.groups: Dict[Tuple, List[HostResult]] = {}
+
+    def show(self, result: HostResult) -> None:
+        key = (result.status, result.exit_code, result.stdout, result.stderr, result.error)
+        self.groups.setdefault(key, []).append(result)
+
+    def finish(self, summary: Summary) -> None:
+        self.progress.clear()
+        order = {OK: 0, FAILED: 1, TIMEOUT: 2, UNREACHABLE: 3}
+        for key, results in sorted(self.groups.items(), key=lambda kv: (order.get(kv[0][0], 9), -len(kv[1]))):
+            first = results[0]
+            names = compact(r.host for r in results)
+            hosts = f"{names} ({len(results)})"
+            status = _paint(first.status.upper(), first.status, self.color)
+            rc = f" | rc={first.exit_code}" if first.exit_code is not None else ""
+            rule = "-" * min(72, max(15, len(hosts)))
+            self.out.write(f"{rule}\n{sanitize(hosts.encode())} | {status}{rc}\n{rule}\n")
+            body = _body(first)
+            if body:
+                self.out.write(body + "\n")
+        super().finish(summary)
+
+
+class StreamRenderer(Renderer):
+    """--stream: each line as it arrives, ``host: line`` (stderr lines on stderr), like pdsh."""
+
+    def output(self, host: str, stream: str, data: bytes) -> None:
+        self.progress.clear()
+        target = self.out if stream == "stdout" else self.err
+        text = sanitize(data)
+        target.write(f"{sanitize(host.encode())}: {text}" + ("" if text.endswith("\n") else "\n"))
+        target.flush()
+
+    def show(self, result: HostResult) -> None:
+        if not result.ok:
+            self.err.write(header(result, use_color(self.err)) + (
+                f" | {sanitize(result.error.encode())}" if result.error else "") + "\n")
+            self.err.flush()
+
+
+class JsonRenderer(Renderer):
+    """--json: one JSON object per host per line on stdout, nothing else there."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.color = False
+
+    def show(self, result: HostResult) -> None:
+        self.out.write(json.dumps(result.to_json(), ensure_ascii=True) + "\n")
+        self.out.flush()
+
+
+def safe_filename(host: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._@:\-\[\]]", "_", host)
+    return "_" + name if name.startswith(".") or not name else name
+
+
+def write_outdir(outdir: str, result: HostResult) -> None:
+    """pssh's -o/-e: ``DIR/<host>.out`` and ``DIR/<host>.err`` (0600: output may hold secrets)."""
+    base = os.path.join(outdir, safe_filename(result.host))
+    for suffix, data in ((".out", result.stdout), (".err", result.stderr)):
+        fd = os.open(base + suffix, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+
+
+def make_renderer(mode: str, *, out: IO = sys.stdout, err: IO = sys.stderr, total: int = 0,
+                  progress: bool = True, outdir: Optional[str] = None) -> Renderer:
+    prog = Progress(err, total, progress and mode != "stream")
+    kinds = {"blocks": BlockRenderer, "quiet": BlockRenderer, "gather": GatherRenderer,
+             "stream": StreamRenderer, "json": JsonRenderer}
+    cls = kinds[mode]
+    if mode == "quiet":
+        return BlockRenderer(out, err, prog, outdir, quiet=True)
+    return cls(out, err, prog, outdir)

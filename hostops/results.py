@@ -1,0 +1,111 @@
+"""Per-host results and the run summary: plain dataclasses that cross process boundaries."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from typing import Any, Dict, Iterable, List, Optional
+
+from hostops import exitcodes
+
+OK, FAILED, UNREACHABLE, TIMEOUT = "ok", "failed", "unreachable", "timeout"
+STATUSES = (OK, FAILED, UNREACHABLE, TIMEOUT)
+
+
+@dataclasses.dataclass
+class HostResult:
+    """What happened on one host. ``status`` is ok, failed (remote exit code ≠ 0, or a local
+    failure such as a crashed worker), unreachable (DNS/TCP/banner/auth/host key) or timeout."""
+
+    host: str
+    status: str
+    exit_code: Optional[int] = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    error: Optional[str] = None
+    start: float = 0.0
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    @property
+    def failed(self) -> bool:
+        return not self.ok
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __repr__(self) -> str:
+        rc = "" if self.exit_code is None else f" rc={self.exit_code}"
+        err = f" error={self.error!r}" if self.error else ""
+        return f"<HostResult {self.host} {self.status}{rc} {self.duration:.2f}s{err}>"
+
+    def to_json(self) -> Dict[str, Any]:
+        """A JSON-ready dict; output bytes decoded as UTF-8 with undecodable bytes escaped."""
+        return {
+            "host": self.host,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "stdout": decode(self.stdout),
+            "stderr": decode(self.stderr),
+            "error": self.error,
+            "start": _dt.datetime.fromtimestamp(self.start, _dt.timezone.utc).isoformat(timespec="milliseconds")
+            if self.start else None,
+            "duration": round(self.duration, 3),
+        }
+
+
+def decode(data: bytes) -> str:
+    """UTF-8 text with undecodable bytes escaped as ``\\xNN`` (never lost, never a crash)."""
+    return data.decode("utf-8", errors="backslashreplace")
+
+
+@dataclasses.dataclass
+class Summary:
+    """Counts per status over a run; ``exit_code`` follows pssh's scheme."""
+
+    results: List[HostResult] = dataclasses.field(default_factory=list)
+    elapsed: float = 0.0
+    interrupted: bool = False
+    not_finished: List[str] = dataclasses.field(default_factory=list)
+
+    def add(self, result: HostResult) -> None:
+        self.results.append(result)
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def counts(self) -> Dict[str, int]:
+        return {s: self.count(s) for s in STATUSES}
+
+    @property
+    def ok(self) -> List[HostResult]:
+        return [r for r in self.results if r.ok]
+
+    @property
+    def failed(self) -> List[HostResult]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def exit_code(self) -> exitcodes.ExitCode:
+        return exitcodes.for_statuses((r.status for r in self.results), self.interrupted)
+
+    def line(self) -> str:
+        total = len(self.results) + len(self.not_finished)
+        parts = [f"{self.count(OK)} ok", f"{self.count(FAILED)} failed", f"{self.count(UNREACHABLE)} unreachable",
+                 f"{self.count(TIMEOUT)} timeout"]
+        if self.not_finished:
+            parts.append(f"{len(self.not_finished)} not finished")
+        text = f"{total} host{'s' if total != 1 else ''}: {', '.join(parts)} in {self.elapsed:.1f}s"
+        return text + (" (interrupted)" if self.interrupted else "")
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"hosts": len(self.results) + len(self.not_finished), **self.counts,
+                "not_finished": self.not_finished, "elapsed": round(self.elapsed, 3),
+                "interrupted": self.interrupted, "exit_code": int(self.exit_code)}
+
+
+def summarize(results: Iterable[HostResult], elapsed: float = 0.0) -> Summary:
+    return Summary(list(results), elapsed)

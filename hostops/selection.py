@@ -1,0 +1,138 @@
+"""Host selection with Ansible's pattern language.
+
+``web:db`` or ``web,db`` (union), ``web:&prod`` (intersection), ``web:!db`` (exclusion),
+globs ``web*``, regexes ``~web\\d+``, ``all``/``*``, name ranges ``web[01:05]``, group
+subscripts ``web[0]``/``web[0:2]`` and ``@file`` (one host a line). As in Ansible, plain
+terms are applied first, then intersections, then exclusions, whatever their order.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import TYPE_CHECKING, List
+
+from hostops import hostlist
+from hostops.errors import InventoryError, SelectionError
+
+if TYPE_CHECKING:
+    from hostops.inventory import Inventory
+
+
+def split_pattern(pattern: str) -> List[str]:
+    """Split a pattern into terms on ``,`` or on ``:`` outside brackets."""
+    pattern = pattern.strip()
+    if "," in pattern:
+        return [p.strip() for p in pattern.split(",") if p.strip()]
+    terms: List[str] = []
+    current = ""
+    depth = 0
+    for ch in pattern:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        if ch == ":" and depth == 0:
+            terms.append(current)
+            current = ""
+        else:
+            current += ch
+    terms.append(current)
+    return [t.strip() for t in terms if t.strip()]
+
+
+def order_terms(terms: List[str]) -> List[str]:
+    """Plain terms first, then ``&`` intersections, then ``!`` exclusions (Ansible's order)."""
+    plain = [t for t in terms if t[0] not in "&!"]
+    inter = [t for t in terms if t[0] == "&"]
+    excl = [t for t in terms if t[0] == "!"]
+    return (plain or ["all"]) + inter + excl
+
+
+def select(inventory: "Inventory", pattern: str) -> List[str]:
+    """The inventory's hosts matching ``pattern``, in inventory order."""
+    if not pattern or not pattern.strip():
+        raise SelectionError("empty host pattern; use 'all' to select every host")
+    chosen: dict[str, None] = {}
+    for term in order_terms(split_pattern(pattern)):
+        if term[0] == "&":
+            keep = set(match_term(inventory, term[1:]))
+            chosen = {h: None for h in chosen if h in keep}
+        elif term[0] == "!":
+            drop = set(match_term(inventory, term[1:]))
+            chosen = {h: None for h in chosen if h not in drop}
+        else:
+            for h in match_term(inventory, term):
+                chosen[h] = None
+    order = {h: i for i, h in enumerate(inventory.hosts)}
+    return sorted(chosen, key=order.__getitem__)
+
+
+def match_term(inventory: "Inventory", term: str) -> List[str]:
+    """Hosts matched by one term (no leading ``&``/``!``)."""
+    if not term:
+        raise SelectionError("empty term in host pattern (a stray ':', '&' or '!')")
+    if term.startswith("@"):
+        return _from_file(inventory, term[1:])
+    if term in ("all", "*"):
+        return list(inventory.hosts)
+    if term in inventory.groups:
+        return inventory.group_hosts(term)
+    if term in inventory.hosts:
+        return [term]
+    if term.startswith("~"):
+        try:
+            regex = re.compile(term[1:])
+        except re.error as exc:
+            raise SelectionError(f"bad regular expression in host pattern {term!r}: {exc}") from None
+        return _match(inventory, regex)
+    m = re.fullmatch(r"(.+)\[(-?\d*)(?::(-?\d*))?\]", term)
+    if m and m.group(1) in inventory.groups and ":" not in m.group(2):
+        return _subscript(inventory.group_hosts(m.group(1)), m.group(2), m.group(3), term)
+    if hostlist.has_range(term):
+        try:
+            names = hostlist.expand(term)
+        except InventoryError as exc:
+            raise SelectionError(f"host pattern {term!r}: {exc.message}") from None
+        wanted = set()
+        for name in names:
+            wanted.update(match_term(inventory, name) if any(c in name for c in "*?[") else
+                          ([name] if name in inventory.hosts else inventory.group_hosts(name)
+                           if name in inventory.groups else []))
+        return [h for h in inventory.hosts if h in wanted]
+    if any(c in term for c in "*?["):
+        return _match(inventory, re.compile(fnmatch.translate(term)))
+    return []
+
+
+def _match(inventory: "Inventory", regex: "re.Pattern[str]") -> List[str]:
+    """Hosts whose name matches, plus every host of each group whose name matches."""
+    wanted = {h for h in inventory.hosts if regex.match(h)}
+    for g in inventory.groups:
+        if regex.match(g):
+            wanted.update(inventory.group_hosts(g))
+    return [h for h in inventory.hosts if h in wanted]
+
+
+def _subscript(hosts: List[str], start: str, end: "str | None", term: str) -> List[str]:
+    """Ansible's ``group[0]``, ``group[-1]``, ``group[1:3]`` (end inclusive)."""
+    try:
+        if end is None:
+            i = int(start)
+            return [hosts[i]] if -len(hosts) <= i < len(hosts) else []
+        a = int(start) if start else 0
+        b = int(end) if end else len(hosts) - 1
+    except ValueError:
+        raise SelectionError(f"bad subscript in host pattern {term!r}") from None
+    if b < 0:
+        b += len(hosts)
+    return hosts[a: b + 1]
+
+
+def _from_file(inventory: "Inventory", path: str) -> List[str]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            names = [ln.split("#", 1)[0].strip() for ln in fh]
+    except OSError as exc:
+        raise SelectionError(f"cannot read host list @{path}: {exc.strerror}") from None
+    wanted = {n for n in names if n}
+    return [h for h in inventory.hosts if h in wanted]

@@ -1,0 +1,172 @@
+"""The worker process: many hosts at once, one thread per host in flight.
+
+A worker receives :class:`Job` objects on its own pipe from the parent, runs each on one
+of its threads (started once, never per host), writes the host's log record under the
+shared log Lock, and puts the result on the shared results Queue the moment the host
+finishes. Nothing but plain picklable data crosses the process boundary, and no
+exception escapes a job: errors become a HostResult that carries them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import queue as _queue
+import signal
+import threading
+import time
+from typing import Any, Callable, List, Optional
+
+from hostops.errors import CommandTimeout, ConnectError
+from hostops.results import FAILED, OK, TIMEOUT, UNREACHABLE, HostResult
+from hostops.settings import Options, Target
+
+# Messages a worker puts on the results Queue (tuples: cheap to pickle).
+MSG_STARTED = "started"      # (MSG_STARTED, worker_id, job_id)
+MSG_OUTPUT = "output"        # (MSG_OUTPUT, worker_id, job_id, stream, bytes)
+MSG_DONE = "done"            # (MSG_DONE, worker_id, job_id, HostResult)
+MSG_FATAL = "fatal"          # (MSG_FATAL, worker_id, message)
+
+
+@dataclasses.dataclass
+class ExecAction:
+    """Run one shell command."""
+
+    command: str
+    timeout: Optional[float] = None
+    sudo: bool = False
+
+    def describe(self) -> str:
+        return self.command
+
+    def run(self, conn, ctx, on_output):
+        from hostops.transport import wrap_command
+
+        return conn.run(wrap_command(self.command, self.sudo), self.timeout, on_output)
+
+
+@dataclasses.dataclass
+class Job:
+    """One host's work: where to go and what to do there."""
+
+    id: int
+    target: Target
+    action: Any
+
+
+def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = None) -> HostResult:
+    """Run a job to its HostResult. Never raises for a host's failure."""
+    from hostops.transport import connect
+
+    start = time.time()
+    t0 = time.monotonic()
+    name = job.target.name
+
+    def result(status: str, **kw: Any) -> HostResult:
+        return HostResult(name, status, start=start, duration=time.monotonic() - t0, **kw)
+
+    try:
+        conn = connect(job.target, ctx)
+    except ConnectError as exc:
+        return result(UNREACHABLE, error=str(exc))
+    except Exception as exc:  # a bug or an unexpected library error: report, don't crash the worker
+        return result(UNREACHABLE, error=f"unexpected error while connecting: {type(exc).__name__}: {exc}")
+    try:
+        outcome = job.action.run(conn, ctx, on_output)
+    except CommandTimeout as exc:
+        out, err = (exc.args + (b"", b""))[:2]
+        return result(TIMEOUT, stdout=out, stderr=err,
+                      error=f"timed out after {job.action.timeout:g}s (--timeout); the channel was closed")
+    except ConnectError as exc:
+        return result(UNREACHABLE, error=str(exc))
+    except Exception as exc:
+        return result(FAILED, error=f"unexpected error: {type(exc).__name__}: {exc}")
+    finally:
+        conn.close()
+    status = OK if outcome.exit_code == 0 and not outcome.error else FAILED
+    error = outcome.error
+    if status == FAILED and error is None and b"sudo: a password is required" in outcome.stderr:
+        error = "sudo needs a password on this host; hostops runs sudo -n (configure NOPASSWD for this user)"
+    return result(status, exit_code=outcome.exit_code, stdout=outcome.stdout, stderr=outcome.stderr, error=error)
+
+
+class _LineSplitter:
+    """Turns output chunks into whole lines for --stream (a partial line waits for its end)."""
+
+    def __init__(self, send: Callable[[str, bytes], None]):
+        self._send = send
+        self._partial = {"stdout": b"", "stderr": b""}
+
+    def __call__(self, stream: str, data: bytes) -> None:
+        data = self._partial[stream] + data
+        lines = data.split(b"\n")
+        self._partial[stream] = lines.pop()
+        for line in lines:
+            self._send(stream, line + b"\n")
+
+    def flush(self) -> None:
+        for stream, rest in self._partial.items():
+            if rest:
+                self._send(stream, rest)
+        self._partial = {"stdout": b"", "stderr": b""}
+
+
+def worker_main(worker_id: int, inbox, results, options: Options, threads: int) -> None:
+    """Entry point of a worker process (must stay importable under spawn)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # under fork we inherit the parent's handler
+    try:
+        from hostops.log import maybe_open
+        from hostops.transport import WorkerContext
+
+        import paramiko  # noqa: F401 - import once, before threads race to import it
+
+        log = maybe_open(options.log)
+        ctx = WorkerContext(options)
+    except Exception as exc:
+        results.put((MSG_FATAL, worker_id, f"worker {worker_id} could not start: {exc}"))
+        return
+    jobs: "_queue.Queue[Optional[Job]]" = _queue.Queue()
+
+    def serve() -> None:
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            results.put((MSG_STARTED, worker_id, job.id))
+            splitter = None
+            if options.stream_output:
+                splitter = _LineSplitter(lambda s, d, j=job.id: results.put((MSG_OUTPUT, worker_id, j, s, d)))
+            try:
+                res = execute(job, ctx, splitter)
+            except BaseException as exc:  # last resort: a result must always come back
+                res = HostResult(job.target.name, FAILED, error=f"internal error: {exc!r}")
+            if splitter:
+                splitter.flush()
+            if log is not None:
+                try:
+                    log.write({"event": "host", **res.to_json()})
+                except OSError as exc:
+                    res.error = (res.error + "; " if res.error else "") + f"could not write log: {exc}"
+            results.put((MSG_DONE, worker_id, job.id, res))
+
+    pool: List[threading.Thread] = [threading.Thread(target=serve, name=f"host-{i}", daemon=True)
+                                    for i in range(threads)]
+    for t in pool:
+        t.start()
+    try:
+        while True:
+            try:
+                job = inbox.recv()
+            except EOFError:  # the parent is gone: stop taking work
+                break
+            if job is None:
+                break
+            jobs.put(job)
+    finally:
+        for _ in pool:
+            jobs.put(None)
+        for t in pool:
+            t.join()
+        if log is not None:
+            log.close()
+        results.close()
+        results.join_thread()
