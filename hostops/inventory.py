@@ -103,7 +103,8 @@ def _type_name(value: Any) -> str:
         type(value), type(value).__name__)
 
 
-_TEXT_LINE = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>[^\s:@]+|\[[^\]]*\][^\s:@]*)(?::(?P<port>\d+))?$")
+# [user@]host[:port], where host may hold ranges such as web[01:20] (colons inside brackets).
+_TEXT_LINE = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>(?:[^\s:@\[\]]|\[[^\]\s]*\])+)(?::(?P<port>\d+))?$")
 
 
 class Inventory:
