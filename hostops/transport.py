@@ -77,6 +77,10 @@ def _read_key(path: str) -> Tuple[Optional[object], Optional[str]]:
         return None, f"{path}: no such file"
     except paramiko.PasswordRequiredException:
         return None, f"{path} is passphrase-protected (load it into ssh-agent)"
+    except TypeError as exc:  # cryptography's words for an encrypted OpenSSH-format key
+        if "password" in str(exc).lower():
+            return None, f"{path} is passphrase-protected (load it into ssh-agent)"
+        return None, f"{path}: {exc}"
     except (paramiko.SSHException, OSError, ValueError) as exc:
         return None, f"{path}: {exc}"
 

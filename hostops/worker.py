@@ -37,7 +37,7 @@ class ExecAction:
     def describe(self) -> str:
         return self.command
 
-    def run(self, conn, ctx, on_output):
+    def run(self, conn, target, ctx, on_output):
         from hostops.transport import wrap_command
 
         return conn.run(wrap_command(self.command, self.sudo), self.timeout, on_output)
@@ -70,11 +70,13 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
     except Exception as exc:  # a bug or an unexpected library error: report, don't crash the worker
         return result(UNREACHABLE, error=f"unexpected error while connecting: {type(exc).__name__}: {exc}")
     try:
-        outcome = job.action.run(conn, ctx, on_output)
+        outcome = job.action.run(conn, job.target, ctx, on_output)
     except CommandTimeout as exc:
         out, err = (exc.args + (b"", b""))[:2]
+        limit = getattr(job.action, "timeout", None)
         return result(TIMEOUT, stdout=out, stderr=err,
-                      error=f"timed out after {job.action.timeout:g}s (--timeout); the channel was closed")
+                      error=f"timed out after {limit:g}s (--timeout); the channel was closed" if limit
+                      else "timed out")
     except ConnectError as exc:
         return result(UNREACHABLE, error=str(exc))
     except Exception as exc:

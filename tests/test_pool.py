@@ -1,0 +1,73 @@
+"""The pool's bookkeeping: forks budget, streaming, and a worker killed mid-run."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from hostops.api import run_command
+from hostops.pool import Pool, plan
+from hostops.settings import Options, Target
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def local_targets(n: int):
+    return [Target(f"l{i:02d}", "localhost", connection="local") for i in range(n)]
+
+
+def test_plan_shares_forks_between_processes():
+    assert plan(50, 2, 1000) == (2, 25)
+    assert plan(50, 8, 3) == (3, 1)      # never more processes than hosts in flight
+    assert plan(5, None, 1) == (1, 1)
+
+
+def test_slots_sum_to_forks():
+    pool = Pool(Options(forks=7, processes=3), host_count=100)
+    assert pool.processes == 3 and sum(pool._slot_plan) == 7
+
+
+def test_never_more_than_forks_in_flight(tmp_path):
+    """Each host records itself in a directory while it runs; none sees more than -f others."""
+    d = tmp_path / "inflight"
+    d.mkdir()
+    cmd = (f"touch {d}/$$; n=$(ls {d} | wc -l); sleep 0.3; rm {d}/$$; echo $n")
+    options = Options(forks=3, processes=2)
+    results = list(run_command(local_targets(9), cmd, options))
+    assert len(results) == 9 and all(r.ok for r in results)
+    peak = max(int(r.stdout) for r in results)
+    assert 1 <= peak <= 3
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_worker_killed_mid_run_reports_its_hosts_and_the_rest_finish(tmp_path, method):
+    """The first host to run SIGKILLs its own worker (as the OOM killer would): the hosts that
+    worker had started are failed with 'worker crashed', every other host still finishes."""
+    marker = tmp_path / "crashed-once"
+    cmd = f"sleep 0.2; if mkdir {marker} 2>/dev/null; then kill -9 $PPID; sleep 5; fi; echo done"
+    options = Options(forks=4, processes=2, start_method=method)
+    results = list(run_command(local_targets(12), cmd, options))
+    assert sorted(r.host for r in results) == [f"l{i:02d}" for i in range(12)]
+    crashed = [r for r in results if not r.ok]
+    assert crashed and all("worker crashed" in r.error and "may have run" in r.error for r in crashed)
+    assert len(crashed) <= 2  # only what the dead worker had in flight (2 slots)
+    assert all(r.stdout == b"done\n" for r in results if r.ok)
+    assert marker.is_dir()
+
+
+def test_results_stream_before_the_run_ends():
+    """A fast host's result is yielded while a slow host is still running."""
+    import time
+
+    from fakes import SleepAction
+
+    from hostops.api import run
+
+    targets = [Target("slow", "localhost", connection="local"), Target("fast", "localhost", connection="local")]
+    received = {}
+    results = {}
+    for r in run(targets, SleepAction({"slow": 2.0}), Options(forks=2, processes=1)):
+        received[r.host] = time.time()
+        results[r.host] = r
+    assert list(received) == ["fast", "slow"]
+    assert received["fast"] < results["slow"].start + results["slow"].duration
