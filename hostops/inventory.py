@@ -163,7 +163,7 @@ class Inventory:
             if not line:
                 continue
             src = Source(path, lineno)
-            if re.fullmatch(r"\[[^\]:]*\]", line):
+            if re.fullmatch(r"\[[^\]:]*(?::(?:vars|children))?\]", line):
                 raise src.error(f"{line} looks like an INI inventory section; hostops reads YAML inventories "
                                 "(convert with: ansible-inventory -i FILE --list -y) or one host per line")
             self.add_host_spec(line, src)
@@ -193,8 +193,9 @@ class Inventory:
         if data is None:
             return
         if not isinstance(data, dict):
+            node = yaml.compose(text, Loader=yaml.SafeLoader)  # where the top-level value starts
             raise InventoryError(f"the top level must be a mapping of group names (like 'all:'), "
-                                 f"not {_type_name(data)}", path, 1)
+                                 f"not {_type_name(data)}", path, node.start_mark.line + 1 if node else 1)
         for name, body in data.items():
             self._add_group(str(name), body, "all" if name != "all" else None,
                             Source(path, data.key_lines.get(name)), path)

@@ -16,8 +16,8 @@ from typing import IO, Dict, List, Optional, Tuple
 from hostops.hostlist import compact
 from hostops.results import FAILED, OK, TIMEOUT, UNREACHABLE, HostResult, Summary, decode
 
-# C0 controls but \t and \n, DEL, C1 controls, bidi overrides/isolates, zero-width marks, line/para separators.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+# C0 controls but \t and \n, DEL, C1 controls, bidi marks/overrides/isolates, zero-width marks, line/para separators.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
 
 
 def sanitize(data: bytes) -> str:
@@ -33,7 +33,8 @@ def _escape(m: "re.Match[str]") -> str:
 
 
 def use_color(stream: IO) -> bool:
-    return "NO_COLOR" not in os.environ and hasattr(stream, "isatty") and stream.isatty()
+    # no-color.org: NO_COLOR set to a non-empty value turns colour off
+    return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()
 
 
 _COLORS = {OK: "32", FAILED: "31", UNREACHABLE: "35", TIMEOUT: "33"}
@@ -219,6 +220,7 @@ def write_outdir(outdir: str, result: HostResult) -> None:
     for suffix, data in ((".out", result.stdout), (".err", result.stderr)):
         fd = os.open(base + suffix, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # the mode above only applies to new files; tighten old ones too
             fh.write(data)
 
 

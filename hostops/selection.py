@@ -86,7 +86,8 @@ def match_term(inventory: "Inventory", term: str) -> List[str]:
             raise SelectionError(f"bad regular expression in host pattern {term!r}: {exc}") from None
         return _match(inventory, regex)
     m = re.fullmatch(r"(.+)\[(-?\d*)(?::(-?\d*))?\]", term)
-    if m and m.group(1) in inventory.groups and ":" not in m.group(2):
+    # A zero-padded bound (web[01:05]) is a host-name range, never an index.
+    if m and m.group(1) in inventory.groups and not any(_padded(b) for b in m.groups()[1:]):
         return _subscript(inventory.group_hosts(m.group(1)), m.group(2), m.group(3), term)
     if hostlist.has_range(term):
         try:
@@ -102,6 +103,11 @@ def match_term(inventory: "Inventory", term: str) -> List[str]:
     if any(c in term for c in "*?["):
         return _match(inventory, re.compile(fnmatch.translate(term)))
     return []
+
+
+def _padded(bound: "str | None") -> bool:
+    digits = (bound or "").lstrip("-")
+    return len(digits) > 1 and digits.startswith("0")
 
 
 def _match(inventory: "Inventory", regex: "re.Pattern[str]") -> List[str]:

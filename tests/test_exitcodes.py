@@ -1,0 +1,136 @@
+"""hostops.exitcodes and the exit codes carried by hostops.errors."""
+from __future__ import annotations
+
+import inspect
+import pickle
+
+import pytest
+
+from hostops import errors
+from hostops.errors import (
+    CommandTimeout, ConnectError, HostKeyError, HostopsError, InventoryError, SelectionError, UsageError,
+)
+from hostops.exitcodes import ExitCode, for_statuses
+from hostops.results import HostResult, Summary
+
+
+def test_exit_code_values_follow_pssh():
+    assert {c.name: int(c) for c in ExitCode} == {
+        "OK": 0, "INTERNAL": 1, "USAGE": 2, "TIMEOUT": 3, "UNREACHABLE": 4, "FAILED": 5, "INTERRUPTED": 130,
+    }
+
+
+def test_all_ok_is_zero():
+    assert for_statuses(["ok", "ok", "ok"]) == ExitCode.OK == 0
+
+
+def test_no_hosts_is_zero():
+    assert for_statuses([]) == ExitCode.OK
+
+
+@pytest.mark.parametrize("statuses, expected", [
+    (["ok", "failed"], 5),
+    (["ok", "unreachable"], 4),
+    (["ok", "timeout"], 3),
+    (["failed", "unreachable"], 4),
+    (["unreachable", "failed"], 4),
+    (["failed", "timeout"], 3),
+    (["unreachable", "timeout"], 3),
+    (["failed", "unreachable", "timeout", "ok"], 3),
+    (["ok", "failed", "failed"], 5),
+])
+def test_priority_timeout_beats_unreachable_beats_failed(statuses, expected):
+    assert for_statuses(statuses) == expected
+
+
+def test_accepts_a_generator():
+    assert for_statuses(s for s in ["ok", "unreachable"]) == ExitCode.UNREACHABLE
+
+
+def test_interrupted_wins_over_everything():
+    assert for_statuses(["timeout", "failed"], interrupted=True) == ExitCode.INTERRUPTED == 130
+    assert for_statuses([], interrupted=True) == 130
+
+
+def test_summary_exit_code_uses_the_same_rules():
+    s = Summary([HostResult("a", "ok", 0), HostResult("b", "failed", 1), HostResult("c", "unreachable")])
+    assert s.exit_code == ExitCode.UNREACHABLE
+    assert s.to_json()["exit_code"] == 4
+    s.interrupted = True
+    assert s.exit_code == 130
+
+
+@pytest.mark.parametrize("exc, code", [
+    (HostopsError("x"), 1),
+    (UsageError("x"), 2),
+    (InventoryError("x", "f.yml", 3), 2),
+    (SelectionError("x"), 2),
+    (ConnectError("x"), 1),
+    (CommandTimeout("x"), 1),
+])
+def test_errors_carry_exit_codes(exc, code):
+    assert exc.exit_code == code
+    assert isinstance(exc.exit_code, ExitCode)
+
+
+def test_hierarchy():
+    assert issubclass(InventoryError, UsageError)
+    assert issubclass(SelectionError, UsageError)
+    assert issubclass(HostKeyError, ConnectError)
+    for cls in (UsageError, ConnectError, CommandTimeout):
+        assert issubclass(cls, HostopsError)
+
+
+def test_inventory_error_str():
+    assert str(InventoryError("bad", "inv.yml", 7)) == "inv.yml:7: bad"
+    assert str(InventoryError("bad", "inv.yml")) == "inv.yml: bad"
+    assert str(InventoryError("bad")) == "bad"
+
+
+def test_connect_error_defaults():
+    assert ConnectError("no route").stage == "connect"
+    assert HostKeyError("changed").stage == "hostkey"
+    assert str(HostKeyError("changed", "hostkey")) == "changed"
+
+
+# ------------------------------------------------------------------ pickling
+def _samples():
+    return [
+        HostopsError("internal"),
+        UsageError("usage"),
+        InventoryError("broken", "prod.yml", 14),
+        InventoryError("missing", "gone.yml"),
+        SelectionError("no match"),
+        ConnectError("refused", "tcp"),
+        HostKeyError("key changed", "hostkey"),
+        CommandTimeout(b"partial out", b"partial err"),
+    ]
+
+
+def test_samples_cover_every_error_class():
+    classes = {obj for _name, obj in inspect.getmembers(errors, inspect.isclass)
+               if issubclass(obj, BaseException) and obj.__module__ == errors.__name__}
+    assert classes == {type(e) for e in _samples()}
+
+
+@pytest.mark.parametrize("exc", _samples(), ids=lambda e: type(e).__name__)
+def test_errors_round_trip_through_pickle(exc):
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is type(exc)
+    assert back.args == exc.args
+    assert str(back) == str(exc)
+    assert back.exit_code == exc.exit_code
+    for attr in ("message", "file", "line", "stage"):
+        assert getattr(back, attr, None) == getattr(exc, attr, None)
+
+
+def test_pickled_inventory_error_keeps_location():
+    back = pickle.loads(pickle.dumps(InventoryError("broken", "prod.yml", 14)))
+    assert (back.message, back.file, back.line) == ("broken", "prod.yml", 14)
+    assert str(back) == "prod.yml:14: broken"
+
+
+def test_pickled_host_key_error_keeps_stage():
+    back = pickle.loads(pickle.dumps(HostKeyError("changed", "custom-stage")))
+    assert back.stage == "custom-stage"
+    assert back.message == "changed"

@@ -1,0 +1,273 @@
+"""hostops.settings: Options validation and per-host resolution
+(inventory vars > CLI flags > ssh_config > defaults)."""
+from __future__ import annotations
+
+import getpass
+import os
+import pickle
+import textwrap
+
+import pytest
+
+from hostops.errors import UsageError
+from hostops.exitcodes import ExitCode
+from hostops.inventory import Inventory
+from hostops.settings import DEFAULT_FORKS, Options, Target, resolve
+
+SSH_CONFIG = """\
+Host web1
+    HostName web1.internal.example
+    Port 2201
+    User cfguser
+    IdentityFile /keys/cfg_key
+
+Host 10.9.9.9
+    User ipuser
+    Port 2299
+
+Host *
+    IdentityFile /keys/star_key
+"""
+
+INVENTORY = """\
+all:
+  hosts:
+    web1:
+    web2:
+    inv1:
+      ansible_host: 10.9.9.9
+      ansible_port: 2300
+      ansible_user: invuser
+      ansible_ssh_private_key_file: /keys/inv_key
+    alias1:
+      host: 10.0.0.7
+      port: 2400
+      user: aliasuser
+      identity_file: /keys/alias_key
+    here:
+      connection: local
+"""
+
+
+@pytest.fixture
+def ssh_config(tmp_path):
+    path = tmp_path / "ssh_config"
+    path.write_text(SSH_CONFIG)
+    return str(path)
+
+
+@pytest.fixture
+def inv(tmp_path):
+    path = tmp_path / "inv.yml"
+    path.write_text(INVENTORY)
+    return Inventory.load([str(path)])
+
+
+def one(inv, name, **opts) -> Target:
+    [target] = resolve(inv, [name], Options(**opts))
+    return target
+
+
+# ------------------------------------------------------------------ defaults
+def test_defaults_without_any_config(inv):
+    t = one(inv, "web2")
+    assert t == Target("web2", "web2", 22, getpass.getuser(), (), "ssh")
+
+
+def test_default_ssh_config_is_read_from_home(inv, isolated_home):
+    ssh_dir = isolated_home / ".ssh"
+    ssh_dir.mkdir()
+    (ssh_dir / "config").write_text("Host web2\n    User homeuser\n")
+    assert one(inv, "web2").user == "homeuser"
+
+
+# ------------------------------------------------------------------ ssh_config
+def test_ssh_config_applies(inv, ssh_config):
+    t = one(inv, "web1", ssh_config=ssh_config)
+    assert t.hostname == "web1.internal.example"
+    assert t.port == 2201
+    assert t.user == "cfguser"
+    assert t.identity_files == ("/keys/cfg_key", "/keys/star_key")
+
+
+def test_ssh_config_star_block_only(inv, ssh_config):
+    t = one(inv, "web2", ssh_config=ssh_config)
+    assert (t.hostname, t.port, t.user) == ("web2", 22, getpass.getuser())
+    assert t.identity_files == ("/keys/star_key",)
+
+
+def test_ssh_config_identity_file_tilde_expanded(inv, tmp_path, isolated_home):
+    cfg = tmp_path / "cfg"
+    cfg.write_text("Host web2\n    IdentityFile ~/.ssh/special\n")
+    t = one(inv, "web2", ssh_config=str(cfg))
+    assert t.identity_files == (os.path.join(str(isolated_home), ".ssh", "special"),)
+
+
+def test_explicit_missing_ssh_config_is_a_usage_error(inv, tmp_path):
+    with pytest.raises(UsageError) as info:
+        one(inv, "web1", ssh_config=str(tmp_path / "nope"))
+    assert "nope" in str(info.value)
+    assert info.value.exit_code == ExitCode.USAGE
+
+
+# ------------------------------------------------------------------ CLI flags
+def test_options_beat_ssh_config(inv, ssh_config):
+    t = one(inv, "web1", ssh_config=ssh_config, user="cliuser", port=2022, identity_files=("/keys/cli_key",))
+    assert t.user == "cliuser"
+    assert t.port == 2022
+    assert t.hostname == "web1.internal.example", "no CLI flag for the host name: ssh_config still applies"
+    assert t.identity_files == ("/keys/cli_key", "/keys/cfg_key", "/keys/star_key")
+
+
+def test_options_beat_defaults(inv):
+    t = one(inv, "web2", user="cliuser", port=2022)
+    assert (t.user, t.port) == ("cliuser", 2022)
+
+
+# ------------------------------------------------------------------ inventory vars
+def test_inventory_vars_beat_options_and_ssh_config(inv, ssh_config):
+    t = one(inv, "inv1", ssh_config=ssh_config, user="cliuser", port=2022, identity_files=("/keys/cli_key",))
+    assert t.hostname == "10.9.9.9"
+    assert t.port == 2300
+    assert t.user == "invuser"
+    # identity files accumulate, inventory's first
+    assert t.identity_files == ("/keys/inv_key", "/keys/cli_key", "/keys/star_key")
+
+
+def test_ssh_config_fills_what_inventory_leaves_unset(tmp_path, ssh_config):
+    # Like Ansible (which runs "ssh <ansible_host>"), ssh_config is matched on the real address.
+    path = tmp_path / "inv.yml"
+    path.write_text(textwrap.dedent("""\
+        all:
+          hosts:
+            box:
+              ansible_host: 10.9.9.9
+        """))
+    inv = Inventory.load([str(path)])
+    t = one(inv, "box", ssh_config=ssh_config)
+    assert (t.hostname, t.user, t.port) == ("10.9.9.9", "ipuser", 2299)
+
+
+def test_short_aliases_work_as_inventory_vars(inv, ssh_config):
+    t = one(inv, "alias1", ssh_config=ssh_config, user="cliuser", port=2022)
+    assert (t.hostname, t.port, t.user) == ("10.0.0.7", 2400, "aliasuser")
+    assert t.identity_files[0] == "/keys/alias_key"
+
+
+def test_group_vars_beat_options(tmp_path):
+    path = tmp_path / "inv.yml"
+    path.write_text(textwrap.dedent("""\
+        web:
+          vars:
+            ansible_user: groupuser
+          hosts:
+            w1:
+        """))
+    inv = Inventory.load([str(path)])
+    assert one(inv, "w1", user="cliuser").user == "groupuser"
+
+
+def test_identity_files_deduplicated(inv, ssh_config):
+    t = one(inv, "web1", ssh_config=ssh_config, identity_files=("/keys/cfg_key",))
+    assert t.identity_files == ("/keys/cfg_key", "/keys/star_key")
+
+
+def test_resolve_keeps_order_of_names(inv):
+    names = ["web2", "web1", "inv1"]
+    assert [t.name for t in resolve(inv, names, Options())] == names
+
+
+# ------------------------------------------------------------------ local connection
+def test_local_connection_target(inv, ssh_config):
+    t = one(inv, "here", ssh_config=ssh_config)
+    assert t.connection == "local"
+    assert t.hostname == "here"
+    assert t.identity_files == (), "ssh_config must not apply to local hosts"
+
+
+def test_only_local_hosts_do_not_need_ssh_config(inv, tmp_path):
+    # An explicitly missing ssh config is only an error when some host needs ssh.
+    [t] = resolve(inv, ["here"], Options(ssh_config=str(tmp_path / "missing")))
+    assert t.connection == "local"
+
+
+def test_embedded_default_inventory_is_local():
+    from hostops.inventory import default_inventory_path
+
+    inv = Inventory.load([default_inventory_path()])
+    [t] = resolve(inv, inv.select("all"), Options())
+    assert (t.name, t.connection) == ("localhost", "local")
+
+
+@pytest.mark.parametrize("conn", ["ssh", "paramiko", "smart"])
+def test_ssh_like_connections_become_ssh(tmp_path, conn):
+    path = tmp_path / "inv.yml"
+    path.write_text(f"all:\n  hosts:\n    h1:\n      ansible_connection: {conn}\n")
+    assert one(Inventory.load([str(path)]), "h1").connection == "ssh"
+
+
+# ------------------------------------------------------------------ Target
+def test_known_hosts_name_port_22():
+    assert Target("web1", "web1.example.com", 22).known_hosts_name == "web1.example.com"
+
+
+def test_known_hosts_name_other_port():
+    assert Target("web1", "web1.example.com", 2222).known_hosts_name == "[web1.example.com]:2222"
+    assert Target("ip", "10.0.0.1", 2200).known_hosts_name == "[10.0.0.1]:2200"
+
+
+def test_known_hosts_name_uses_resolved_hostname(inv):
+    t = one(inv, "inv1")
+    assert t.known_hosts_name == "[10.9.9.9]:2300"
+
+
+def test_target_is_frozen_and_picklable():
+    t = Target("a", "a.example", 22, "u", ("/k",), "ssh")
+    assert pickle.loads(pickle.dumps(t)) == t
+    with pytest.raises(Exception):
+        t.port = 23  # type: ignore[misc]
+    assert t.to_json() == {"name": "a", "hostname": "a.example", "port": 22, "user": "u",
+                           "identity_files": ("/k",), "connection": "ssh"}
+
+
+# ------------------------------------------------------------------ Options validation
+def test_options_defaults():
+    o = Options()
+    assert o.forks == DEFAULT_FORKS
+    assert o.host_key_policy == "strict"
+    assert o.timeout is None
+    assert pickle.loads(pickle.dumps(o)) == o
+
+
+@pytest.mark.parametrize("kwargs, flag", [
+    ({"forks": 0}, "--forks"),
+    ({"forks": -5}, "--forks"),
+    ({"processes": 0}, "--processes"),
+    ({"connect_timeout": 0}, "--connect-timeout"),
+    ({"connect_timeout": -1.0}, "--connect-timeout"),
+    ({"timeout": 0}, "--timeout"),
+    ({"timeout": -2.5}, "--timeout"),
+    ({"host_key_policy": "yolo"}, "--host-key-policy"),
+    ({"host_key_policy": "accept_new"}, "--host-key-policy"),
+])
+def test_options_validation(kwargs, flag):
+    with pytest.raises(UsageError) as info:
+        Options(**kwargs)
+    assert flag in str(info.value)
+    assert info.value.exit_code == ExitCode.USAGE
+
+
+@pytest.mark.parametrize("policy", ["strict", "accept-new", "off"])
+def test_valid_host_key_policies(policy):
+    assert Options(host_key_policy=policy).host_key_policy == policy
+
+
+def test_valid_edge_values():
+    o = Options(forks=1, processes=1, connect_timeout=0.5, timeout=0.1)
+    assert (o.forks, o.processes, o.connect_timeout, o.timeout) == (1, 1, 0.5, 0.1)
+
+
+def test_known_hosts_files(isolated_home):
+    assert Options().known_hosts_files() == (os.path.join(str(isolated_home), ".ssh", "known_hosts"),)
+    assert Options(known_hosts=("/a", "~/b")).known_hosts_files() == (
+        "/a", os.path.join(str(isolated_home), "b"))
