@@ -163,6 +163,9 @@ def cli() -> None:
     \b
     hostops exec "uptime" -i hosts.yml -l web
     hostops exec "df -h /" -i hosts.yml --json --log /var/log/hostops.jsonl
+    hostops put app.conf /etc/app/app.conf -i hosts.yml -l web --mode 0644
+    hostops get /var/log/app.log ./logs -i hosts.yml
+    hostops script ./check.sh -i hosts.yml -- --verbose
     hostops inventory -i hosts.yml --graph
     """
 
@@ -172,16 +175,99 @@ def cli() -> None:
 @inventory_options
 @connection_options
 @output_options
-def exec_cmd(command: str, inventories, adhoc_hosts, pattern, **kw: Any) -> int:
+@click.option("--stdin", "stdin_file", metavar="FILE", default=None, help="Send FILE to the command's stdin on every host.")
+def exec_cmd(command: str, inventories, adhoc_hosts, pattern, stdin_file, **kw: Any) -> int:
     """Run COMMAND on every selected host."""
-    from hostops.settings import resolve
+    from hostops.transfer import check_stdin
     from hostops.worker import ExecAction
 
     options = build_options(kw)
     output_mode(kw)
+    check_stdin(stdin_file)
+    targets = _targets(inventories, adhoc_hosts, pattern, options)
+    action = ExecAction(command, options.timeout, options.sudo, os.path.abspath(stdin_file) if stdin_file else None)
+    return run_action(targets, action, options, kw)
+
+
+def _targets(inventories, adhoc_hosts, pattern, options):
+    from hostops.settings import resolve
+
     inv, names = load_selection(inventories, adhoc_hosts, pattern)
-    targets = resolve(inv, names, options)
-    return run_action(targets, ExecAction(command, options.timeout, options.sudo), options, kw)
+    return resolve(inv, names, options)
+
+
+@cli.command("put", context_settings=CONTEXT, epilog=HELP_TEXT)
+@click.argument("src")
+@click.argument("dest")
+@click.option("-r", "--recursive", is_flag=True, help="Copy a directory tree.")
+@click.option("--mode", default=None, metavar="MODE", help="Octal mode of the remote file(s), e.g. 0644. "
+              "Default: the replaced file's mode, else the local file's (minus group/other write).")
+@click.option("--owner", default=None, metavar="USER[:GROUP]", help="chown the remote file(s) (needs --sudo "
+              "unless you are that user).")
+@click.option("--checksum", is_flag=True, help="Skip hosts whose file already has the same SHA-256 "
+              "(reported 'unchanged').")
+@inventory_options
+@connection_options
+@output_options
+def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, inventories, adhoc_hosts, pattern,
+            **kw: Any) -> int:
+    """Copy SRC (a local file, or a tree with -r) to DEST on every selected host.
+
+    Each file is written to a temporary name beside its destination and renamed into
+    place: readers never see a half-written file, and an interrupted transfer leaves the
+    old file intact. DEST ending in '/' or naming a directory receives SRC's name.
+    """
+    from hostops.transfer import prepare_put
+
+    options = build_options(kw)
+    output_mode(kw)
+    action = prepare_put(src, dest, recursive, mode, owner, options.sudo, checksum, options.timeout)
+    targets = _targets(inventories, adhoc_hosts, pattern, options)
+    return run_action(targets, action, options, kw)
+
+
+@cli.command("get", context_settings=CONTEXT, epilog=HELP_TEXT)
+@click.argument("src")
+@click.argument("dest")
+@click.option("-r", "--recursive", is_flag=True, help="Copy a directory tree.")
+@inventory_options
+@connection_options
+@output_options
+def get_cmd(src: str, dest: str, recursive: bool, inventories, adhoc_hosts, pattern, **kw: Any) -> int:
+    """Copy SRC from every selected host into DEST/<host>/ (files from different hosts never
+    overwrite each other). Partial downloads are removed; files are created 0600."""
+    from hostops.transfer import prepare_get
+
+    options = build_options(kw)
+    output_mode(kw)
+    if options.sudo:
+        raise UsageError("get does not support --sudo; copy the file somewhere readable first (hostops exec)")
+    targets = _targets(inventories, adhoc_hosts, pattern, options)
+    action = prepare_get(src, dest, recursive, options.timeout)
+    return run_action(targets, action, options, kw)
+
+
+@cli.command("script", context_settings=dict(CONTEXT, ignore_unknown_options=False), epilog=HELP_TEXT)
+@click.argument("script")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--stdin", "stdin_file", metavar="FILE", default=None, help="Send FILE to the script's stdin on every host.")
+@inventory_options
+@connection_options
+@output_options
+def script_cmd(script: str, args, stdin_file, inventories, adhoc_hosts, pattern, **kw: Any) -> int:
+    """Upload SCRIPT to a private temporary directory on every selected host, run it with
+    ARGS (after '--'), and remove it afterwards whatever happened.
+
+    \b
+    hostops script ./check.sh -i prod.yml -- --verbose
+    """
+    from hostops.transfer import prepare_script
+
+    options = build_options(kw)
+    output_mode(kw)
+    action = prepare_script(script, args, options.sudo, options.timeout, stdin_file)
+    targets = _targets(inventories, adhoc_hosts, pattern, options)
+    return run_action(targets, action, options, kw)
 
 
 @cli.command("inventory", context_settings=CONTEXT)

@@ -14,7 +14,7 @@ import time
 from typing import IO, Dict, List, Optional, Tuple
 
 from hostops.hostlist import compact
-from hostops.results import FAILED, OK, TIMEOUT, UNREACHABLE, HostResult, Summary, decode
+from hostops.results import FAILED, OK, TIMEOUT, UNCHANGED, UNREACHABLE, HostResult, Summary, decode
 
 # C0 controls but \t and \n, DEL, C1 controls, bidi marks/overrides/isolates, zero-width marks, line/para separators.
 _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
@@ -37,7 +37,7 @@ def use_color(stream: IO) -> bool:
     return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()
 
 
-_COLORS = {OK: "32", FAILED: "31", UNREACHABLE: "35", TIMEOUT: "33"}
+_COLORS = {OK: "32", UNCHANGED: "36", FAILED: "31", UNREACHABLE: "35", TIMEOUT: "33"}
 
 
 def _paint(text: str, status: str, color: bool) -> str:
@@ -165,7 +165,7 @@ class GatherRenderer(Renderer):
 
     def finish(self, summary: Summary) -> None:
         self.progress.clear()
-        order = {OK: 0, FAILED: 1, TIMEOUT: 2, UNREACHABLE: 3}
+        order = {OK: 0, UNCHANGED: 1, FAILED: 2, TIMEOUT: 3, UNREACHABLE: 4}
         for key, results in sorted(self.groups.items(), key=lambda kv: (order.get(kv[0][0], 9), -len(kv[1]))):
             first = results[0]
             names = compact(r.host for r in results)

@@ -8,13 +8,16 @@ from typing import Any, Dict, Iterable, List, Optional
 from hostops import exitcodes
 
 OK, FAILED, UNREACHABLE, TIMEOUT = "ok", "failed", "unreachable", "timeout"
-STATUSES = (OK, FAILED, UNREACHABLE, TIMEOUT)
+UNCHANGED = "unchanged"  # put --checksum: the host already had the file; a success
+STATUSES = (OK, UNCHANGED, FAILED, UNREACHABLE, TIMEOUT)
+SUCCESS = (OK, UNCHANGED)
 
 
 @dataclasses.dataclass
 class HostResult:
-    """What happened on one host. ``status`` is ok, failed (remote exit code ≠ 0, or a local
-    failure such as a crashed worker), unreachable (DNS/TCP/banner/auth/host key) or timeout."""
+    """What happened on one host. ``status`` is ok, unchanged (put --checksum sent nothing),
+    failed (remote exit code ≠ 0, or a local failure such as a crashed worker), unreachable
+    (DNS/TCP/banner/auth/host key) or timeout."""
 
     host: str
     status: str
@@ -27,7 +30,7 @@ class HostResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == OK
+        return self.status in SUCCESS
 
     @property
     def failed(self) -> bool:
@@ -94,7 +97,10 @@ class Summary:
 
     def line(self) -> str:
         total = len(self.results) + len(self.not_finished)
-        parts = [f"{self.count(OK)} ok", f"{self.count(FAILED)} failed", f"{self.count(UNREACHABLE)} unreachable",
+        parts = [f"{self.count(OK)} ok"]
+        if self.count(UNCHANGED):
+            parts.append(f"{self.count(UNCHANGED)} unchanged")
+        parts += [f"{self.count(FAILED)} failed", f"{self.count(UNREACHABLE)} unreachable",
                  f"{self.count(TIMEOUT)} timeout"]
         if self.not_finished:
             parts.append(f"{len(self.not_finished)} not finished")

@@ -24,15 +24,18 @@ DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 
 
 class CommandOutcome:
-    """Exit code and output of one command."""
+    """Exit code and output of one command (or transfer). ``status`` overrides the status the
+    worker would derive from the exit code, e.g. ``unchanged`` for a put that sent nothing."""
 
-    __slots__ = ("exit_code", "stdout", "stderr", "error")
+    __slots__ = ("exit_code", "stdout", "stderr", "error", "status")
 
-    def __init__(self, exit_code: Optional[int], stdout: bytes, stderr: bytes, error: Optional[str] = None):
+    def __init__(self, exit_code: Optional[int], stdout: bytes, stderr: bytes, error: Optional[str] = None,
+                 status: Optional[str] = None):
         self.exit_code = exit_code
         self.stdout = stdout
         self.stderr = stderr
         self.error = error
+        self.status = status
 
 
 def wrap_command(command: str, sudo: bool) -> str:
@@ -86,10 +89,15 @@ def _read_key(path: str) -> Tuple[Optional[object], Optional[str]]:
 
 
 class Connection:
-    """An open connection to one host that can run commands."""
+    """An open connection to one host: runs commands, reads and writes files."""
 
-    def run(self, command: str, timeout: Optional[float], on_output: Optional[OutputCallback] = None,
-            ) -> CommandOutcome:
+    def run(self, command: str, timeout: Optional[float] = None, on_output: Optional[OutputCallback] = None,
+            stdin: Optional[str] = None) -> CommandOutcome:
+        """Run ``command``; ``stdin`` is a local file whose bytes are fed to it."""
+        raise NotImplementedError
+
+    def files(self):
+        """The host's file system (:mod:`hostops.remotefs`), opened on first use."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -107,6 +115,7 @@ class SSHConnection(Connection):
     def __init__(self, transport, target: Target):
         self.transport = transport
         self.target = target
+        self._fs = None
 
     @classmethod
     def open(cls, target: Target, ctx: WorkerContext) -> "SSHConnection":
@@ -148,23 +157,57 @@ class SSHConnection(Connection):
             sock.close()
             raise
 
-    def run(self, command: str, timeout: Optional[float], on_output: Optional[OutputCallback] = None,
-            ) -> CommandOutcome:
+    def run(self, command: str, timeout: Optional[float] = None, on_output: Optional[OutputCallback] = None,
+            stdin: Optional[str] = None) -> CommandOutcome:
         import paramiko
 
         try:
             chan = self.transport.open_session(timeout=30)
             chan.exec_command(command)
-            chan.shutdown_write()
+            if stdin is None:
+                chan.shutdown_write()
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise ConnectError(f"cannot start the command on {self.target.hostname}: {exc}", "channel") from None
+        feeder = _feed_stdin(chan, stdin) if stdin is not None else None
         try:
             return _read_channel(chan, timeout, on_output)
         finally:
             chan.close()
+            if feeder is not None:
+                feeder.join(5)
+
+    def files(self):
+        if self._fs is None:
+            from hostops.remotefs import SFTPFileSystem
+
+            try:
+                self._fs = SFTPFileSystem(self.transport.open_sftp_client())
+            except Exception as exc:
+                raise ConnectError(f"cannot open SFTP on {self.target.hostname}: {exc} (is the sftp "
+                                   "subsystem enabled in its sshd_config?)", "sftp") from None
+        return self._fs
 
     def close(self) -> None:
+        if self._fs is not None:
+            self._fs.close()
         self.transport.close()
+
+
+def _feed_stdin(chan, path: str) -> threading.Thread:
+    """Send a local file to the command's stdin on a thread (output is read meanwhile), then EOF."""
+    from hostops.remotefs import chunk_cache
+
+    def feed() -> None:
+        try:
+            for chunk in chunk_cache().iter_file(path):
+                chan.sendall(chunk)
+            chan.shutdown_write()
+        except (OSError, EOFError, Exception):  # the command exited without reading it all
+            pass
+
+    t = threading.Thread(target=feed, name="stdin-feeder", daemon=True)
+    t.start()
+    return t
 
 
 def _tcp_connect(target: Target, timeout: float) -> socket.socket:
@@ -291,10 +334,15 @@ def _read_channel(chan, timeout: Optional[float], on_output: Optional[OutputCall
 class LocalConnection(Connection):
     """``connection: local``: run the command on this machine through ``/bin/sh``."""
 
-    def run(self, command: str, timeout: Optional[float], on_output: Optional[OutputCallback] = None,
-            ) -> CommandOutcome:
-        proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+    def run(self, command: str, timeout: Optional[float] = None, on_output: Optional[OutputCallback] = None,
+            stdin: Optional[str] = None) -> CommandOutcome:
+        stdin_file = open(stdin, "rb") if stdin is not None else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=stdin_file, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        finally:
+            if stdin is not None:
+                stdin_file.close()  # type: ignore[union-attr]
         deadline = time.monotonic() + timeout if timeout else None
         chunks: Dict[str, List[bytes]] = {"stdout": [], "stderr": []}
         streams = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}  # type: ignore[union-attr]
@@ -332,6 +380,12 @@ class LocalConnection(Connection):
         if code < 0:
             return CommandOutcome(None, stdout, stderr, f"the command was killed by signal {-code}")
         return CommandOutcome(code, stdout, stderr)
+
+
+    def files(self):
+        from hostops.remotefs import LocalFileSystem
+
+        return LocalFileSystem()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -33,6 +33,7 @@ class ExecAction:
     command: str
     timeout: Optional[float] = None
     sudo: bool = False
+    stdin: Optional[str] = None  # a local file sent to the command's stdin on every host
 
     def describe(self) -> str:
         return self.command
@@ -40,7 +41,7 @@ class ExecAction:
     def run(self, conn, target, ctx, on_output):
         from hostops.transport import wrap_command
 
-        return conn.run(wrap_command(self.command, self.sudo), self.timeout, on_output)
+        return conn.run(wrap_command(self.command, self.sudo), self.timeout, on_output, self.stdin)
 
 
 @dataclasses.dataclass
@@ -83,7 +84,7 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
         return result(FAILED, error=f"unexpected error: {type(exc).__name__}: {exc}")
     finally:
         conn.close()
-    status = OK if outcome.exit_code == 0 and not outcome.error else FAILED
+    status = outcome.status or (OK if outcome.exit_code == 0 and not outcome.error else FAILED)
     error = outcome.error
     if status == FAILED and error is None and b"sudo: a password is required" in outcome.stderr:
         error = "sudo needs a password on this host; hostops runs sudo -n (configure NOPASSWD for this user)"

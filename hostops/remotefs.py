@@ -1,0 +1,280 @@
+"""A host's file system as put/get/script see it: over SFTP, or this machine's for
+``connection: local``. Both raise :class:`RemoteFileError` with the host's own reason
+(``No such file``, ``Permission denied``, ``No space left on device``).
+
+:class:`ChunkCache` lets the threads of one worker share what they read from a local
+file, so a file sent to many hosts at once is read from disk about once per worker
+process, in bounded memory.
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import stat as _stat
+import threading
+from typing import IO, Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+CHUNK = 256 * 1024
+CACHE_CHUNKS = 32            # 8 MiB per worker process at most
+
+
+class RemoteFileError(OSError):
+    """A file operation failed on the host; ``str()`` is the host's reason and the path."""
+
+
+class FileInfo(NamedTuple):
+    is_dir: bool
+    size: int
+    mode: int
+
+
+class ChunkCache:
+    """A small LRU of file chunks shared by the threads of one process."""
+
+    def __init__(self, chunks: int = CACHE_CHUNKS):
+        self.capacity = chunks
+        self._data: "collections.OrderedDict[Tuple[str, float, int], bytes]" = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.disk_bytes = 0
+        self.served_bytes = 0
+
+    def read(self, path: str, mtime: float, offset: int) -> bytes:
+        key = (path, mtime, offset)
+        with self._lock:
+            data = self._data.get(key)
+            if data is not None:
+                self._data.move_to_end(key)
+                self.served_bytes += len(data)
+                return data
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(CHUNK)
+        with self._lock:
+            self._data[key] = data
+            self._data.move_to_end(key)
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+            self.disk_bytes += len(data)
+            self.served_bytes += len(data)
+        return data
+
+    def iter_file(self, path: str) -> Iterator[bytes]:
+        st = os.stat(path)
+        offset = 0
+        while offset < st.st_size:
+            data = self.read(path, st.st_mtime, offset)
+            if not data:
+                break
+            yield data
+            offset += len(data)
+
+
+_CACHE: Optional[ChunkCache] = None
+_CACHE_LOCK = threading.Lock()
+
+
+def chunk_cache() -> ChunkCache:
+    """This process's cache (each worker process has its own)."""
+    global _CACHE
+    with _CACHE_LOCK:
+        if _CACHE is None:
+            _CACHE = ChunkCache()
+        return _CACHE
+
+
+class FileSystem:
+    """The operations put/get/script need; paths are the host's."""
+
+    def stat(self, path: str) -> Optional[FileInfo]:
+        """Info about ``path`` (following links), or None when it does not exist."""
+        raise NotImplementedError
+
+    def open_new(self, path: str, mode: int = 0o600) -> IO[bytes]:
+        """Create ``path`` exclusively (never reuse an existing file) for writing."""
+        raise NotImplementedError
+
+    def open_read(self, path: str, size: int = 0) -> IO[bytes]:
+        raise NotImplementedError
+
+    def chmod(self, path: str, mode: int) -> None:
+        raise NotImplementedError
+
+    def replace(self, src: str, dest: str) -> None:
+        """Atomically rename ``src`` over ``dest`` (readers see the old or the new file)."""
+        raise NotImplementedError
+
+    def remove(self, path: str) -> None:
+        raise NotImplementedError
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        raise NotImplementedError
+
+    def listdir(self, path: str) -> List[Tuple[str, FileInfo]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def remote_path(path: str) -> str:
+    """SFTP does not expand ``~``: ``~/x`` is ``x`` relative to the login directory."""
+    if path == "~":
+        return "."
+    if path.startswith("~/"):
+        return path[2:] or "."
+    return path
+
+
+def _error(exc: BaseException, path: str) -> RemoteFileError:
+    code = getattr(exc, "errno", None)
+    reason = os.strerror(code) if isinstance(code, int) and code > 0 else (str(exc) or type(exc).__name__)
+    if reason == "Failure":
+        reason = "the server reported a failure (a full disk, or a quota?)"
+    err = RemoteFileError(code if isinstance(code, int) else errno.EIO, f"{path}: {reason}")
+    return err
+
+
+class SFTPFileSystem(FileSystem):
+    def __init__(self, sftp):
+        self.sftp = sftp
+
+    def stat(self, path: str) -> Optional[FileInfo]:
+        try:
+            st = self.sftp.stat(remote_path(path))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if getattr(exc, "errno", None) == errno.ENOENT:
+                return None
+            raise _error(exc, path) from None
+        return FileInfo(_stat.S_ISDIR(st.st_mode or 0), st.st_size or 0, _stat.S_IMODE(st.st_mode or 0))
+
+    def open_new(self, path: str, mode: int = 0o600) -> IO[bytes]:
+        try:
+            fh = self.sftp.open(remote_path(path), "wxb")  # w: writable, x: O_EXCL
+            fh.chmod(mode)
+            fh.set_pipelined(True)
+            return fh
+        except OSError as exc:
+            raise _error(exc, path) from None
+
+    def open_read(self, path: str, size: int = 0) -> IO[bytes]:
+        try:
+            fh = self.sftp.open(remote_path(path), "rb")
+            fh.prefetch(size or None, max_concurrent_requests=64)  # bounded read-ahead
+            return fh
+        except OSError as exc:
+            raise _error(exc, path) from None
+
+    def chmod(self, path: str, mode: int) -> None:
+        try:
+            self.sftp.chmod(remote_path(path), mode)
+        except OSError as exc:
+            raise _error(exc, path) from None
+
+    def replace(self, src: str, dest: str) -> None:
+        try:
+            self.sftp.posix_rename(remote_path(src), remote_path(dest))
+        except OSError as exc:
+            raise _error(exc, dest) from None
+
+    def remove(self, path: str) -> None:
+        try:
+            self.sftp.remove(remote_path(path))
+        except OSError as exc:
+            raise _error(exc, path) from None
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        try:
+            self.sftp.mkdir(remote_path(path), mode)
+        except OSError as exc:
+            if self.stat(path) is not None and self.stat(path).is_dir:  # type: ignore[union-attr]
+                return
+            raise _error(exc, path) from None
+
+    def listdir(self, path: str) -> List[Tuple[str, FileInfo]]:
+        try:
+            entries = self.sftp.listdir_attr(remote_path(path))
+        except OSError as exc:
+            raise _error(exc, path) from None
+        out = []
+        for e in entries:
+            mode = e.st_mode or 0
+            if _stat.S_ISLNK(mode):
+                info = self.stat(path.rstrip("/") + "/" + e.filename)
+                if info is None:
+                    continue
+            else:
+                info = FileInfo(_stat.S_ISDIR(mode), e.st_size or 0, _stat.S_IMODE(mode))
+            out.append((e.filename, info))
+        return sorted(out)
+
+    def close(self) -> None:
+        self.sftp.close()
+
+
+class LocalFileSystem(FileSystem):
+    """``connection: local``: the same operations on this machine."""
+
+    def stat(self, path: str) -> Optional[FileInfo]:
+        try:
+            st = os.stat(os.path.expanduser(path))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _error(exc, path) from None
+        return FileInfo(_stat.S_ISDIR(st.st_mode), st.st_size, _stat.S_IMODE(st.st_mode))
+
+    def open_new(self, path: str, mode: int = 0o600) -> IO[bytes]:
+        try:
+            fd = os.open(os.path.expanduser(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            os.fchmod(fd, mode)
+            return os.fdopen(fd, "wb")
+        except OSError as exc:
+            raise _error(exc, path) from None
+
+    def open_read(self, path: str, size: int = 0) -> IO[bytes]:
+        try:
+            return open(os.path.expanduser(path), "rb")
+        except OSError as exc:
+            raise _error(exc, path) from None
+
+    def chmod(self, path: str, mode: int) -> None:
+        try:
+            os.chmod(os.path.expanduser(path), mode)
+        except OSError as exc:
+            raise _error(exc, path) from None
+
+    def replace(self, src: str, dest: str) -> None:
+        try:
+            os.replace(os.path.expanduser(src), os.path.expanduser(dest))
+        except OSError as exc:
+            raise _error(exc, dest) from None
+
+    def remove(self, path: str) -> None:
+        try:
+            os.remove(os.path.expanduser(path))
+        except OSError as exc:
+            raise _error(exc, path) from None
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        try:
+            os.mkdir(os.path.expanduser(path), mode)
+        except FileExistsError:
+            if not os.path.isdir(os.path.expanduser(path)):
+                raise _error(FileExistsError(errno.EEXIST, "exists and is not a directory"), path) from None
+        except OSError as exc:
+            raise _error(exc, path) from None
+
+    def listdir(self, path: str) -> List[Tuple[str, FileInfo]]:
+        try:
+            names = sorted(os.listdir(os.path.expanduser(path)))
+        except OSError as exc:
+            raise _error(exc, path) from None
+        out = []
+        for name in names:
+            info = self.stat(os.path.join(path, name))
+            if info is not None:
+                out.append((name, info))
+        return out

@@ -1,0 +1,433 @@
+"""put, get and script: files to and from hosts over the same connection and pool as exec.
+
+Each is an action (plain data, picklable) whose ``run`` is called by a worker with an
+open connection. ``prepare_*`` run in the parent first and turn bad input (a missing
+source, a directory without -r, an unwritable destination) into a UsageError before
+anything is sent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import posixpath
+import re
+import secrets
+import shlex
+import stat
+import time
+from typing import List, Optional, Sequence, Tuple
+
+from hostops.errors import CommandTimeout, UsageError
+from hostops.remotefs import CHUNK, FileSystem, RemoteFileError, chunk_cache
+from hostops.results import UNCHANGED
+from hostops.transport import CommandOutcome, wrap_command
+
+
+@dataclasses.dataclass
+class LocalFile:
+    rel: str            # path below the source root ("" for a single file)
+    size: int
+    mode: int
+    sha256: Optional[str] = None
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_mode(text: Optional[str]) -> Optional[int]:
+    if text is None:
+        return None
+    if not re.fullmatch(r"0?[0-7]{3,4}", text):
+        raise UsageError(f"--mode {text!r}: give an octal mode such as 0644 or 0755")
+    return int(text, 8)
+
+
+def _check_owner(owner: Optional[str]) -> Optional[str]:
+    if owner is not None and not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*(:[A-Za-z0-9_.][A-Za-z0-9_.-]*)?",
+                                              owner):
+        raise UsageError(f"--owner {owner!r}: give user or user:group")
+    return owner
+
+
+class _Deadline:
+    def __init__(self, timeout: Optional[float]):
+        self.timeout = timeout
+        self.end = time.monotonic() + timeout if timeout else None
+
+    def left(self) -> Optional[float]:
+        return None if self.end is None else self.end - time.monotonic()
+
+    def check(self) -> None:
+        if self.end is not None and time.monotonic() > self.end:
+            raise CommandTimeout(b"", b"")
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+# ------------------------------------------------------------------------------- put
+@dataclasses.dataclass
+class PutAction:
+    """Copy a local file (or tree) to ``dest`` on each host, atomically per file."""
+
+    src: str
+    dest: str
+    files: List[LocalFile]
+    dirs: List[str]
+    recursive: bool = False
+    mode: Optional[int] = None
+    owner: Optional[str] = None
+    sudo: bool = False
+    checksum: bool = False
+    timeout: Optional[float] = None
+
+    def describe(self) -> str:
+        return f"put {self.src} {self.dest}"
+
+    def run(self, conn, target, ctx, on_output) -> CommandOutcome:
+        deadline = _Deadline(self.timeout)
+        fs = conn.files()
+        info = fs.stat(self.dest)
+        into_dir = self.dest.endswith("/") or (info is not None and info.is_dir)
+        base = os.path.basename(self.src.rstrip("/"))
+        root = posixpath.join(self.dest, base) if into_dir else self.dest.rstrip("/") or "/"
+        if not self.recursive:
+            parent = posixpath.dirname(root) or "."
+            pinfo = fs.stat(parent)
+            if pinfo is None or not pinfo.is_dir:
+                return CommandOutcome(None, b"", b"", f"destination directory {parent} does not exist")
+        sent = unchanged = 0
+        nbytes = 0
+        try:
+            if self.recursive:
+                self._mkdir(conn, fs, root)
+                for d in self.dirs:
+                    self._mkdir(conn, fs, posixpath.join(root, d))
+            for f in self.files:
+                local = os.path.join(self.src, f.rel) if f.rel else self.src
+                remote = posixpath.join(root, f.rel) if f.rel else root
+                if self._put_file(conn, fs, local, remote, f, deadline):
+                    sent += 1
+                    nbytes += f.size
+                else:
+                    unchanged += 1
+        except RemoteFileError as exc:
+            return CommandOutcome(None, b"", b"", str(exc))
+        if self.recursive:
+            text = f"sent {sent} file(s), {_human(nbytes)}, to {root}" + (f"; {unchanged} unchanged" if unchanged
+                                                                          else "")
+        elif sent:
+            text = f"sent {self.src} -> {root} ({_human(nbytes)})"
+        else:
+            text = f"{root} already has the same content (sha256)"
+        status = UNCHANGED if sent == 0 and unchanged else None
+        return CommandOutcome(0, (text + "\n").encode(), b"", status=status)
+
+    def _mkdir(self, conn, fs: FileSystem, path: str) -> None:
+        if self.sudo:
+            _sudo_ok(conn, f"mkdir -p -- {shlex.quote(path)}", f"cannot create {path}")
+        else:
+            fs.mkdir(path)
+
+    def _put_file(self, conn, fs: FileSystem, local: str, remote: str, f: LocalFile, deadline: _Deadline) -> bool:
+        """Send one file unless --checksum finds it unchanged. True when sent."""
+        if self.checksum and f.sha256 and _remote_sha256(conn, fs, remote, self.sudo) == f.sha256:
+            return False
+        deadline.check()
+        if self.sudo:
+            self._put_file_sudo(conn, fs, local, remote, f, deadline)
+            return True
+        existing = fs.stat(remote)
+        if existing is not None and existing.is_dir:
+            raise RemoteFileError(21, f"{remote}: is a directory")
+        mode = self.mode if self.mode is not None else (existing.mode if existing else f.mode & ~0o022)
+        tmp = posixpath.join(posixpath.dirname(remote) or ".",
+                             f".{posixpath.basename(remote)}.hostops-{secrets.token_hex(4)}")
+        fh = fs.open_new(tmp, 0o600)
+        try:
+            try:
+                _copy_local_to(fh, local, deadline)
+            finally:
+                fh.close()
+            fs.chmod(tmp, mode)
+            if self.owner:
+                _run_ok(conn, f"chown -- {shlex.quote(self.owner)} {shlex.quote(tmp)}", f"cannot chown {remote}")
+            fs.replace(tmp, remote)
+        except BaseException:
+            try:
+                fs.remove(tmp)
+            except Exception:
+                pass
+            raise
+        return True
+
+    def _put_file_sudo(self, conn, fs: FileSystem, local: str, remote: str, f: LocalFile,
+                       deadline: _Deadline) -> None:
+        """As the login user into a private staging directory, then sudo copies it next to the
+        destination and renames it into place (still atomic for readers)."""
+        staging = _mktemp_dir(conn)
+        try:
+            staged = posixpath.join(staging, "file")
+            fh = fs.open_new(staged, 0o600)
+            try:
+                _copy_local_to(fh, local, deadline)
+            finally:
+                fh.close()
+            mode = f"{self.mode:o}" if self.mode is not None else ""
+            q = shlex.quote
+            script = (
+                "set -e; f={dest}; d=$(dirname -- \"$f\"); b=$(basename -- \"$f\"); "
+                "m={mode}; if [ -z \"$m\" ]; then m=$(stat -c %a -- \"$f\" 2>/dev/null || echo {default}); fi; "
+                "t=$(mktemp \"$d/.$b.hostops-XXXXXXXX\"); trap 'rm -f -- \"$t\"' EXIT; "
+                "cat -- {staged} > \"$t\"; chmod \"$m\" \"$t\"; {chown}mv -f -- \"$t\" \"$f\"; trap - EXIT"
+            ).format(dest=q(remote), mode=q(mode), default=f"{f.mode & ~0o022:o}", staged=q(staged),
+                     chown=f"chown -- {q(self.owner)} \"$t\"; " if self.owner else "")
+            _sudo_ok(conn, script, f"cannot install {remote}")
+        finally:
+            _run_quiet(conn, f"rm -rf -- {shlex.quote(staging)}")
+
+
+def _copy_local_to(fh, local: str, deadline: _Deadline) -> None:
+    for chunk in chunk_cache().iter_file(local):
+        deadline.check()
+        fh.write(chunk)
+
+
+def _remote_sha256(conn, fs: FileSystem, path: str, sudo: bool) -> Optional[str]:
+    """The host's sha256 of ``path`` (None if missing): ``sha256sum`` there, else read over SFTP."""
+    out = conn.run(wrap_command(f"sha256sum -- {shlex.quote(path)}", sudo), 60)
+    if out.exit_code == 0:
+        return out.stdout.split(b" ", 1)[0].decode("ascii", "replace")
+    if out.exit_code != 127 or sudo:
+        return None
+    info = fs.stat(path)
+    if info is None or info.is_dir:
+        return None
+    h = hashlib.sha256()
+    with fs.open_read(path, info.size) as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _run_ok(conn, command: str, what: str) -> CommandOutcome:
+    out = conn.run(command, 120)
+    if out.exit_code != 0:
+        reason = out.stderr.decode("utf-8", "replace").strip() or f"exit code {out.exit_code}"
+        raise RemoteFileError(1, f"{what}: {reason}")
+    return out
+
+
+def _sudo_ok(conn, script: str, what: str) -> CommandOutcome:
+    return _run_ok(conn, wrap_command(script, True), what)
+
+
+def _run_quiet(conn, command: str) -> bool:
+    try:
+        return conn.run(command, 30).exit_code == 0
+    except Exception:
+        return False
+
+
+def _mktemp_dir(conn) -> str:
+    out = _run_ok(conn, 'mktemp -d "${TMPDIR:-/tmp}/hostops.XXXXXXXX"', "cannot create a temporary directory")
+    path = out.stdout.decode("utf-8", "replace").strip()
+    if not path.startswith("/"):
+        raise RemoteFileError(1, f"mktemp returned an unexpected path {path!r}")
+    return path
+
+
+def prepare_put(src: str, dest: str, recursive: bool, mode: Optional[str], owner: Optional[str], sudo: bool,
+                checksum: bool, timeout: Optional[float]) -> PutAction:
+    """Check the local side and build the action; UsageError (exit 2) before anything is sent."""
+    if not os.path.lexists(src):
+        raise UsageError(f"{src}: no such file or directory")
+    if not os.access(src, os.R_OK):
+        raise UsageError(f"{src}: permission denied (cannot read it)")
+    src = os.path.abspath(src)
+    files: List[LocalFile] = []
+    dirs: List[str] = []
+    if os.path.isdir(src):
+        if not recursive:
+            raise UsageError(f"{src} is a directory; use -r/--recursive to copy a tree")
+        for root, dnames, fnames in os.walk(src):
+            dnames.sort()
+            rel_root = os.path.relpath(root, src)
+            for d in dnames:
+                dirs.append(os.path.normpath(os.path.join(rel_root, d)))
+            for name in sorted(fnames):
+                full = os.path.join(root, name)
+                st = os.stat(full)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                rel = os.path.normpath(os.path.join(rel_root, name))
+                files.append(LocalFile(rel, st.st_size, stat.S_IMODE(st.st_mode),
+                                       sha256_file(full) if checksum else None))
+    elif os.path.isfile(src):
+        st = os.stat(src)
+        files.append(LocalFile("", st.st_size, stat.S_IMODE(st.st_mode), sha256_file(src) if checksum else None))
+    else:
+        raise UsageError(f"{src} is not a regular file or directory")
+    if not dest:
+        raise UsageError("the destination path is empty")
+    return PutAction(src, dest, files, dirs, recursive, parse_mode(mode), _check_owner(owner), sudo, checksum,
+                     timeout)
+
+
+# ------------------------------------------------------------------------------- get
+@dataclasses.dataclass
+class GetAction:
+    """Copy ``src`` from each host into ``dest/<host>/``; partial files never remain."""
+
+    src: str
+    dest: str
+    recursive: bool = False
+    timeout: Optional[float] = None
+
+    def describe(self) -> str:
+        return f"get {self.src} {self.dest}"
+
+    def run(self, conn, target, ctx, on_output) -> CommandOutcome:
+        from hostops.output import safe_filename
+
+        deadline = _Deadline(self.timeout)
+        fs = conn.files()
+        info = fs.stat(self.src)
+        if info is None:
+            return CommandOutcome(None, b"", b"", f"{self.src}: no such file or directory on {target.name}")
+        if info.is_dir and not self.recursive:
+            return CommandOutcome(None, b"", b"", f"{self.src} is a directory on {target.name}; use -r")
+        host_dir = os.path.join(self.dest, safe_filename(target.name))
+        os.makedirs(host_dir, mode=0o700, exist_ok=True)
+        base = posixpath.basename(self.src.rstrip("/")) or "root"
+        local_root = os.path.join(host_dir, base)
+        count = nbytes = 0
+        try:
+            if not info.is_dir:
+                nbytes = _download(fs, self.src, info.size, local_root, deadline)
+                count = 1
+            else:
+                todo: List[Tuple[str, str]] = [(self.src.rstrip("/"), local_root)]
+                while todo:
+                    rdir, ldir = todo.pop()
+                    os.makedirs(ldir, mode=0o700, exist_ok=True)
+                    for name, entry in fs.listdir(rdir):
+                        rpath, lpath = posixpath.join(rdir, name), os.path.join(ldir, safe_filename(name))
+                        if entry.is_dir:
+                            todo.append((rpath, lpath))
+                        else:
+                            nbytes += _download(fs, rpath, entry.size, lpath, deadline)
+                            count += 1
+        except RemoteFileError as exc:
+            return CommandOutcome(None, b"", b"", str(exc))
+        text = (f"received {self.src} -> {local_root} ({_human(nbytes)})" if not info.is_dir
+                else f"received {count} file(s), {_human(nbytes)}, into {local_root}")
+        return CommandOutcome(0, (text + "\n").encode(), b"")
+
+
+def _download(fs: FileSystem, remote: str, size: int, local: str, deadline: _Deadline) -> int:
+    """Stream ``remote`` to a hidden temporary file beside ``local``, then rename it into place."""
+    tmp = os.path.join(os.path.dirname(local), f".{os.path.basename(local)}.hostops-{secrets.token_hex(4)}.part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    total = 0
+    try:
+        with os.fdopen(fd, "wb") as out, fs.open_read(remote, size) as fh:
+            while True:
+                deadline.check()
+                try:
+                    block = fh.read(CHUNK)
+                except OSError as exc:
+                    raise RemoteFileError(getattr(exc, "errno", 5) or 5, f"{remote}: {exc}") from None
+                if not block:
+                    break
+                out.write(block)
+                total += len(block)
+        os.replace(tmp, local)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    return total
+
+
+def prepare_get(src: str, dest: str, recursive: bool, timeout: Optional[float]) -> GetAction:
+    if not src:
+        raise UsageError("the source path is empty")
+    try:
+        os.makedirs(dest, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the local destination {dest}: {exc.strerror}") from None
+    if not os.path.isdir(dest):
+        raise UsageError(f"local destination {dest} is not a directory")
+    if not os.access(dest, os.W_OK | os.X_OK):
+        raise UsageError(f"local destination {dest} is not writable")
+    return GetAction(src, os.path.abspath(dest), recursive, timeout)
+
+
+# ------------------------------------------------------------------------------- script
+@dataclasses.dataclass
+class ScriptAction:
+    """Upload a local script to a private temporary directory, run it, always remove it."""
+
+    path: str
+    args: Sequence[str] = ()
+    sudo: bool = False
+    timeout: Optional[float] = None
+    stdin: Optional[str] = None
+
+    def describe(self) -> str:
+        return " ".join([f"script {self.path}"] + [shlex.quote(a) for a in self.args])
+
+    def run(self, conn, target, ctx, on_output) -> CommandOutcome:
+        fs = conn.files()
+        try:
+            tmpdir = _mktemp_dir(conn)
+        except RemoteFileError as exc:
+            return CommandOutcome(None, b"", b"", str(exc))
+        outcome: Optional[CommandOutcome] = None
+        try:
+            remote = posixpath.join(tmpdir, os.path.basename(self.path))
+            fh = fs.open_new(remote, 0o700)
+            try:
+                _copy_local_to(fh, self.path, _Deadline(self.timeout))
+            finally:
+                fh.close()
+            command = " ".join([shlex.quote(remote)] + [shlex.quote(a) for a in self.args])
+            outcome = conn.run(wrap_command(command, self.sudo), self.timeout, on_output, self.stdin)
+            return outcome
+        except RemoteFileError as exc:
+            outcome = CommandOutcome(None, b"", b"", str(exc))
+            return outcome
+        finally:
+            if not _run_quiet(conn, f"rm -rf -- {shlex.quote(tmpdir)}") and outcome is not None:
+                note = f"could not remove the temporary script directory {tmpdir}"
+                outcome.error = f"{outcome.error}; {note}" if outcome.error else note
+
+
+def prepare_script(path: str, args: Sequence[str], sudo: bool, timeout: Optional[float],
+                   stdin: Optional[str]) -> ScriptAction:
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such script file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{path}: permission denied (cannot read it)")
+    check_stdin(stdin)
+    return ScriptAction(os.path.abspath(path), tuple(args), sudo, timeout,
+                        os.path.abspath(stdin) if stdin else None)
+
+
+def check_stdin(stdin: Optional[str]) -> None:
+    if stdin is not None and not os.path.isfile(stdin):
+        raise UsageError(f"--stdin {stdin}: no such file")
