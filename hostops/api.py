@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterator, List, Optional, Sequence
 
@@ -23,11 +25,49 @@ OnStart = Callable[[str], None]
 OnOutput = Callable[[str, str, bytes], None]
 
 
+class _Interrupts:
+    """SIGINT/SIGTERM while a run is under way: the first asks for a clean stop (running
+    commands are stopped on their hosts, finished results kept), the second aborts at once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+        self._previous: dict = {}
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt()
+        try:
+            os.write(self.write_fd, b"!")
+        except OSError:
+            pass
+
+    def install(self) -> "_Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        for fd in (self.read_fd, self.write_fd):
+            os.close(fd)
+
+
 def run(targets: Sequence[Target], action: Any, options: Options, *, on_start: Optional[OnStart] = None,
-        on_output: Optional[OnOutput] = None, summary: Optional[Summary] = None) -> Iterator[HostResult]:
+        on_output: Optional[OnOutput] = None, summary: Optional[Summary] = None,
+        handle_signals: bool = False) -> Iterator[HostResult]:
     """Run ``action`` on every target through the worker pool; yield each HostResult as its
     host finishes. ``summary`` (if given) is filled as results arrive, so a caller that is
-    interrupted still knows what finished and what did not."""
+    interrupted still knows what finished and what did not.
+
+    With ``handle_signals`` (the CLI's choice), SIGINT and SIGTERM stop the run cleanly:
+    no new host starts, running commands are stopped on their hosts and reported
+    ``interrupted``, hosts never started are listed in ``summary.not_finished``.
+    """
     if not targets:
         return
     if on_output is not None and not options.stream_output:
@@ -38,12 +78,16 @@ def run(targets: Sequence[Target], action: Any, options: Options, *, on_start: O
     log = maybe_open(options.log)
     t0 = time.monotonic()
     finished = set()
+    interrupts = _Interrupts().install() if handle_signals else None
+    pool: Optional[Pool] = None
     try:
         if log is not None:
             log.write({"event": "start", "pid": os.getpid(), "action": _describe(action),
                        "hosts": [t.name for t in targets], "options": _loggable(options)})
         with Pool(options, len(jobs)) as pool:
-            for event in pool.run(jobs):
+            wake = interrupts.read_fd if interrupts else None
+            should_abort = (lambda: interrupts.count > 0) if interrupts else (lambda: False)
+            for event in pool.run(jobs, wake, should_abort):
                 kind, job = event[0], event[1]
                 if kind == "started" and on_start:
                     on_start(job.target.name)
@@ -55,12 +99,16 @@ def run(targets: Sequence[Target], action: Any, options: Options, *, on_start: O
                     summary.add(result)
                     summary.elapsed = time.monotonic() - t0
                     yield result
+            if pool.aborting:
+                summary.interrupted = True
     except (KeyboardInterrupt, GeneratorExit):
         summary.interrupted = True
         raise
     finally:
         summary.elapsed = time.monotonic() - t0
         summary.not_finished = [t.name for t in targets if t.name not in finished]
+        if interrupts is not None:
+            interrupts.restore()
         if log is not None:
             try:
                 log.write({"event": "end", "summary": summary.to_json()})

@@ -58,6 +58,26 @@ def load_selection(inventories: Sequence[str], adhoc_hosts: Sequence[str], patte
     return inv, names
 
 
+class _Size(click.ParamType):
+    """A byte count: 4096, 64K, 4M, 1G."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().rstrip("B").rstrip("I")
+        scale = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(text[-1:], 1)
+        digits = text[:-1] if scale > 1 else text
+        try:
+            return int(float(digits) * scale)
+        except ValueError:
+            self.fail(f"{value!r} is not a size such as 65536, 64K, 4M or 1G", param, ctx)
+
+
+SIZE = _Size()
+
+
 def connection_options(func: Callable) -> Callable:
     options = [
         click.option("-u", "--user", default=None, help="Remote user (inventory ansible_user wins)."),
@@ -83,6 +103,13 @@ def connection_options(func: Callable) -> Callable:
                      help="multiprocessing start method (default: Python's; or $HOSTOPS_START_METHOD)."),
         click.option("--log", "log_path", metavar="FILE", default=None,
                      help="Append JSON lines (run start, one per host, run end) to FILE, created 0600."),
+        click.option("--keepalive", type=click.FloatRange(min=0), default=15.0, show_default=True, metavar="S",
+                     help="Probe a silent connection every S seconds; 3 unanswered probes drop it (0: off)."),
+        click.option("--kill-grace", type=click.FloatRange(min=0), default=5.0, show_default=True, metavar="S",
+                     help="When stopping a remote command (timeout, Ctrl-C): TERM, then KILL after S seconds."),
+        click.option("--max-output", type=SIZE, default="4M", show_default=True, metavar="SIZE",
+                     help="Output kept per host and stream (K/M/G suffixes); the middle of longer output "
+                          "is dropped with a visible marker."),
     ]
     for opt in reversed(options):
         func = opt(func)
@@ -97,6 +124,8 @@ def output_options(func: Callable) -> Callable:
         click.option("-q", "--quiet", is_flag=True, help="Only failed hosts and the summary."),
         click.option("-o", "--outdir", metavar="DIR", default=None, help="Also write DIR/<host>.out and .err."),
         click.option("--no-progress", is_flag=True, help="No progress line on stderr (shown only on a TTY)."),
+        click.option("--raw", is_flag=True, help="Print remote output bytes as they are (terminal escape "
+                                                 "sequences are shown escaped unless this is given)."),
     ]
     for opt in reversed(options):
         func = opt(func)
@@ -111,7 +140,8 @@ def build_options(kw: dict):
         ssh_config=kw["ssh_config"], known_hosts=tuple(kw["known_hosts"]),
         host_key_policy=kw["host_key_policy"], connect_timeout=kw["connect_timeout"], timeout=kw["timeout"],
         sudo=kw["sudo"], forks=kw["forks"], processes=kw["processes"], start_method=kw["start_method"],
-        log=kw["log_path"], stream_output=kw.get("stream", False),
+        log=kw["log_path"], stream_output=kw.get("stream", False), keepalive=kw["keepalive"],
+        kill_grace=kw["kill_grace"], max_output=kw["max_output"],
     )
 
 
@@ -124,7 +154,9 @@ def output_mode(kw: dict) -> str:
 
 
 def run_action(targets, action, options, kw: dict) -> int:
-    """Run an action with the chosen renderer; Ctrl-C or SIGTERM still prints what finished."""
+    """Run an action with the chosen renderer. The first Ctrl-C or SIGTERM stops the run
+    cleanly (running commands stopped on their hosts, finished results printed and logged);
+    a second one aborts at once."""
     from hostops.api import run
     from hostops.output import make_renderer
     from hostops.results import Summary
@@ -132,26 +164,20 @@ def run_action(targets, action, options, kw: dict) -> int:
     mode = output_mode(kw)
     if options.host_key_policy == "off":
         _warn("host key checking is off (--host-key-policy off): a man in the middle would go unnoticed")
-    renderer = make_renderer(mode, total=len(targets), progress=not kw["no_progress"], outdir=kw["outdir"])
+    renderer = make_renderer(mode, total=len(targets), progress=not kw["no_progress"], outdir=kw["outdir"],
+                             raw=kw.get("raw", False))
     summary = Summary()
     results = run(targets, action, options, on_start=renderer.started,
-                  on_output=renderer.output if mode == "stream" else None, summary=summary)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+                  on_output=renderer.output if mode == "stream" else None, summary=summary, handle_signals=True)
     try:
         for result in results:
             renderer.result(result)
     except KeyboardInterrupt:
         summary.interrupted = True
         results.close()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C aborts at once
     finally:
-        signal.signal(signal.SIGTERM, previous)
         renderer.finish(summary)
     return int(summary.exit_code)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt()
 
 
 # ------------------------------------------------------------------ commands

@@ -67,4 +67,17 @@ class HostKeyError(ConnectError):
 
 
 class CommandTimeout(HostopsError):
-    """A remote command ran past ``--timeout``."""
+    """A command ran past ``--timeout``. args: (stdout so far, stderr so far, cleanup note)."""
+
+    def __init__(self, stdout: bytes = b"", stderr: bytes = b"", note: str = ""):
+        super().__init__(stdout, stderr, note)
+        self.stdout = stdout
+        self.stderr = stderr
+        self.note = note
+
+    def __str__(self) -> str:
+        return self.note or "timed out"
+
+
+class CommandAborted(CommandTimeout):
+    """The run was interrupted while the command ran; ``note`` says what cleanup did."""

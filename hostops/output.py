@@ -14,7 +14,8 @@ import time
 from typing import IO, Dict, List, Optional, Tuple
 
 from hostops.hostlist import compact
-from hostops.results import FAILED, OK, TIMEOUT, UNCHANGED, UNREACHABLE, HostResult, Summary, decode
+from hostops.results import (FAILED, INTERRUPTED, OK, TIMEOUT, UNCHANGED, UNREACHABLE, HostResult, Summary,
+                              decode)
 
 # C0 controls but \t and \n, DEL, C1 controls, bidi marks/overrides/isolates, zero-width marks, line/para separators.
 _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
@@ -24,6 +25,20 @@ def sanitize(data: bytes) -> str:
     """Text safe to print on a terminal: controls escaped, CRLF kept as a newline."""
     text = decode(data).replace("\r\n", "\n")
     return _UNSAFE.sub(_escape, text)
+
+
+_HEADER_LIKE = re.compile(r"^(\S+ \| (?:OK|UNCHANGED|FAILED|UNREACHABLE|TIMEOUT|INTERRUPTED)\b)", re.M)
+
+
+def unforgeable(text: str) -> str:
+    """Output lines that look like a host header get a leading backslash: a host cannot make
+    its output pass for another host's result."""
+    return _HEADER_LIKE.sub(r"\\\1", text)
+
+
+def raw_text(data: bytes) -> str:
+    """--raw: the bytes as they came (written back out unchanged through surrogateescape)."""
+    return data.decode("utf-8", errors="surrogateescape")
 
 
 def _escape(m: "re.Match[str]") -> str:
@@ -37,7 +52,7 @@ def use_color(stream: IO) -> bool:
     return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()
 
 
-_COLORS = {OK: "32", UNCHANGED: "36", FAILED: "31", UNREACHABLE: "35", TIMEOUT: "33"}
+_COLORS = {OK: "32", UNCHANGED: "36", FAILED: "31", UNREACHABLE: "35", TIMEOUT: "33", INTERRUPTED: "33"}
 
 
 def _paint(text: str, status: str, color: bool) -> str:
@@ -53,13 +68,14 @@ def header(result: HostResult, color: bool = False, host: Optional[str] = None) 
     return " | ".join(parts)
 
 
-def _body(result: HostResult) -> str:
+def _body(result: HostResult, raw: bool = False) -> str:
+    show = raw_text if raw else (lambda data: unforgeable(sanitize(data)))
     lines: List[str] = []
     if result.stdout:
-        lines.append(sanitize(result.stdout).rstrip("\n"))
+        lines.append(show(result.stdout).rstrip("\n"))
     if result.stderr:
         lines.append("[stderr]")
-        lines.append(sanitize(result.stderr).rstrip("\n"))
+        lines.append(show(result.stderr).rstrip("\n"))
     if result.error:
         lines.append(f"error: {sanitize(result.error.encode())}")
     return "\n".join(lines)
@@ -99,9 +115,10 @@ class Renderer:
     """Base renderer: the CLI calls started/output/result as events arrive, then finish."""
 
     def __init__(self, out: IO = sys.stdout, err: IO = sys.stderr, progress: Optional[Progress] = None,
-                 outdir: Optional[str] = None):
+                 outdir: Optional[str] = None, raw: bool = False):
         self.out = out
         self.err = err
+        self.raw = raw
         self.progress = progress or Progress(err, 0, False)
         self.outdir = outdir
         self.color = use_color(out)
@@ -130,8 +147,11 @@ class Renderer:
     def finish(self, summary: Summary) -> None:
         self.progress.clear()
         self.out.flush()
+        stopped = [r.host for r in summary.results if r.status == INTERRUPTED]
+        if stopped:
+            self.err.write(f"interrupted while running ({len(stopped)}): {compact(stopped)}\n")
         if summary.interrupted and summary.not_finished:
-            self.err.write(f"interrupted; not finished ({len(summary.not_finished)}): "
+            self.err.write(f"interrupted; not started ({len(summary.not_finished)}): "
                            f"{compact(summary.not_finished)}\n")
         self.err.write(summary.line() + "\n")
         self.err.flush()
@@ -147,7 +167,7 @@ class BlockRenderer(Renderer):
     def show(self, result: HostResult) -> None:
         if self.quiet and result.ok:
             return
-        body = _body(result)
+        body = _body(result, self.raw)
         self.out.write(header(result, self.color) + "\n" + (body + "\n" if body else ""))
         self.out.flush()
 
@@ -165,7 +185,7 @@ class GatherRenderer(Renderer):
 
     def finish(self, summary: Summary) -> None:
         self.progress.clear()
-        order = {OK: 0, UNCHANGED: 1, FAILED: 2, TIMEOUT: 3, UNREACHABLE: 4}
+        order = {OK: 0, UNCHANGED: 1, FAILED: 2, TIMEOUT: 3, UNREACHABLE: 4, INTERRUPTED: 5}
         for key, results in sorted(self.groups.items(), key=lambda kv: (order.get(kv[0][0], 9), -len(kv[1]))):
             first = results[0]
             names = compact(r.host for r in results)
@@ -174,7 +194,7 @@ class GatherRenderer(Renderer):
             rc = f" | rc={first.exit_code}" if first.exit_code is not None else ""
             rule = "-" * min(72, max(15, len(hosts)))
             self.out.write(f"{rule}\n{sanitize(hosts.encode())} | {status}{rc}\n{rule}\n")
-            body = _body(first)
+            body = _body(first, self.raw)
             if body:
                 self.out.write(body + "\n")
         super().finish(summary)
@@ -186,7 +206,7 @@ class StreamRenderer(Renderer):
     def output(self, host: str, stream: str, data: bytes) -> None:
         self.progress.clear()
         target = self.out if stream == "stdout" else self.err
-        text = sanitize(data)
+        text = raw_text(data) if self.raw else sanitize(data)
         target.write(f"{sanitize(host.encode())}: {text}" + ("" if text.endswith("\n") else "\n"))
         target.flush()
 
@@ -225,11 +245,14 @@ def write_outdir(outdir: str, result: HostResult) -> None:
 
 
 def make_renderer(mode: str, *, out: IO = sys.stdout, err: IO = sys.stderr, total: int = 0,
-                  progress: bool = True, outdir: Optional[str] = None) -> Renderer:
+                  progress: bool = True, outdir: Optional[str] = None, raw: bool = False) -> Renderer:
     prog = Progress(err, total, progress and mode != "stream")
     kinds = {"blocks": BlockRenderer, "quiet": BlockRenderer, "gather": GatherRenderer,
              "stream": StreamRenderer, "json": JsonRenderer}
-    cls = kinds[mode]
+    if raw:
+        for stream in (out, err):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="surrogateescape")
     if mode == "quiet":
-        return BlockRenderer(out, err, prog, outdir, quiet=True)
-    return cls(out, err, prog, outdir)
+        return BlockRenderer(out, err, prog, outdir, quiet=True, raw=raw)
+    return kinds[mode](out, err, prog, outdir, raw=raw)

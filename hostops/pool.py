@@ -1,33 +1,35 @@
-"""The process pool: worker processes, the results Queue and the job hand-over.
+"""The process pool: worker processes, their results Queues, and the job hand-over.
 
 The seam is small on purpose: :meth:`Pool.run` takes jobs and yields events as hosts
 start, print and finish. A distributed backend only has to offer the same method.
 
 Why our own pool of ``multiprocessing.Process`` rather than ``multiprocessing.Pool``:
-when a ``Pool`` worker dies its task is lost and the caller waits forever. Here every
-worker has its own job pipe, so the parent always knows which hosts a dead worker held;
-it reports them, replaces the worker (the pool keeps its size) and carries on.
+when a ``Pool`` worker dies its task is lost and the caller waits forever. Here each
+worker has its own job pipe and its own results Queue (a ``multiprocessing.Queue``
+with exactly one writer process), so the parent always knows which hosts a dead worker
+held, and a worker killed in the middle of writing a result can neither wedge the
+other workers (it held no lock they need) nor leave a half message that blocks the
+parent (the parent keeps no copy of the writing end, so it sees end-of-file instead).
 """
 from __future__ import annotations
 
 import collections
 import itertools
-import math
 import multiprocessing
 import multiprocessing.connection
 import os
-from typing import Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+import time
+from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
-from hostops.results import FAILED, HostResult
+from hostops.results import FAILED, INTERRUPTED, TIMEOUT, HostResult
 from hostops.settings import Options
-from hostops.worker import MSG_DONE, MSG_FATAL, MSG_OUTPUT, MSG_STARTED, Job, worker_main
+from hostops.worker import (ABORT, MSG_DONE, MSG_FATAL, MSG_OUTPUT, MSG_STARTED, MSG_UNSTARTED, STOP, Job,
+                            worker_main)
 
 START_METHODS = ("fork", "spawn", "forkserver")
-
-# Events yielded by Pool.run
-Started = Tuple[str, Job]                      # ("started", job)
-Output = Tuple[str, Job, str, bytes]           # ("output", job, stream, data)
-Done = Tuple[str, Job, HostResult]             # ("done", job, result)
+#: Beyond connect-timeout + timeout + kill-grace, the parent stops waiting for a host's
+#: result (the last resort behind the worker's own deadlines).
+PARENT_SLACK = 30.0
 
 
 class PoolError(RuntimeError):
@@ -35,13 +37,14 @@ class PoolError(RuntimeError):
 
 
 class _Worker:
-    def __init__(self, wid: int, process, inbox_w, slots: int):
+    def __init__(self, wid: int, process, inbox, results, slots: int):
         self.id = wid
         self.process = process
-        self.inbox = inbox_w
+        self.inbox = inbox            # parent → worker: Job, ABORT or STOP
+        self.results = results        # worker → parent: the multiprocessing.Queue of its events
         self.slots = slots
         self.assigned: Set[int] = set()   # job ids sent, not yet done
-        self.started: Set[int] = set()    # of those, the ones the worker began
+        self.started: Dict[int, float] = {}  # of those, the ones begun, with when
 
     @property
     def free(self) -> int:
@@ -60,24 +63,31 @@ class Pool:
         self.forks = max(1, min(options.forks, host_count))
         wanted = options.processes or os.cpu_count() or 1
         self.processes = max(1, min(wanted, self.forks))
-        self.results = self.ctx.Queue()   # every worker → parent, as each host finishes
         self.workers: Dict[int, _Worker] = {}
         self._next_id = 0
         self._crashes_in_a_row = 0
-        # slots per worker: the forks budget shared out, so the sum is exactly forks
+        self.aborting = False
+        self.not_started: List[Job] = []
         base, extra = divmod(self.forks, self.processes)
         self._slot_plan = [base + (1 if i < extra else 0) for i in range(self.processes)]
+        limit = None
+        if options.timeout:
+            limit = options.connect_timeout + options.timeout + options.kill_grace + PARENT_SLACK
+        self._overdue_after = limit
+        self._given_up: Set[int] = set()
 
     # ------------------------------------------------------------ workers
     def _spawn(self, slots: int) -> _Worker:
         wid = self._next_id
         self._next_id += 1
         inbox_r, inbox_w = self.ctx.Pipe(duplex=False)
+        results = self.ctx.Queue()
         process = self.ctx.Process(target=worker_main, name=f"hostops-worker-{wid}",
-                                   args=(wid, inbox_r, self.results, self.options, slots), daemon=True)
+                                   args=(wid, inbox_r, results, self.options, slots, os.getpid()), daemon=True)
         process.start()
         inbox_r.close()
-        worker = _Worker(wid, process, inbox_w, slots)
+        results._writer.close()  # type: ignore[attr-defined]  # EOF reaches us when the worker dies
+        worker = _Worker(wid, process, inbox_w, results, slots)
         self.workers[wid] = worker
         return worker
 
@@ -85,48 +95,80 @@ class Pool:
         for slots in self._slot_plan:
             self._spawn(slots)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Ask workers to finish, then make sure they are gone (bounded in time)."""
+    def _send_all(self, message) -> None:
         for w in self.workers.values():
             try:
-                w.inbox.send(None)
+                w.inbox.send(message)
             except (OSError, ValueError):
                 pass
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Ask workers to finish, then make sure they are gone (bounded in time)."""
+        self._send_all(STOP)
         self._reap(timeout)
 
-    def terminate(self) -> None:
+    def terminate(self, now: bool = False) -> None:
+        """SIGTERM the workers (they stop remote commands first); ``now``: SIGKILL at once."""
         for w in self.workers.values():
             if w.process.is_alive():
-                w.process.terminate()
-        self._reap(5.0)
+                (w.process.kill if now else w.process.terminate)()
+        self._reap(0.5 if now else self.options.kill_grace + 15)
 
     def _reap(self, timeout: float) -> None:
-        import time
-
         deadline = time.monotonic() + timeout
         for w in self.workers.values():
             w.process.join(max(0.0, deadline - time.monotonic()))
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join(2.0)
-            try:
-                w.inbox.close()
-            except OSError:
-                pass
+            for conn in (w.inbox, w.results._reader):  # type: ignore[attr-defined]
+                try:
+                    conn.close()
+                except OSError:
+                    pass
         self.workers.clear()
-        self.results.close()
-        self.results.cancel_join_thread()
 
     # ------------------------------------------------------------ run
-    def run(self, jobs: Iterable[Job]) -> Iterator[tuple]:
-        """Hand ``jobs`` to workers (never more than ``forks`` in flight) and yield events."""
+    def run(self, jobs: Iterable[Job], wake_fd: Optional[int] = None,
+            should_abort: Callable[[], bool] = lambda: False) -> Iterator[tuple]:
+        """Hand ``jobs`` to workers (never more than ``forks`` in flight) and yield events:
+        ("started", job), ("output", job, stream, data), ("done", job, HostResult).
+
+        When ``should_abort()`` turns true (``wake_fd`` becomes readable to say so), no new
+        host starts, running ones are stopped and reported, and the jobs never begun are
+        left in :attr:`not_started`.
+        """
         pending: Deque[Job] = collections.deque(jobs)
         by_id: Dict[int, Job] = {j.id: j for j in pending}
         remaining = len(pending)
+        drain_deadline: Optional[float] = None
         while remaining:
-            self._dispatch(pending)
-            for event in itertools.chain(self._wait(by_id), self._check_workers(by_id, pending)):
+            if should_abort() and not self.aborting:
+                self.aborting = True
+                self.not_started.extend(pending)
+                remaining -= len(pending)
+                pending.clear()
+                self._send_all(ABORT)
+                drain_deadline = time.monotonic() + self.options.kill_grace + 15
+            if not self.aborting:
+                self._dispatch(pending)
+            if remaining <= 0 or not self.workers:
+                break
+            if drain_deadline is not None and time.monotonic() > drain_deadline:
+                for event in self._give_up_all(by_id):
+                    remaining -= 1
+                    yield event
+                break
+            for event in itertools.chain(self._wait(by_id, wake_fd, drain_deadline),
+                                         self._check_overdue(by_id),
+                                         self._check_workers(by_id, pending)):
+                if event[0] == "unstarted":
+                    remaining -= 1
+                    self.not_started.append(event[1])
+                    continue
                 if event[0] == "done":
+                    if event[1].id in self._given_up:
+                        continue
                     remaining -= 1
                     self._crashes_in_a_row = 0
                 yield event
@@ -144,36 +186,83 @@ class Pool:
                 return
             worker.assigned.add(job.id)
 
-    def _wait(self, by_id: Dict[int, Job]) -> Iterator[tuple]:
-        reader = self.results._reader  # type: ignore[attr-defined]  # as concurrent.futures does
+    def _wait_timeout(self, drain_deadline: Optional[float]) -> Optional[float]:
+        times = []
+        if drain_deadline is not None:
+            times.append(drain_deadline)
+        if self._overdue_after is not None:
+            times += [t + self._overdue_after for w in self.workers.values() for t in w.started.values()]
+        if not times:
+            return None
+        return max(0.0, min(times) - time.monotonic()) + 0.05
+
+    def _wait(self, by_id: Dict[int, Job], wake_fd: Optional[int], drain_deadline: Optional[float]
+              ) -> Iterator[tuple]:
+        readers = {w.results._reader: w for w in self.workers.values()}  # type: ignore[attr-defined]
         sentinels = [w.process.sentinel for w in self.workers.values()]
-        ready = multiprocessing.connection.wait([reader] + sentinels)
-        if reader not in ready:
-            return
-        # drain everything already there, so a burst of finishing hosts costs one wake-up
+        extra = [wake_fd] if wake_fd is not None and not self.aborting else []
+        ready = multiprocessing.connection.wait(list(readers) + sentinels + extra,
+                                                self._wait_timeout(drain_deadline))
+        for reader in ready:
+            worker = readers.get(reader)  # type: ignore[arg-type]
+            if worker is not None:
+                yield from self._drain(worker, by_id)
+
+    def _drain(self, w: _Worker, by_id: Dict[int, Job]) -> Iterator[tuple]:
+        """Everything this worker has sent so far, without blocking."""
+        reader = w.results._reader  # type: ignore[attr-defined]
         while True:
             try:
-                msg = self.results.get_nowait()
-            except Exception:  # queue.Empty
+                if not reader.poll(0):
+                    return
+                msg = w.results.get_nowait()
+            except (EOFError, OSError):  # the worker is gone; _check_workers reports it
+                return
+            except Exception:  # queue.Empty, or a message cut short by the worker's death
                 return
             kind = msg[0]
             if kind == MSG_STARTED:
-                _, wid, jid = msg
-                if wid in self.workers:
-                    self.workers[wid].started.add(jid)
-                yield ("started", by_id[jid])
+                w.started[msg[2]] = time.monotonic()
+                yield ("started", by_id[msg[2]])
             elif kind == MSG_OUTPUT:
-                _, wid, jid, stream, data = msg
-                yield ("output", by_id[jid], stream, data)
+                yield ("output", by_id[msg[2]], msg[3], msg[4])
             elif kind == MSG_DONE:
-                _, wid, jid, result = msg
-                w = self.workers.get(wid)
-                if w is not None:
-                    w.assigned.discard(jid)
-                    w.started.discard(jid)
-                yield ("done", by_id[jid], result)
+                w.assigned.discard(msg[2])
+                w.started.pop(msg[2], None)
+                yield ("done", by_id[msg[2]], msg[3])
+            elif kind == MSG_UNSTARTED:
+                w.assigned.discard(msg[2])
+                yield ("unstarted", by_id[msg[2]])
             elif kind == MSG_FATAL:
                 raise PoolError(msg[2])
+
+    def _check_overdue(self, by_id: Dict[int, Job]) -> Iterator[tuple]:
+        """The parent's last resort: a host past every deadline is reported, not waited for."""
+        if self._overdue_after is None:
+            return
+        now = time.monotonic()
+        for w in self.workers.values():
+            for jid, began in list(w.started.items()):
+                if jid not in self._given_up and now - began > self._overdue_after:
+                    self._given_up.add(jid)
+                    job = by_id[jid]
+                    yield ("done", job, HostResult(job.target.name, TIMEOUT, start=time.time() - (now - began),
+                                                   duration=now - began, error=(
+                        f"no result after {now - began:.0f}s, past every deadline; the worker is stuck on this "
+                        "host and the remote command may still be running")))
+
+    def _give_up_all(self, by_id: Dict[int, Job]) -> Iterator[tuple]:
+        for w in self.workers.values():
+            for jid in sorted(w.assigned):
+                if jid in self._given_up:
+                    continue
+                self._given_up.add(jid)
+                job = by_id[jid]
+                if jid in w.started:
+                    yield ("done", job, HostResult(job.target.name, INTERRUPTED, error=(
+                        "interrupted; no word from the worker on cleanup, the remote command may still be running")))
+                else:
+                    yield ("unstarted", job)
 
     def _check_workers(self, by_id: Dict[int, Job], pending: Deque[Job]) -> Iterator[tuple]:
         """A dead worker's started hosts fail (the command may have run: never retried);
@@ -181,35 +270,34 @@ class Pool:
         for wid, w in list(self.workers.items()):
             if w.process.is_alive() or w.process.exitcode is None:
                 continue
-            # results it managed to send before dying are still in the queue: take them first
-            for event in self._drain_nowait(by_id):
-                yield event
+            yield from self._drain(w, by_id)  # what it sent before dying counts
             code = w.process.exitcode
             how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
             for jid in sorted(w.assigned):
                 job = by_id[jid]
+                if jid in self._given_up:
+                    continue
                 if jid in w.started:
                     yield ("done", job, HostResult(job.target.name, FAILED, error=(
                         f"worker crashed ({how}); the command may have run. Not retried: "
                         "check the host before running it again")))
+                elif self.aborting:
+                    yield ("unstarted", job)
                 else:
                     pending.appendleft(job)
             del self.workers[wid]
+            for conn in (w.inbox, w.results._reader):  # type: ignore[attr-defined]
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+            if self.aborting:
+                continue
             self._crashes_in_a_row += 1
             if self._crashes_in_a_row > 2 * self.processes + 3:
                 raise PoolError(f"worker processes keep dying ({how}) before finishing any host; "
                                 "check memory limits and the worker's stderr above")
-            try:
-                w.inbox.close()
-            except OSError:
-                pass
             self._spawn(w.slots)
-
-    def _drain_nowait(self, by_id: Dict[int, Job]) -> Iterator[tuple]:
-        reader = self.results._reader  # type: ignore[attr-defined]
-        while reader.poll(0):
-            # _wait drains all that is there without blocking
-            yield from self._wait(by_id)
 
     def __enter__(self) -> "Pool":
         self.start()
@@ -219,11 +307,13 @@ class Pool:
         if exc_type is None:
             self.close()
         else:
-            self.terminate()
+            self.terminate(now=exc_type is KeyboardInterrupt)
 
 
 def plan(forks: int, processes: Optional[int], hosts: int) -> Tuple[int, int]:
-    """(processes, threads per process) a run will use: for --help and the progress line."""
+    """(processes, threads per process) a run will use."""
+    import math
+
     f = max(1, min(forks, hosts))
     p = max(1, min(processes or os.cpu_count() or 1, f))
     return p, math.ceil(f / p)

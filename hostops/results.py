@@ -9,7 +9,8 @@ from hostops import exitcodes
 
 OK, FAILED, UNREACHABLE, TIMEOUT = "ok", "failed", "unreachable", "timeout"
 UNCHANGED = "unchanged"  # put --checksum: the host already had the file; a success
-STATUSES = (OK, UNCHANGED, FAILED, UNREACHABLE, TIMEOUT)
+INTERRUPTED = "interrupted"  # the run was interrupted while this host's command ran
+STATUSES = (OK, UNCHANGED, FAILED, UNREACHABLE, TIMEOUT, INTERRUPTED)
 SUCCESS = (OK, UNCHANGED)
 
 
@@ -102,8 +103,10 @@ class Summary:
             parts.append(f"{self.count(UNCHANGED)} unchanged")
         parts += [f"{self.count(FAILED)} failed", f"{self.count(UNREACHABLE)} unreachable",
                  f"{self.count(TIMEOUT)} timeout"]
+        if self.count(INTERRUPTED):
+            parts.append(f"{self.count(INTERRUPTED)} interrupted")
         if self.not_finished:
-            parts.append(f"{len(self.not_finished)} not finished")
+            parts.append(f"{len(self.not_finished)} not started")
         text = f"{total} host{'s' if total != 1 else ''}: {', '.join(parts)} in {self.elapsed:.1f}s"
         return text + (" (interrupted)" if self.interrupted else "")
 

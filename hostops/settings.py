@@ -37,6 +37,9 @@ class Options:
     start_method: Optional[str] = None
     log: Optional[str] = None
     stream_output: bool = False
+    keepalive: float = 15.0          # seconds of silence before a keepalive; 0 turns them off
+    kill_grace: float = 5.0          # TERM → KILL delay for remote commands being stopped
+    max_output: int = 4 * 1024 * 1024  # bytes kept per host and stream
 
     def __post_init__(self) -> None:
         if self.host_key_policy not in HOST_KEY_POLICIES:
@@ -49,6 +52,10 @@ class Options:
             raise UsageError("--connect-timeout must be more than 0 seconds")
         if self.timeout is not None and self.timeout <= 0:
             raise UsageError("-t/--timeout must be more than 0 seconds")
+        if self.keepalive < 0 or self.kill_grace < 0:
+            raise UsageError("--keepalive and --kill-grace cannot be negative")
+        if self.max_output < 1024:
+            raise UsageError("--max-output must be at least 1 KiB")
 
     def known_hosts_files(self) -> Tuple[str, ...]:
         """--known-hosts files replace ~/.ssh/known_hosts, like OpenSSH's UserKnownHostsFile."""

@@ -3,9 +3,19 @@
 A worker keeps one :class:`WorkerContext` (known_hosts and private keys, parsed once per
 process) and asks :func:`connect` for a :class:`Connection` per host. paramiko is
 imported here only, inside functions, so the CLI starts fast.
+
+Deadlines: DNS, TCP connect, banner, key exchange, auth and channel open all share one
+``--connect-timeout`` budget, enforced by :class:`GuardedSocket` underneath paramiko (which
+on its own lets a server trickle a banner forever). During a command, keepalives that
+need an answer detect a peer that stopped answering. When a command times out or the run
+is interrupted, its remote process group gets TERM, then KILL after ``--kill-grace``
+seconds, sent over a second channel: every command runs as the leader of its own process
+group (sshd makes it a session leader) and reports that id on its first stderr line,
+which hostops strips.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import select
 import shlex
@@ -15,12 +25,17 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from hostops.errors import CommandTimeout, ConnectError, HostKeyError
+from hostops.capture import OutputBuffer, StderrWithPid
+from hostops.errors import CommandAborted, CommandTimeout, ConnectError, HostKeyError
 from hostops.settings import Options, Target
 
 OutputCallback = Callable[[str, bytes], None]
 READ_SIZE = 65536
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
+#: Bytes a server may send before the handshake is done: a banner, KEXINIT and the key
+#: exchange reply fit in a few KiB. A server spewing more is refused, not buffered.
+PRE_AUTH_LIMIT = 256 * 1024
+KEEPALIVE_COUNT = 3  # like OpenSSH's ServerAliveCountMax
 
 
 class CommandOutcome:
@@ -45,6 +60,16 @@ def wrap_command(command: str, sudo: bool) -> str:
     return f"sudo -n -- sh -c {shlex.quote(command)}"
 
 
+def with_pid_report(command: str) -> str:
+    """Run ``command`` under /bin/sh as the session leader, first printing its pid on stderr.
+
+    ``exec`` keeps the pid sshd gave the login shell (a session and process-group leader),
+    so the reported pid is the group to signal. Written to work from any login shell.
+    """
+    inner = 'printf "\\036HOSTOPS-PID %s\\n" "$$" >&2; exec /bin/sh -c "$1"'
+    return f"exec /bin/sh -c {shlex.quote(inner)} hostops {shlex.quote(command)}"
+
+
 class WorkerContext:
     """Per-process state shared by all the connections a worker makes."""
 
@@ -53,6 +78,22 @@ class WorkerContext:
         self._hostkeys = None
         self._keys: Dict[str, object] = {}
         self._lock = threading.Lock()
+        self.abort = threading.Event()
+        self._abort_r, self._abort_w = os.pipe()
+        self._dns = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
+
+    @property
+    def abort_fd(self) -> int:
+        """Readable once :meth:`request_abort` was called: pollers wake up at once."""
+        return self._abort_r
+
+    def request_abort(self) -> None:
+        if not self.abort.is_set():
+            self.abort.set()
+            try:
+                os.write(self._abort_w, b"x")
+            except OSError:
+                pass
 
     @property
     def hostkeys(self):
@@ -69,6 +110,23 @@ class WorkerContext:
             if path not in self._keys:
                 self._keys[path] = _read_key(path)
             return self._keys[path]  # type: ignore[return-value]
+
+    def resolve(self, host: str, port: int, timeout: float) -> List[tuple]:
+        """getaddrinfo bounded by ``timeout`` (the C call itself cannot be interrupted)."""
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            return [(family, socket.SOCK_STREAM, 0, "", (host, port))]
+        except OSError:
+            pass
+        future = self._dns.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise ConnectError(f"cannot resolve {host}: no answer from DNS within {timeout:.3g}s "
+                               "(--connect-timeout)", "dns") from None
+        except socket.gaierror as exc:
+            raise ConnectError(f"cannot resolve {host}: {exc.strerror}", "dns") from None
 
 
 def _read_key(path: str) -> Tuple[Optional[object], Optional[str]]:
@@ -106,15 +164,63 @@ class Connection:
 
 def connect(target: Target, ctx: WorkerContext) -> Connection:
     if target.connection == "local":
-        return LocalConnection()
+        return LocalConnection(ctx)
     return SSHConnection.open(target, ctx)
 
 
 # ---------------------------------------------------------------------------- SSH
+class GuardedSocket:
+    """The socket paramiko reads: ends the connection at the handshake deadline, refuses a
+    flood of pre-handshake bytes, and remembers when the peer last said anything."""
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        self._sock = sock
+        self.deadline: Optional[float] = deadline
+        self.pre_auth_bytes = 0
+        self.last_recv = time.monotonic()
+        self.expired = False
+        self.flooded = False
+
+    def handshake_done(self) -> None:
+        self.deadline = None
+
+    def recv(self, n: int) -> bytes:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.expired = True
+            return b""  # paramiko reads this as EOF and gives up at once
+        data = self._sock.recv(n)
+        if data:
+            self.last_recv = time.monotonic()
+            if self.deadline is not None:
+                self.pre_auth_bytes += len(data)
+                if self.pre_auth_bytes > PRE_AUTH_LIMIT:
+                    self.flooded = True
+                    return b""
+        return data
+
+    def send(self, data: bytes) -> int:
+        return self._sock.send(data)
+
+    def settimeout(self, t: Optional[float]) -> None:
+        self._sock.settimeout(t)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    @property
+    def _closed(self) -> bool:
+        return getattr(self._sock, "_closed", False)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
 class SSHConnection(Connection):
-    def __init__(self, transport, target: Target):
+    def __init__(self, transport, target: Target, guard: GuardedSocket, ctx: WorkerContext):
         self.transport = transport
         self.target = target
+        self.guard = guard
+        self.ctx = ctx
         self._fs = None
 
     @classmethod
@@ -125,17 +231,20 @@ class SSHConnection(Connection):
         deadline = time.monotonic() + timeout
         where = f"{target.hostname}:{target.port}"
 
+        def timed_out() -> ConnectError:
+            return ConnectError(f"connection to {where} timed out after {timeout:g}s (--connect-timeout)",
+                                "timeout")
+
         def remaining() -> float:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ConnectError(f"connection to {where} timed out after {timeout:g}s "
-                                   "(--connect-timeout)", "timeout")
+                raise timed_out()
             return left
 
-        sock = _tcp_connect(target, timeout)
+        guard = GuardedSocket(_tcp_connect(target, ctx, deadline), deadline)
         transport = None
         try:
-            transport = paramiko.Transport(sock)
+            transport = paramiko.Transport(guard)  # type: ignore[arg-type]
             transport.banner_timeout = remaining()
             transport.handshake_timeout = remaining()
             known = ctx.hostkeys.known_types(target.known_hosts_name)
@@ -143,18 +252,28 @@ class SSHConnection(Connection):
                 _prefer_key_types(transport, known)
             try:
                 transport.start_client(timeout=remaining())
-            except paramiko.SSHException as exc:
-                raise ConnectError(f"SSH handshake with {where} failed: {exc}", "handshake") from None
-            except (EOFError, OSError) as exc:
-                raise ConnectError(f"SSH handshake with {where} failed: connection closed ({exc})",
-                                   "handshake") from None
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                if guard.expired or time.monotonic() >= deadline:
+                    raise timed_out() from None
+                if guard.flooded:
+                    raise ConnectError(f"SSH handshake with {where} failed: the server sent more than "
+                                       f"{PRE_AUTH_LIMIT // 1024} KiB without completing it (not an SSH "
+                                       "server?)", "handshake") from None
+                reason = str(exc) or "connection closed"
+                raise ConnectError(f"SSH handshake with {where} failed: {reason}", "handshake") from None
             ctx.hostkeys.check(target.known_hosts_name, transport.get_remote_server_key())
-            _authenticate(transport, target, ctx, remaining)
-            return cls(transport, target)
+            try:
+                _authenticate(transport, target, ctx, remaining)
+            except ConnectError:
+                if guard.expired:
+                    raise timed_out() from None
+                raise
+            guard.handshake_done()
+            return cls(transport, target, guard, ctx)
         except BaseException:
             if transport is not None:
                 transport.close()
-            sock.close()
+            guard.close()
             raise
 
     def run(self, command: str, timeout: Optional[float] = None, on_output: Optional[OutputCallback] = None,
@@ -162,19 +281,48 @@ class SSHConnection(Connection):
         import paramiko
 
         try:
-            chan = self.transport.open_session(timeout=30)
-            chan.exec_command(command)
+            chan = self.transport.open_session(timeout=self.ctx.options.connect_timeout)
+            chan.exec_command(with_pid_report(command))
             if stdin is None:
                 chan.shutdown_write()
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise ConnectError(f"cannot start the command on {self.target.hostname}: {exc}", "channel") from None
         feeder = _feed_stdin(chan, stdin) if stdin is not None else None
         try:
-            return _read_channel(chan, timeout, on_output)
+            return _read_channel(self, chan, timeout, on_output)
         finally:
             chan.close()
             if feeder is not None:
                 feeder.join(5)
+
+    def kill_remote(self, pgid: Optional[int], sudo: bool = False) -> str:
+        """TERM the command's process group, KILL it after the grace period; say how it went."""
+        if pgid is None:
+            return "the remote command may still be running (its process id is unknown)"
+        grace = self.ctx.options.kill_grace
+        steps = max(1, int(grace * 10))
+        script = (f"p={pgid}; kill -TERM -- -$p 2>/dev/null || exit 0; i=0; "
+                  f"while kill -0 -- -$p 2>/dev/null; do i=$((i+1)); "
+                  f"if [ $i -ge {steps} ]; then kill -KILL -- -$p 2>/dev/null; sleep 0.5; "
+                  f"kill -0 -- -$p 2>/dev/null && exit 3; exit 2; fi; sleep 0.1; done; exit 0")
+        if sudo:
+            script = wrap_command(script, True)
+        try:
+            if not self.transport.is_active():
+                raise EOFError("connection closed")
+            chan = self.transport.open_session(timeout=5)
+            chan.exec_command(script)
+            chan.shutdown_write()
+            if not chan.status_event.wait(grace + 10):
+                chan.close()
+                return "the remote command may still be running (cleanup did not finish)"
+            code = chan.recv_exit_status()
+            chan.close()
+        except Exception as exc:  # the connection may be the thing that failed
+            return f"the remote command may still be running (cleanup failed: {exc or type(exc).__name__})"
+        return {0: "the remote command was stopped (TERM)",
+                2: f"the remote command was killed (KILL after {grace:g}s)"}.get(
+            code, "the remote command may still be running (it survived TERM and KILL)")
 
     def files(self):
         if self._fs is None:
@@ -189,7 +337,10 @@ class SSHConnection(Connection):
 
     def close(self) -> None:
         if self._fs is not None:
-            self._fs.close()
+            try:
+                self._fs.close()
+            except Exception:
+                pass
         self.transport.close()
 
 
@@ -202,7 +353,7 @@ def _feed_stdin(chan, path: str) -> threading.Thread:
             for chunk in chunk_cache().iter_file(path):
                 chan.sendall(chunk)
             chan.shutdown_write()
-        except (OSError, EOFError, Exception):  # the command exited without reading it all
+        except Exception:  # the command exited without reading it all
             pass
 
     t = threading.Thread(target=feed, name="stdin-feeder", daemon=True)
@@ -210,17 +361,31 @@ def _feed_stdin(chan, path: str) -> threading.Thread:
     return t
 
 
-def _tcp_connect(target: Target, timeout: float) -> socket.socket:
+def _tcp_connect(target: Target, ctx: WorkerContext, deadline: float) -> socket.socket:
     where = f"{target.hostname}:{target.port}"
-    try:
-        return socket.create_connection((target.hostname, target.port), timeout=timeout)
-    except socket.gaierror as exc:
-        raise ConnectError(f"cannot resolve {target.hostname}: {exc.strerror}", "dns") from None
-    except socket.timeout:
-        raise ConnectError(f"connection to {where} timed out after {timeout:g}s (--connect-timeout)",
-                           "timeout") from None
-    except OSError as exc:
-        raise ConnectError(f"cannot connect to {where}: {exc.strerror or exc}", "connect") from None
+    timeout = ctx.options.connect_timeout
+    infos = ctx.resolve(target.hostname, target.port, max(0.001, deadline - time.monotonic()))
+    last: Optional[OSError] = None
+    for family, kind, proto, _name, addr in infos:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(left)
+            sock.connect(addr)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except socket.timeout:
+            sock.close()
+            last = None
+            break
+        except OSError as exc:
+            sock.close()
+            last = exc
+    if last is None:
+        raise ConnectError(f"connection to {where} timed out after {timeout:g}s (--connect-timeout)", "timeout")
+    raise ConnectError(f"cannot connect to {where}: {last.strerror or last}", "connect")
 
 
 def _prefer_key_types(transport, known: List[str]) -> None:
@@ -285,54 +450,111 @@ def _authenticate(transport, target: Target, ctx: WorkerContext, remaining: Call
                        f"Check the user (-u) and that the public key is in its authorized_keys", "auth")
 
 
-def _read_channel(chan, timeout: Optional[float], on_output: Optional[OutputCallback]) -> CommandOutcome:
+def _read_channel(conn: SSHConnection, chan, timeout: Optional[float],
+                  on_output: Optional[OutputCallback]) -> CommandOutcome:
     """Read stdout and stderr together (neither can fill up and stall the other) until the
-    command exits or ``timeout`` passes."""
+    command exits, ``timeout`` passes, the peer stops answering, or the run is aborted."""
+    import paramiko
+
+    ctx = conn.ctx
+    opts = ctx.options
     deadline = time.monotonic() + timeout if timeout else None
-    out: List[bytes] = []
-    err: List[bytes] = []
+    out = OutputBuffer(opts.max_output)
+    err = StderrWithPid(opts.max_output)
+    keepalive = opts.keepalive or None
+    last_probe = time.monotonic()
     poller = select.poll()
     poller.register(chan.fileno(), select.POLLIN)
+    poller.register(ctx.abort_fd, select.POLLIN)
+
+    def stop(exc_type, note_prefix: str):
+        # The pid is the first thing the command says; if we stop it sooner than that, wait
+        # a moment for it rather than leave the command running.
+        until = time.monotonic() + 3.0
+        while err.pid is None and err.pending and not chan.closed and time.monotonic() < until:
+            if chan.recv_stderr_ready():
+                err.feed(chan.recv_stderr(READ_SIZE))
+            elif chan.recv_ready():
+                out.add(chan.recv(READ_SIZE))
+            else:
+                poller.poll(100)
+        note = conn.kill_remote(err.pid, opts.sudo)
+        raise exc_type(out.getvalue(), err.getvalue(), f"{note_prefix}; {note}")
+
     while True:
         got = False
         if chan.recv_ready():
             data = chan.recv(READ_SIZE)
             if data:
                 got = True
-                out.append(data)
+                out.add(data)
                 if on_output:
                     on_output("stdout", data)
         if chan.recv_stderr_ready():
             data = chan.recv_stderr(READ_SIZE)
             if data:
                 got = True
-                err.append(data)
-                if on_output:
-                    on_output("stderr", data)
+                shown = err.feed(data)
+                if on_output and shown:
+                    on_output("stderr", shown)
         if got:
             continue
-        left = None if deadline is None else deadline - time.monotonic()
+        now = time.monotonic()
+        if ctx.abort.is_set():
+            stop(CommandAborted, "interrupted")
+        left = None if deadline is None else deadline - now
         if left is not None and left <= 0:
-            raise CommandTimeout(b"".join(out), b"".join(err))
+            stop(CommandTimeout, f"timed out after {timeout:g}s (--timeout)")
         if chan.eof_received or chan.closed:
             # All output is in; the exit status follows EOF on the wire.
-            if chan.status_event.wait(left if left is not None else None) or chan.closed:
+            if chan.status_event.wait(min(left, 1.0) if left is not None else 1.0) or chan.closed:
                 if chan.recv_ready() or chan.recv_stderr_ready():
                     continue
                 break
             continue
-        poller.poll(None if left is None else max(1, int(left * 1000)))
+        wait = left
+        if keepalive:
+            silent = now - conn.guard.last_recv
+            if silent > keepalive * KEEPALIVE_COUNT:
+                conn.transport.close()
+                raise ConnectError(
+                    f"{conn.target.hostname} stopped answering during the command (no reply to "
+                    f"{KEEPALIVE_COUNT} keepalives in {silent:.0f}s); the connection was dropped and the "
+                    "remote command may still be running", "keepalive")
+            if silent > keepalive and now - last_probe > keepalive:
+                _send_keepalive(conn.transport, paramiko)
+                last_probe = now
+            wait = keepalive if wait is None else min(wait, keepalive)
+        poller.poll(None if wait is None else max(1, int(wait * 1000)))
+    extra = err.finish()
+    if on_output and extra:
+        on_output("stderr", extra)
     status = chan.exit_status
-    stdout, stderr = b"".join(out), b"".join(err)
     if status is None or status < 0:
-        return CommandOutcome(None, stdout, stderr, "the command ended without an exit status "
-                                                    "(killed by a signal, or the connection dropped)")
-    return CommandOutcome(status, stdout, stderr)
+        return CommandOutcome(None, out.getvalue(), err.getvalue(), "the command ended without an exit status "
+                              "(killed by a signal, or the connection dropped)")
+    return CommandOutcome(status, out.getvalue(), err.getvalue())
+
+
+def _send_keepalive(transport, paramiko) -> None:
+    """A global request that wants a reply (OpenSSH answers 'failure'): any answer proves the
+    peer is alive. paramiko's own keepalive wants no reply, so it cannot detect a dead peer."""
+    try:
+        m = paramiko.Message()
+        m.add_byte(bytes([paramiko.common.MSG_GLOBAL_REQUEST]))
+        m.add_string("keepalive@openssh.com")
+        m.add_boolean(True)
+        transport._send_user_message(m)
+    except Exception:
+        pass
 
 
 # ---------------------------------------------------------------------------- local
 class LocalConnection(Connection):
     """``connection: local``: run the command on this machine through ``/bin/sh``."""
+
+    def __init__(self, ctx: Optional[WorkerContext] = None):
+        self.ctx = ctx
 
     def run(self, command: str, timeout: Optional[float] = None, on_output: Optional[OutputCallback] = None,
             stdin: Optional[str] = None) -> CommandOutcome:
@@ -343,44 +565,51 @@ class LocalConnection(Connection):
         finally:
             if stdin is not None:
                 stdin_file.close()  # type: ignore[union-attr]
+        cap = self.ctx.options.max_output if self.ctx else 4 * 1024 * 1024
         deadline = time.monotonic() + timeout if timeout else None
-        chunks: Dict[str, List[bytes]] = {"stdout": [], "stderr": []}
+        bufs = {"stdout": OutputBuffer(cap), "stderr": OutputBuffer(cap)}
         streams = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}  # type: ignore[union-attr]
         poller = select.poll()
         for fd in streams:
             poller.register(fd, select.POLLIN)
+        if self.ctx is not None:
+            poller.register(self.ctx.abort_fd, select.POLLIN)
+
+        def stop(exc_type, note_prefix: str):
+            note = _kill_group(proc, self.ctx.options.kill_grace if self.ctx else 5.0)
+            raise exc_type(bufs["stdout"].getvalue(), bufs["stderr"].getvalue(), f"{note_prefix}; {note}")
+
         try:
             while streams:
+                if self.ctx is not None and self.ctx.abort.is_set():
+                    stop(CommandAborted, "interrupted")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    _kill_group(proc)
-                    raise CommandTimeout(b"".join(chunks["stdout"]), b"".join(chunks["stderr"]))
+                    stop(CommandTimeout, f"timed out after {timeout:g}s (--timeout)")
                 for fd, _event in poller.poll(None if left is None else max(1, int(left * 1000))):
-                    data = os.read(fd, READ_SIZE)
                     name = streams.get(fd)
                     if name is None:
                         continue
+                    data = os.read(fd, READ_SIZE)
                     if not data:
                         poller.unregister(fd)
                         del streams[fd]
                         continue
-                    chunks[name].append(data)
+                    bufs[name].add(data)
                     if on_output:
                         on_output(name, data)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 code = proc.wait(left)
             except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                raise CommandTimeout(b"".join(chunks["stdout"]), b"".join(chunks["stderr"])) from None
+                stop(CommandTimeout, f"timed out after {timeout:g}s (--timeout)")
         finally:
             proc.stdout.close()  # type: ignore[union-attr]
             proc.stderr.close()  # type: ignore[union-attr]
-        stdout, stderr = b"".join(chunks["stdout"]), b"".join(chunks["stderr"])
+        stdout, stderr = bufs["stdout"].getvalue(), bufs["stderr"].getvalue()
         if code < 0:
             return CommandOutcome(None, stdout, stderr, f"the command was killed by signal {-code}")
         return CommandOutcome(code, stdout, stderr)
-
 
     def files(self):
         from hostops.remotefs import LocalFileSystem
@@ -388,20 +617,22 @@ class LocalConnection(Connection):
         return LocalFileSystem()
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen, grace: float = 5.0) -> str:
     """Stop the command and everything it started (it runs in its own session)."""
     import signal
 
-    for sig, grace in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
+            break
         try:
-            proc.wait(grace)
-            return
+            proc.wait(wait)
+            return "the command was stopped (TERM)" if sig == signal.SIGTERM else "the command was killed (KILL)"
         except subprocess.TimeoutExpired:
             continue
+    return "the command was stopped"
 
 
-__all__ = ["connect", "Connection", "CommandOutcome", "WorkerContext", "wrap_command", "HostKeyError"]
+__all__ = ["connect", "Connection", "CommandOutcome", "WorkerContext", "wrap_command", "HostKeyError",
+           "CommandTimeout"]

@@ -9,14 +9,15 @@ exception escapes a job: errors become a HostResult that carries them.
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue as _queue
 import signal
 import threading
 import time
 from typing import Any, Callable, List, Optional
 
-from hostops.errors import CommandTimeout, ConnectError
-from hostops.results import FAILED, OK, TIMEOUT, UNREACHABLE, HostResult
+from hostops.errors import CommandAborted, CommandTimeout, ConnectError
+from hostops.results import FAILED, INTERRUPTED, OK, TIMEOUT, UNREACHABLE, HostResult
 from hostops.settings import Options, Target
 
 # Messages a worker puts on the results Queue (tuples: cheap to pickle).
@@ -24,6 +25,11 @@ MSG_STARTED = "started"      # (MSG_STARTED, worker_id, job_id)
 MSG_OUTPUT = "output"        # (MSG_OUTPUT, worker_id, job_id, stream, bytes)
 MSG_DONE = "done"            # (MSG_DONE, worker_id, job_id, HostResult)
 MSG_FATAL = "fatal"          # (MSG_FATAL, worker_id, message)
+MSG_UNSTARTED = "unstarted"  # (MSG_UNSTARTED, worker_id, job_id): handed back, never begun
+
+# What the parent sends on a worker's inbox besides Job objects.
+ABORT = "abort"              # stop what is running (clean up remote commands), report, take no more
+STOP = None                  # no more jobs: finish and exit
 
 
 @dataclasses.dataclass
@@ -72,12 +78,12 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
         return result(UNREACHABLE, error=f"unexpected error while connecting: {type(exc).__name__}: {exc}")
     try:
         outcome = job.action.run(conn, job.target, ctx, on_output)
+    except CommandAborted as exc:
+        return result(INTERRUPTED, stdout=exc.stdout, stderr=exc.stderr, error=exc.note or "interrupted")
     except CommandTimeout as exc:
-        out, err = (exc.args + (b"", b""))[:2]
         limit = getattr(job.action, "timeout", None)
-        return result(TIMEOUT, stdout=out, stderr=err,
-                      error=f"timed out after {limit:g}s (--timeout); the channel was closed" if limit
-                      else "timed out")
+        note = exc.note or (f"timed out after {limit:g}s (--timeout)" if limit else "timed out")
+        return result(TIMEOUT, stdout=exc.stdout, stderr=exc.stderr, error=note)
     except ConnectError as exc:
         return result(UNREACHABLE, error=str(exc))
     except Exception as exc:
@@ -92,7 +98,10 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
 
 
 class _LineSplitter:
-    """Turns output chunks into whole lines for --stream (a partial line waits for its end)."""
+    """Turns output chunks into whole lines for --stream (a partial line waits for its end,
+    but never holds more than MAX_PARTIAL bytes: a line without newline is sent in pieces)."""
+
+    MAX_PARTIAL = 64 * 1024
 
     def __init__(self, send: Callable[[str, bytes], None]):
         self._send = send
@@ -101,9 +110,13 @@ class _LineSplitter:
     def __call__(self, stream: str, data: bytes) -> None:
         data = self._partial[stream] + data
         lines = data.split(b"\n")
-        self._partial[stream] = lines.pop()
+        rest = lines.pop()
         for line in lines:
             self._send(stream, line + b"\n")
+        while len(rest) > self.MAX_PARTIAL:
+            self._send(stream, rest[: self.MAX_PARTIAL])
+            rest = rest[self.MAX_PARTIAL:]
+        self._partial[stream] = rest
 
     def flush(self) -> None:
         for stream, rest in self._partial.items():
@@ -112,10 +125,35 @@ class _LineSplitter:
         self._partial = {"stdout": b"", "stderr": b""}
 
 
-def worker_main(worker_id: int, inbox, results, options: Options, threads: int) -> None:
+class _Terminated(BaseException):
+    """Raised in a worker's main thread by SIGTERM (the parent's terminate, or its death)."""
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: SIGTERM this worker when the parent dies, so none outlives a SIGKILLed parent."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    # The parent died before prctl took effect: we were handed to init. (Under forkserver
+    # our parent is the fork server, which exits with the main process; the inbox pipe's
+    # end-of-file tells us too.)
+    if os.getppid() == 1 and parent_pid != 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def worker_main(worker_id: int, inbox, results, options: Options, threads: int, parent_pid: int) -> None:
     """Entry point of a worker process (must stay importable under spawn)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # under fork we inherit the parent's handler
+
+    def on_term(signum, frame):
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, on_term)
+    _die_with_parent(parent_pid)
     try:
         from hostops.log import maybe_open
         from hostops.transport import WorkerContext
@@ -124,8 +162,12 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int) 
 
         log = maybe_open(options.log)
         ctx = WorkerContext(options)
+    except _Terminated:
+        return
     except Exception as exc:
         results.put((MSG_FATAL, worker_id, f"worker {worker_id} could not start: {exc}"))
+        results.close()
+        results.join_thread()
         return
     jobs: "_queue.Queue[Optional[Job]]" = _queue.Queue()
 
@@ -134,6 +176,9 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int) 
             job = jobs.get()
             if job is None:
                 return
+            if ctx.abort.is_set():
+                results.put((MSG_UNSTARTED, worker_id, job.id))
+                continue
             results.put((MSG_STARTED, worker_id, job.id))
             splitter = None
             if options.stream_output:
@@ -158,17 +203,25 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int) 
     try:
         while True:
             try:
-                job = inbox.recv()
+                msg = inbox.recv()
             except EOFError:  # the parent is gone: stop taking work
+                ctx.request_abort()
                 break
-            if job is None:
+            if msg is STOP:
                 break
-            jobs.put(job)
+            if msg == ABORT:
+                ctx.request_abort()
+                continue
+            jobs.put(msg)
+    except _Terminated:
+        ctx.request_abort()
     finally:
-        for _ in pool:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # cleanup below is bounded; let it finish
+        for _ in pool:  # threads hand back jobs not yet begun (abort), then stop
             jobs.put(None)
+        deadline = time.monotonic() + options.kill_grace + 15
         for t in pool:
-            t.join()
+            t.join(max(0.1, deadline - time.monotonic()))
         if log is not None:
             log.close()
         results.close()

@@ -8,7 +8,7 @@ import pytest
 
 from hostops import errors
 from hostops.errors import (
-    CommandTimeout, ConnectError, HostKeyError, HostopsError, InventoryError, SelectionError, UsageError,
+    CommandAborted, CommandTimeout, ConnectError, HostKeyError, HostopsError, InventoryError, SelectionError, UsageError,
 )
 from hostops.exitcodes import ExitCode, for_statuses
 from hostops.results import HostResult, Summary
@@ -103,7 +103,8 @@ def _samples():
         SelectionError("no match"),
         ConnectError("refused", "tcp"),
         HostKeyError("key changed", "hostkey"),
-        CommandTimeout(b"partial out", b"partial err"),
+        CommandTimeout(b"partial out", b"partial err", "timed out after 3s; the remote command was stopped"),
+        CommandAborted(b"out", b"", "interrupted; the remote command was stopped (TERM)"),
     ]
 
 

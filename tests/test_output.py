@@ -250,7 +250,7 @@ def test_finish_interrupted_lists_unfinished_hosts():
     r = BlockRenderer(out, err)
     r.finish(Summary([HostResult("a", "ok", 0)], 1.0, interrupted=True, not_finished=["web01", "web02"]))
     text = err.getvalue()
-    assert "not finished (2): web[01-02]" in text
+    assert "not started (2): web[01-02]" in text
     assert "3 hosts: 1 ok" in text
     assert "(interrupted)" in text
 

@@ -18,23 +18,44 @@ TARGET = Target("web01", "10.1.2.3", 2222, "deploy")
 
 
 @pytest.mark.parametrize("exc, stage, needle", [
-    (socket.gaierror(-2, "Name or service not known"), "dns", "cannot resolve 10.1.2.3"),
     (socket.timeout("timed out"), "timeout", "timed out after 10s"),
     (ConnectionRefusedError(111, "Connection refused"), "connect", "Connection refused"),
     (OSError(113, "No route to host"), "connect", "No route to host"),
 ])
 def test_tcp_errors_map_to_connect_error(mocker, exc, stage, needle):
-    mocker.patch("socket.create_connection", side_effect=exc)
+    import time
+
+    mocker.patch.object(socket.socket, "connect", side_effect=exc)
+    ctx = transport.WorkerContext(Options())
     with pytest.raises(ConnectError) as info:
-        transport._tcp_connect(TARGET, 10)
+        transport._tcp_connect(TARGET, ctx, time.monotonic() + 10)
     assert info.value.stage == stage
-    assert needle in str(info.value)
-    assert "10.1.2.3:2222" in str(info.value) or stage == "dns"
+    assert needle in str(info.value) and "10.1.2.3:2222" in str(info.value)
+
+
+def test_dns_failure_and_dns_timeout(mocker):
+    import threading
+    import time
+
+    ctx = transport.WorkerContext(Options(connect_timeout=0.5))
+    mocker.patch("socket.getaddrinfo", side_effect=socket.gaierror(-2, "Name or service not known"))
+    with pytest.raises(ConnectError) as info:
+        transport._tcp_connect(Target("w", "no-such-host.invalid"), ctx, time.monotonic() + 5)
+    assert info.value.stage == "dns" and "Name or service not known" in str(info.value)
+    release = threading.Event()
+    mocker.patch("socket.getaddrinfo", side_effect=lambda *a: release.wait(10))  # a resolver that hangs
+    try:
+        with pytest.raises(ConnectError) as info:
+            transport._tcp_connect(Target("w", "slow-dns.invalid"), ctx, time.monotonic() + 0.5)
+        assert info.value.stage == "dns" and "no answer from DNS" in str(info.value)
+    finally:
+        release.set()
 
 
 def test_handshake_failure_is_unreachable(mocker):
     sock = mocker.MagicMock()
     mocker.patch("hostops.transport._tcp_connect", return_value=sock)
+    sock.recv.return_value = b""
     fake = mocker.patch("paramiko.Transport").return_value
     fake.start_client.side_effect = paramiko.SSHException("Error reading SSH protocol banner")
     ctx = transport.WorkerContext(Options(known_hosts=("/nonexistent",)))
