@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 from hostops.log import maybe_open
-from hostops.pool import Pool
+from hostops.pool import Pool, fit_forks
 from hostops.results import HostResult, Summary
 from hostops.settings import Options, Target
 from hostops.worker import ExecAction, Job
@@ -59,7 +59,7 @@ class _Interrupts:
 
 def run(targets: Sequence[Target], action: Any, options: Options, *, on_start: Optional[OnStart] = None,
         on_output: Optional[OnOutput] = None, summary: Optional[Summary] = None,
-        handle_signals: bool = False) -> Iterator[HostResult]:
+        handle_signals: bool = False, warn: Optional[Callable[[str], None]] = None) -> Iterator[HostResult]:
     """Run ``action`` on every target through the worker pool; yield each HostResult as its
     host finishes. ``summary`` (if given) is filled as results arrive, so a caller that is
     interrupted still knows what finished and what did not.
@@ -72,6 +72,7 @@ def run(targets: Sequence[Target], action: Any, options: Options, *, on_start: O
         return
     if on_output is not None and not options.stream_output:
         options = dataclasses.replace(options, stream_output=True)
+    options = fit_forks(options, len(targets), warn or (lambda message: None))
     jobs = [Job(i, t, action) for i, t in enumerate(targets)]
     summary = summary if summary is not None else Summary()
     summary.not_finished = [t.name for t in targets]

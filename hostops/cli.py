@@ -168,7 +168,8 @@ def run_action(targets, action, options, kw: dict) -> int:
                              raw=kw.get("raw", False))
     summary = Summary()
     results = run(targets, action, options, on_start=renderer.started,
-                  on_output=renderer.output if mode == "stream" else None, summary=summary, handle_signals=True)
+                  on_output=renderer.output if mode == "stream" else None, summary=summary, handle_signals=True,
+                  warn=_warn)
     try:
         for result in results:
             renderer.result(result)
