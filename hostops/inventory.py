@@ -13,8 +13,9 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import yaml
 
-from hostops import hostlist
+from hostops import hostlist, yamlfile
 from hostops.errors import InventoryError
+from hostops.yamlfile import LineMap, YamlProblem, type_name
 
 # Connection variables: Ansible's name and our short alias → canonical key.
 CONNECTION_VARS = {
@@ -69,38 +70,9 @@ class Host:
     source: Optional[Source] = None
 
 
-# ---------------------------------------------------------------- YAML with line numbers
-class _Map(dict):
-    """A YAML mapping that remembers the line of each key (1-based)."""
-
-    line: int = 0
-    key_lines: Dict[Any, int]
-
-
-class _LineLoader(yaml.SafeLoader):
-    def construct_mapping(self, node, deep=False):  # type: ignore[override]
-        self.flatten_mapping(node)
-        result = _Map()
-        result.line = node.start_mark.line + 1
-        result.key_lines = {}
-        for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                hash(key)
-            except TypeError:
-                raise InventoryError("a mapping key must be a plain name, not a list or mapping",
-                                     None, key_node.start_mark.line + 1) from None
-            result[key] = self.construct_object(value_node, deep=True)
-            result.key_lines[key] = key_node.start_mark.line + 1
-        return result
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping)
-
-
-def _type_name(value: Any) -> str:
-    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false"}.get(
-        type(value), type(value).__name__)
+# YAML with line numbers lives in hostops.yamlfile (runbooks use it too)
+_Map = LineMap
+_type_name = type_name
 
 
 # [user@]host[:port], where host may hold ranges such as web[01:20] (colons inside brackets).
@@ -182,20 +154,14 @@ class Inventory:
 
     def add_yaml(self, text: str, path: str) -> None:
         try:
-            data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
-        except InventoryError as exc:
+            data = yamlfile.load(text)
+        except YamlProblem as exc:
             raise InventoryError(exc.message, path, exc.line) from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise InventoryError(f"YAML syntax error: {problem}", path,
-                                 mark.line + 1 if mark else None) from None
         if data is None:
             return
         if not isinstance(data, dict):
-            node = yaml.compose(text, Loader=yaml.SafeLoader)  # where the top-level value starts
             raise InventoryError(f"the top level must be a mapping of group names (like 'all:'), "
-                                 f"not {_type_name(data)}", path, node.start_mark.line + 1 if node else 1)
+                                 f"not {_type_name(data)}", path, yamlfile.start_line(text))
         for name, body in data.items():
             self._add_group(str(name), body, "all" if name != "all" else None,
                             Source(path, data.key_lines.get(name)), path)
