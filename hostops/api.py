@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import signal
 import threading
@@ -57,64 +58,126 @@ class _Interrupts:
             os.close(fd)
 
 
+class Session:
+    """One pool of workers for one or more steps, with the run's log, signal handling and
+    summary. ``exec`` uses one step; a runbook uses many, and with ``keep_connections`` each
+    host keeps one SSH connection across them.
+
+    With ``handle_signals`` (the CLI's choice), SIGINT and SIGTERM stop the run cleanly:
+    no new host starts, running commands are stopped on their hosts and reported
+    ``interrupted``; a second signal aborts at once (KeyboardInterrupt).
+    """
+
+    def __init__(self, options: Options, host_count: int, *, handle_signals: bool = False,
+                 warn: Optional[Callable[[str], None]] = None, keep_connections: bool = False,
+                 summary: Optional[Summary] = None):
+        self.options = fit_forks(options, host_count, warn or (lambda message: None))
+        self.host_count = host_count
+        self.keep_connections = keep_connections
+        self.summary = summary if summary is not None else Summary()
+        self.handle_signals = handle_signals
+        self.log = None
+        self.pool: Optional[Pool] = None
+        self._interrupts: Optional[_Interrupts] = None
+        self._ids = itertools.count()
+        self._t0 = time.monotonic()
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.pool is not None and self.pool.aborting) or self.summary.interrupted
+
+    def start(self, what: Any, hosts: Sequence[str]) -> "Session":
+        self.log = maybe_open(self.options.log)
+        if self.log is not None:
+            self.log.write({"event": "start", "pid": os.getpid(), "action": what, "hosts": list(hosts),
+                            "options": _loggable(self.options)})
+        if self.handle_signals:
+            self._interrupts = _Interrupts().install()
+        self.pool = Pool(self.options, self.host_count)
+        self.pool.start()
+        return self
+
+    def run(self, targets: Sequence[Target], action: Any, *, on_start: Optional[OnStart] = None,
+            on_output: Optional[OnOutput] = None, step: Optional[str] = None) -> Iterator[HostResult]:
+        """Run one step: ``action`` (or ``action(target)`` when callable per host) on every
+        target; yield each HostResult as its host finishes. Hosts never started because the
+        run was interrupted end up in ``self.not_started`` (names)."""
+        assert self.pool is not None, "Session.start() first"
+        self.not_started: List[str] = []
+        if not targets or self.pool.aborting:
+            self.not_started = [t.name for t in targets]
+            return
+        per_host = getattr(action, "for_target", None)
+        jobs = [Job(next(self._ids), t, per_host(t) if per_host else action, self.keep_connections, step)
+                for t in targets]
+        interrupts = self._interrupts
+        wake = interrupts.read_fd if interrupts else None
+        should_abort = (lambda: interrupts.count > 0) if interrupts else (lambda: False)
+        self.pool.not_started = []
+        for event in self.pool.run(jobs, wake, should_abort):
+            kind, job = event[0], event[1]
+            if kind == "started" and on_start:
+                on_start(job.target.name)
+            elif kind == "output" and on_output:
+                on_output(job.target.name, event[2], event[3])
+            elif kind == "done":
+                result: HostResult = event[2]
+                self.summary.add(result)
+                self.summary.elapsed = time.monotonic() - self._t0
+                yield result
+        self.not_started = [j.target.name for j in self.pool.not_started]
+        if self.pool.aborting:
+            self.summary.interrupted = True
+
+    def close(self, error: Optional[BaseException] = None) -> None:
+        self.summary.elapsed = time.monotonic() - self._t0
+        try:
+            if self.pool is not None:
+                if error is None:
+                    self.pool.close()
+                else:
+                    self.pool.terminate(now=isinstance(error, KeyboardInterrupt))
+        finally:
+            if self._interrupts is not None:
+                self._interrupts.restore()
+                self._interrupts = None
+            if self.log is not None:
+                try:
+                    self.log.write({"event": "end", "summary": self.summary.to_json()})
+                finally:
+                    self.log.close()
+                    self.log = None
+
+
 def run(targets: Sequence[Target], action: Any, options: Options, *, on_start: Optional[OnStart] = None,
         on_output: Optional[OnOutput] = None, summary: Optional[Summary] = None,
         handle_signals: bool = False, warn: Optional[Callable[[str], None]] = None) -> Iterator[HostResult]:
     """Run ``action`` on every target through the worker pool; yield each HostResult as its
     host finishes. ``summary`` (if given) is filled as results arrive, so a caller that is
-    interrupted still knows what finished and what did not.
-
-    With ``handle_signals`` (the CLI's choice), SIGINT and SIGTERM stop the run cleanly:
-    no new host starts, running commands are stopped on their hosts and reported
-    ``interrupted``, hosts never started are listed in ``summary.not_finished``.
-    """
+    interrupted still knows what finished and what did not (``summary.not_finished``)."""
     if not targets:
         return
     if on_output is not None and not options.stream_output:
         options = dataclasses.replace(options, stream_output=True)
-    options = fit_forks(options, len(targets), warn or (lambda message: None))
-    jobs = [Job(i, t, action) for i, t in enumerate(targets)]
-    summary = summary if summary is not None else Summary()
-    summary.not_finished = [t.name for t in targets]
-    log = maybe_open(options.log)
-    t0 = time.monotonic()
+    session = Session(options, len(targets), handle_signals=handle_signals, warn=warn, summary=summary)
+    session.summary.not_finished = [t.name for t in targets]
     finished = set()
-    interrupts = _Interrupts().install() if handle_signals else None
-    pool: Optional[Pool] = None
+    error: Optional[BaseException] = None
     try:
-        if log is not None:
-            log.write({"event": "start", "pid": os.getpid(), "action": _describe(action),
-                       "hosts": [t.name for t in targets], "options": _loggable(options)})
-        with Pool(options, len(jobs)) as pool:
-            wake = interrupts.read_fd if interrupts else None
-            should_abort = (lambda: interrupts.count > 0) if interrupts else (lambda: False)
-            for event in pool.run(jobs, wake, should_abort):
-                kind, job = event[0], event[1]
-                if kind == "started" and on_start:
-                    on_start(job.target.name)
-                elif kind == "output" and on_output:
-                    on_output(job.target.name, event[2], event[3])
-                elif kind == "done":
-                    result: HostResult = event[2]
-                    finished.add(job.target.name)
-                    summary.add(result)
-                    summary.elapsed = time.monotonic() - t0
-                    yield result
-            if pool.aborting:
-                summary.interrupted = True
-    except (KeyboardInterrupt, GeneratorExit):
-        summary.interrupted = True
+        session.start(_describe(action), [t.name for t in targets])
+        for result in session.run(targets, action, on_start=on_start, on_output=on_output):
+            finished.add(result.host)
+            yield result
+    except (KeyboardInterrupt, GeneratorExit) as exc:
+        session.summary.interrupted = True
+        error = exc
+        raise
+    except BaseException as exc:
+        error = exc
         raise
     finally:
-        summary.elapsed = time.monotonic() - t0
-        summary.not_finished = [t.name for t in targets if t.name not in finished]
-        if interrupts is not None:
-            interrupts.restore()
-        if log is not None:
-            try:
-                log.write({"event": "end", "summary": summary.to_json()})
-            finally:
-                log.close()
+        session.summary.not_finished = [t.name for t in targets if t.name not in finished]
+        session.close(error if not isinstance(error, GeneratorExit) else KeyboardInterrupt())
 
 
 def run_command(targets: Sequence[Target], command: str, options: Options, **kw: Any) -> Iterator[HostResult]:

@@ -355,11 +355,12 @@ class Inventory:
             todo.extend(self.groups[name].children)
         return [h for h in self.hosts if h in members]
 
-    def select(self, pattern: str = "all") -> List[str]:
-        """Host names matching an Ansible host pattern (see :mod:`hostops.selection`)."""
+    def select(self, pattern: str = "all", state_file: Optional[str] = None) -> List[str]:
+        """Host names matching an Ansible host pattern (see :mod:`hostops.selection`);
+        ``state_file`` is where ``@failed`` and friends look (default: the usual place)."""
         from hostops.selection import select
 
-        return select(self, pattern)
+        return select(self, pattern, state_file)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.hosts)

@@ -75,6 +75,7 @@ class Pool:
             limit = options.connect_timeout + options.timeout + options.kill_grace + PARENT_SLACK
         self._overdue_after = limit
         self._given_up: Set[int] = set()
+        self._home: Dict[str, int] = {}  # host → the worker holding its kept connection
 
     # ------------------------------------------------------------ workers
     def _spawn(self, slots: int) -> _Worker:
@@ -174,17 +175,33 @@ class Pool:
                 yield event
 
     def _dispatch(self, pending: Deque[Job]) -> None:
-        while pending:
-            worker = max(self.workers.values(), key=lambda w: w.free, default=None)
-            if worker is None or worker.free <= 0:
-                return
+        """Send jobs to workers with free slots. A job that keeps its connection goes back to
+        the worker that holds that connection (waiting for a free slot there if need be)."""
+        if not any(j.keep for j in pending):
+            while pending:
+                worker = max(self.workers.values(), key=lambda w: w.free, default=None)
+                if worker is None or worker.free <= 0 or not self._send(worker, pending[0]):
+                    return
+                pending.popleft()
+            return
+        waiting: Deque[Job] = collections.deque()
+        while pending and any(w.free > 0 for w in self.workers.values()):
             job = pending.popleft()
-            try:
-                worker.inbox.send(job)
-            except (OSError, ValueError):
-                pending.appendleft(job)  # the worker died; _check_workers will replace it
-                return
-            worker.assigned.add(job.id)
+            home = self.workers.get(self._home.get(job.target.name, -1))
+            worker = home if home is not None else max(self.workers.values(), key=lambda w: w.free)
+            if worker.free <= 0 or not self._send(worker, job):
+                waiting.append(job)
+                continue
+            self._home[job.target.name] = worker.id
+        pending.extendleft(reversed(waiting))
+
+    def _send(self, worker: _Worker, job: Job) -> bool:
+        try:
+            worker.inbox.send(job)
+        except (OSError, ValueError):
+            return False  # the worker died; _check_workers will replace it
+        worker.assigned.add(job.id)
+        return True
 
     def _wait_timeout(self, drain_deadline: Optional[float]) -> Optional[float]:
         times = []

@@ -28,6 +28,7 @@ class HostResult:
     error: Optional[str] = None
     start: float = 0.0
     duration: float = 0.0
+    step: Optional[str] = None  # the runbook step this result belongs to
 
     @property
     def ok(self) -> bool:
@@ -47,7 +48,7 @@ class HostResult:
 
     def to_json(self) -> Dict[str, Any]:
         """A JSON-ready dict; output bytes decoded as UTF-8 with undecodable bytes escaped."""
-        return {
+        data = {
             "host": self.host,
             "status": self.status,
             "exit_code": self.exit_code,
@@ -58,6 +59,9 @@ class HostResult:
             if self.start else None,
             "duration": round(self.duration, 3),
         }
+        if self.step is not None:
+            data["step"] = self.step
+        return data
 
 
 def decode(data: bytes) -> str:

@@ -2,14 +2,15 @@
 
 ``web:db`` or ``web,db`` (union), ``web:&prod`` (intersection), ``web:!db`` (exclusion),
 globs ``web*``, regexes ``~web\\d+``, ``all``/``*``, name ranges ``web[01:05]``, group
-subscripts ``web[0]``/``web[0:2]`` and ``@file`` (one host a line). As in Ansible, plain
+subscripts ``web[0]``/``web[0:2]``, ``@file`` (one host a line) and ``@ok``, ``@failed``,
+``@unreachable``, ``@untouched`` (the last run's outcome, see :mod:`hostops.state`). As in Ansible, plain
 terms are applied first, then intersections, then exclusions, whatever their order.
 """
 from __future__ import annotations
 
 import fnmatch
 import re
-from typing import TYPE_CHECKING, List
+from typing import TYPE_CHECKING, List, Optional
 
 from hostops import hostlist
 from hostops.errors import InventoryError, SelectionError
@@ -48,30 +49,35 @@ def order_terms(terms: List[str]) -> List[str]:
     return (plain or ["all"]) + inter + excl
 
 
-def select(inventory: "Inventory", pattern: str) -> List[str]:
+def select(inventory: "Inventory", pattern: str, state_file: Optional[str] = None) -> List[str]:
     """The inventory's hosts matching ``pattern``, in inventory order."""
     if not pattern or not pattern.strip():
         raise SelectionError("empty host pattern; use 'all' to select every host")
     chosen: dict[str, None] = {}
     for term in order_terms(split_pattern(pattern)):
         if term[0] == "&":
-            keep = set(match_term(inventory, term[1:]))
+            keep = set(match_term(inventory, term[1:], state_file))
             chosen = {h: None for h in chosen if h in keep}
         elif term[0] == "!":
-            drop = set(match_term(inventory, term[1:]))
+            drop = set(match_term(inventory, term[1:], state_file))
             chosen = {h: None for h in chosen if h not in drop}
         else:
-            for h in match_term(inventory, term):
+            for h in match_term(inventory, term, state_file):
                 chosen[h] = None
     order = {h: i for i, h in enumerate(inventory.hosts)}
     return sorted(chosen, key=order.__getitem__)
 
 
-def match_term(inventory: "Inventory", term: str) -> List[str]:
+def match_term(inventory: "Inventory", term: str, state_file: Optional[str] = None) -> List[str]:
     """Hosts matched by one term (no leading ``&``/``!``)."""
     if not term:
         raise SelectionError("empty term in host pattern (a stray ':', '&' or '!')")
     if term.startswith("@"):
+        from hostops.state import STATE_PATTERNS, hosts_with, state_path
+
+        if term[1:] in STATE_PATTERNS:  # @failed, @ok, …: the last run (a file: @./failed)
+            wanted = set(hosts_with(state_file or state_path(), term[1:]))
+            return [h for h in inventory.hosts if h in wanted]
         return _from_file(inventory, term[1:])
     if term in ("all", "*"):
         return list(inventory.hosts)

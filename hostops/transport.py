@@ -80,6 +80,7 @@ class WorkerContext:
         self._lock = threading.Lock()
         self.abort = threading.Event()
         self._abort_r, self._abort_w = os.pipe()
+        self.connections: Dict[str, "Connection"] = {}  # kept open between a host's jobs
         self._dns = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
 
     @property
@@ -157,6 +158,10 @@ class Connection:
     def files(self):
         """The host's file system (:mod:`hostops.remotefs`), opened on first use."""
         raise NotImplementedError
+
+    def alive(self) -> bool:
+        """Still usable for another command (runbook steps reuse connections)."""
+        return True
 
     def close(self) -> None:
         pass
@@ -294,6 +299,9 @@ class SSHConnection(Connection):
             chan.close()
             if feeder is not None:
                 feeder.join(5)
+
+    def alive(self) -> bool:
+        return self.transport.is_active()
 
     def kill_remote(self, pgid: Optional[int], sudo: bool = False) -> str:
         """TERM the command's process group, KILL it after the grace period; say how it went."""

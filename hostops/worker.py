@@ -52,11 +52,14 @@ class ExecAction:
 
 @dataclasses.dataclass
 class Job:
-    """One host's work: where to go and what to do there."""
+    """One host's work: where to go and what to do there. ``keep``: leave the connection
+    open for the host's next job (runbook steps reuse one connection per host)."""
 
     id: int
     target: Target
     action: Any
+    keep: bool = False
+    step: Optional[str] = None
 
 
 def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = None) -> HostResult:
@@ -68,14 +71,20 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
     name = job.target.name
 
     def result(status: str, **kw: Any) -> HostResult:
-        return HostResult(name, status, start=start, duration=time.monotonic() - t0, **kw)
+        return HostResult(name, status, start=start, duration=time.monotonic() - t0, step=job.step, **kw)
 
-    try:
-        conn = connect(job.target, ctx)
-    except ConnectError as exc:
-        return result(UNREACHABLE, error=str(exc))
-    except Exception as exc:  # a bug or an unexpected library error: report, don't crash the worker
-        return result(UNREACHABLE, error=f"unexpected error while connecting: {type(exc).__name__}: {exc}")
+    conn = ctx.connections.pop(name, None) if (job.keep and ctx is not None) else None
+    if conn is not None and not conn.alive():
+        conn.close()
+        conn = None
+    if conn is None:
+        try:
+            conn = connect(job.target, ctx)
+        except ConnectError as exc:
+            return result(UNREACHABLE, error=str(exc))
+        except Exception as exc:  # a bug or an unexpected library error: report, don't crash the worker
+            return result(UNREACHABLE, error=f"unexpected error while connecting: {type(exc).__name__}: {exc}")
+    keep = job.keep
     try:
         outcome = job.action.run(conn, job.target, ctx, on_output)
     except CommandAborted as exc:
@@ -85,11 +94,16 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
         note = exc.note or (f"timed out after {limit:g}s (--timeout)" if limit else "timed out")
         return result(TIMEOUT, stdout=exc.stdout, stderr=exc.stderr, error=note)
     except ConnectError as exc:
+        keep = False
         return result(UNREACHABLE, error=str(exc))
     except Exception as exc:
+        keep = False
         return result(FAILED, error=f"unexpected error: {type(exc).__name__}: {exc}")
     finally:
-        conn.close()
+        if keep and conn.alive():
+            ctx.connections[name] = conn
+        else:
+            conn.close()
     status = outcome.status or (OK if outcome.exit_code == 0 and not outcome.error else FAILED)
     error = outcome.error
     if status == FAILED and error is None and b"sudo: a password is required" in outcome.stderr:
@@ -186,7 +200,7 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int, 
             try:
                 res = execute(job, ctx, splitter)
             except BaseException as exc:  # last resort: a result must always come back
-                res = HostResult(job.target.name, FAILED, error=f"internal error: {exc!r}")
+                res = HostResult(job.target.name, FAILED, error=f"internal error: {exc!r}", step=job.step)
             if splitter:
                 splitter.flush()
             if log is not None:
@@ -222,6 +236,11 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int, 
         deadline = time.monotonic() + options.kill_grace + 15
         for t in pool:
             t.join(max(0.1, deadline - time.monotonic()))
+        for conn in list(ctx.connections.values()):  # runbook connections kept between steps
+            try:
+                conn.close()
+            except Exception:
+                pass
         if log is not None:
             log.close()
         results.close()

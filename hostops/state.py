@@ -1,0 +1,61 @@
+"""What the last run did to each host, so the next one can pick up from there.
+
+Every run writes ``last-run.json`` (0600) into ``$XDG_STATE_HOME/hostops/`` (default
+``~/.local/state/hostops/``), or beside ``--log FILE`` as ``FILE.last-run.json``. The
+patterns ``@ok``, ``@failed``, ``@unreachable`` and ``@untouched`` select from it, like
+Ansible's retry files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Dict, Iterable, List, Optional
+
+from hostops.errors import SelectionError
+
+STATE_PATTERNS = ("ok", "failed", "unreachable", "untouched")
+UNTOUCHED = "untouched"
+
+
+def state_path(log_path: Optional[str] = None) -> str:
+    if log_path:
+        return log_path + ".last-run.json"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "hostops", "last-run.json")
+
+
+def write_state(path: str, what: str, statuses: Dict[str, str], untouched: Iterable[str] = ()) -> None:
+    """Record each host's outcome (atomically: a reader sees the old or the new file)."""
+    hosts = dict(statuses)
+    for name in untouched:
+        hosts.setdefault(name, UNTOUCHED)
+    data = {"time": time.time(), "what": what, "hosts": hosts}
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def hosts_with(path: str, which: str) -> List[str]:
+    """Host names of the last run matching ``@which``."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        hosts = data["hosts"]
+    except FileNotFoundError:
+        raise SelectionError(f"@{which}: no previous run recorded ({path} does not exist)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SelectionError(f"@{which}: cannot read the last run's state {path}: {exc}") from None
+    if which == "ok":
+        wanted = {"ok", "unchanged"}
+    elif which == "unreachable":
+        wanted = {"unreachable"}
+    elif which == "untouched":
+        wanted = {UNTOUCHED}
+    else:  # failed: every host that was tried and did not succeed
+        wanted = {"failed", "unreachable", "timeout", "interrupted"}
+    return [name for name, status in hosts.items() if status in wanted]
