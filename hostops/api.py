@@ -79,12 +79,24 @@ class Session:
         self.log = None
         self.pool: Optional[Pool] = None
         self._interrupts: Optional[_Interrupts] = None
+        self.not_started: List[str] = []
         self._ids = itertools.count()
         self._t0 = time.monotonic()
 
     @property
     def interrupted(self) -> bool:
-        return bool(self.pool is not None and self.pool.aborting) or self.summary.interrupted
+        signalled = self._interrupts is not None and self._interrupts.count > 0
+        return signalled or bool(self.pool is not None and self.pool.aborting) or self.summary.interrupted
+
+    def wait_interrupt(self, seconds: float) -> bool:
+        """Sleep up to ``seconds`` (between batches); True at once if the run is interrupted."""
+        if self._interrupts is None:
+            time.sleep(max(0.0, seconds))
+            return self.interrupted
+        import select
+
+        select.select([self._interrupts.read_fd], [], [], max(0.0, seconds))
+        return self.interrupted
 
     def start(self, what: Any, hosts: Sequence[str]) -> "Session":
         self.log = maybe_open(self.options.log)
@@ -104,8 +116,10 @@ class Session:
         run was interrupted end up in ``self.not_started`` (names)."""
         assert self.pool is not None, "Session.start() first"
         self.not_started: List[str] = []
-        if not targets or self.pool.aborting:
+        if not targets or self.interrupted:
             self.not_started = [t.name for t in targets]
+            if self.interrupted:
+                self.summary.interrupted = True
             return
         per_host = getattr(action, "for_target", None)
         jobs = [Job(next(self._ids), t, per_host(t) if per_host else action, self.keep_connections, step)

@@ -42,15 +42,17 @@ def inventory_options(func: Callable) -> Callable:
     return wrapper
 
 
-def load_selection(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str):
-    """Load the inventory and select hosts; no match is a usage error (exit 2)."""
+def load_selection(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str,
+                   state_file: Optional[str] = None):
+    """Load the inventory and select hosts; no match is a usage error (exit 2).
+    ``state_file``: where @failed/@ok/… look (the last run's outcome)."""
     paths = list(inventories)
     if not paths and not adhoc_hosts:
         paths = [os.environ.get("HOSTOPS_INVENTORY") or default_inventory_path()]
     inv = Inventory.load(paths, adhoc_hosts)
     for warning in inv.warnings:
         _warn(warning)
-    names = inv.select(pattern)
+    names = inv.select(pattern, state_file)
     if not names:
         where = ", ".join(paths + [f"-H {h}" for h in adhoc_hosts]) or "the inventory"
         raise SelectionError(f"no host matched {pattern!r} in {where}; "
@@ -153,32 +155,121 @@ def output_mode(kw: dict) -> str:
     return chosen[0] if chosen else "blocks"
 
 
-def run_action(targets, action, options, kw: dict) -> int:
-    """Run an action with the chosen renderer. The first Ctrl-C or SIGTERM stops the run
-    cleanly (running commands stopped on their hosts, finished results printed and logged);
-    a second one aborts at once."""
-    from hostops.api import run
+def rollout_options(func: Callable) -> Callable:
+    options = [
+        click.option("--batch", default=None, metavar="N|N%",
+                     help="Run hosts in batches of N (or N% of them), one batch after another."),
+        click.option("--max-fail", default=None, metavar="N|N%",
+                     help="Stop (no new batch, no further step) once more than N hosts failed."),
+        click.option("--canary", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Run N hosts first, and stop unless they all succeed."),
+        click.option("--pause", type=click.FloatRange(min=0), default=0.0, metavar="S",
+                     help="Wait S seconds between batches."),
+        click.option("--lock", "lock_path", default=None, metavar="FILE",
+                     help="Hold FILE locked while running; if another run holds it, exit at once (code 6)."),
+    ]
+    for opt in reversed(options):
+        func = opt(func)
+    return func
+
+
+def rollout_spec(kw: dict, batch=None, max_fail=None):
+    from hostops.rollout import RolloutSpec
+    from hostops.runbook import count_of
+
+    spec = RolloutSpec(kw.get("batch") or batch, kw.get("max_fail") if kw.get("max_fail") is not None else max_fail,
+                       kw.get("canary") or 0, kw.get("pause") or 0.0)
+    for value, what, zero in ((spec.batch, "--batch", False), (spec.max_fail, "--max-fail", True)):
+        if value is not None:
+            count_of(value, 100, what, allow_zero=zero)
+    return spec
+
+
+def run_action(targets, action, options, kw: dict, *, steps=None, spec=None, what: Optional[str] = None,
+               keep_connections: bool = False) -> int:
+    """Run an action (or a runbook's steps) with the chosen renderer, rolled out per --batch/
+    --max-fail/--canary. The first Ctrl-C or SIGTERM stops the run cleanly (running commands
+    stopped on their hosts, finished results printed and logged); a second aborts at once."""
+    from hostops.api import Session
     from hostops.output import make_renderer
-    from hostops.results import Summary
+    from hostops.rollout import StepRun, rollout, summary_line, table
+    from hostops.runlock import RunLock
+    from hostops.state import state_path, write_state
 
     mode = output_mode(kw)
-    if options.host_key_policy == "off":
-        _warn("host key checking is off (--host-key-policy off): a man in the middle would go unnoticed")
-    renderer = make_renderer(mode, total=len(targets), progress=not kw["no_progress"], outdir=kw["outdir"],
-                             raw=kw.get("raw", False))
-    summary = Summary()
-    results = run(targets, action, options, on_start=renderer.started,
-                  on_output=renderer.output if mode == "stream" else None, summary=summary, handle_signals=True,
-                  warn=_warn)
+    lock = RunLock(kw["lock_path"]).acquire() if kw.get("lock_path") else None
     try:
-        for result in results:
-            renderer.result(result)
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        results.close()
+        if options.host_key_policy == "off":
+            _warn("host key checking is off (--host-key-policy off): a man in the middle would go unnoticed")
+        renderer = make_renderer(mode, total=len(targets), progress=not kw["no_progress"], outdir=kw["outdir"],
+                                 raw=kw.get("raw", False))
+        if steps is None:
+            steps = [StepRun(getattr(action, "describe", lambda: "run")(), lambda target: action)]
+        spec = spec if spec is not None else rollout_spec(kw)
+        multi = len(steps) > 1
+
+        def on_step(b: int, nb: int, s: int, step, hosts) -> None:
+            if multi or nb > 1:
+                where = f"batch {b + 1}/{nb}" + (f" · step {s + 1}/{len(steps)}: {step.name}" if multi else "")
+                renderer.section(f"== {where} ({len(hosts)} host{'s' if len(hosts) != 1 else ''}) ==", len(hosts))
+
+        def on_stop(reason: str) -> None:
+            renderer.progress.clear()
+            _warn(f"stopped: {reason}")
+
+        session = Session(options, len(targets), handle_signals=True, warn=_warn, keep_connections=keep_connections)
+        report = None
+        error: Optional[BaseException] = None
+        try:
+            session.start(what or steps[0].name, [t.name for t in targets])
+            report = rollout(session, targets, steps, spec, on_step=on_step, on_result=renderer.result,
+                             on_start=renderer.started, on_output=renderer.output if mode == "stream" else None,
+                             on_stop=on_stop)
+        except KeyboardInterrupt as exc:
+            error = exc
+            session.summary.interrupted = True
+        finally:
+            session.close(error)
+        summary = session.summary
+        if report is None:  # aborted by a second Ctrl-C: what finished is in the summary
+            done = {r.host for r in summary.results}
+            summary.not_finished = [t.name for t in targets if t.name not in done]
+            statuses = {r.host: r.status for r in summary.results}
+            renderer.finish(summary)
+            _save_state(state_path(options.log), what or "run", statuses, summary.not_finished)
+            return int(summary.exit_code)
+        untouched = report.untouched
+        summary.not_finished = untouched
+        summary.interrupted = summary.interrupted or report.interrupted
+        statuses = {h: report.final_status(h) for h in report.hosts if h not in untouched}
+        if report.stopped and untouched:
+            _warn(f"not touched ({len(untouched)}): {compact_names(untouched)}")
+        if multi:
+            renderer.finish(summary, summary_line(report, summary.elapsed), table(report))
+        else:
+            renderer.finish(summary)
+        _save_state(state_path(options.log), what or steps[0].name, statuses, untouched)
+        from hostops.exitcodes import for_statuses
+
+        return int(for_statuses(statuses.values(), summary.interrupted))
     finally:
-        renderer.finish(summary)
-    return int(summary.exit_code)
+        if lock is not None:
+            lock.release()
+
+
+def compact_names(names) -> str:
+    from hostops.hostlist import compact
+
+    return compact(names)
+
+
+def _save_state(path: str, what: str, statuses: dict, untouched) -> None:
+    from hostops.state import write_state
+
+    try:
+        write_state(path, what, statuses, untouched)
+    except OSError as exc:
+        _warn(f"could not record this run's outcome in {path}: {exc.strerror or exc} (-l @failed will not see it)")
 
 
 # ------------------------------------------------------------------ commands
@@ -193,6 +284,7 @@ def cli() -> None:
     hostops put app.conf /etc/app/app.conf -i hosts.yml -l web --mode 0644
     hostops get /var/log/app.log ./logs -i hosts.yml
     hostops script ./check.sh -i hosts.yml -- --verbose
+    hostops run runbooks/rolling-restart.yml -i hosts.yml --dry-run
     hostops inventory -i hosts.yml --graph
     """
 
@@ -202,6 +294,7 @@ def cli() -> None:
 @inventory_options
 @connection_options
 @output_options
+@rollout_options
 @click.option("--stdin", "stdin_file", metavar="FILE", default=None, help="Send FILE to the command's stdin on every host.")
 def exec_cmd(command: str, inventories, adhoc_hosts, pattern, stdin_file, **kw: Any) -> int:
     """Run COMMAND on every selected host."""
@@ -218,8 +311,9 @@ def exec_cmd(command: str, inventories, adhoc_hosts, pattern, stdin_file, **kw: 
 
 def _targets(inventories, adhoc_hosts, pattern, options):
     from hostops.settings import resolve
+    from hostops.state import state_path
 
-    inv, names = load_selection(inventories, adhoc_hosts, pattern)
+    inv, names = load_selection(inventories, adhoc_hosts, pattern, state_path(options.log))
     return resolve(inv, names, options)
 
 
@@ -236,6 +330,7 @@ def _targets(inventories, adhoc_hosts, pattern, options):
 @inventory_options
 @connection_options
 @output_options
+@rollout_options
 def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, inventories, adhoc_hosts, pattern,
             **kw: Any) -> int:
     """Copy SRC (a local file, or a tree with -r) to DEST on every selected host.
@@ -260,6 +355,7 @@ def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, i
 @inventory_options
 @connection_options
 @output_options
+@rollout_options
 def get_cmd(src: str, dest: str, recursive: bool, inventories, adhoc_hosts, pattern, **kw: Any) -> int:
     """Copy SRC from every selected host into DEST/<host>/ (files from different hosts never
     overwrite each other). Partial downloads are removed; files are created 0600."""
@@ -281,6 +377,7 @@ def get_cmd(src: str, dest: str, recursive: bool, inventories, adhoc_hosts, patt
 @inventory_options
 @connection_options
 @output_options
+@rollout_options
 def script_cmd(script: str, args, stdin_file, inventories, adhoc_hosts, pattern, **kw: Any) -> int:
     """Upload SCRIPT to a private temporary directory on every selected host, run it with
     ARGS (after '--'), and remove it afterwards whatever happened.
@@ -295,6 +392,92 @@ def script_cmd(script: str, args, stdin_file, inventories, adhoc_hosts, pattern,
     action = prepare_script(script, args, options.sudo, options.timeout, stdin_file)
     targets = _targets(inventories, adhoc_hosts, pattern, options)
     return run_action(targets, action, options, kw)
+
+
+@cli.command("run", context_settings=CONTEXT, epilog=HELP_TEXT)
+@click.argument("runbook")
+@click.option("-e", "--extra-vars", "extra", multiple=True, metavar="KEY=VALUE",
+              help="Set a variable (wins over inventory and runbook vars). Repeatable.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved plan (batches, hosts, steps with variables "
+              "filled in) and touch nothing.")
+@click.option("--start-at", default=None, metavar="STEP", help="Skip the steps before STEP (its name or number).")
+@click.option("--no-reuse", is_flag=True, help="Reconnect for every step instead of keeping one connection per "
+              "host (slower; for comparison).")
+@inventory_options
+@connection_options
+@output_options
+@rollout_options
+def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, inventories, adhoc_hosts, pattern,
+            **kw: Any) -> int:
+    """Play RUNBOOK: ordered steps (exec, put, get, script) over the runbook's hosts (or -l),
+    in batches, stopping when more than max_fail hosts failed.
+
+    \b
+    hostops run runbooks/rolling-restart.yml -i prod.yml
+    hostops run deploy.yml -i prod.yml --dry-run
+    hostops run deploy.yml -i prod.yml -l @failed --start-at restart
+    """
+    from hostops import runbook as rb
+    from hostops.rollout import StepRun
+    from hostops.settings import resolve
+    from hostops.state import state_path
+
+    options = build_options(kw)
+    output_mode(kw)
+    book = rb.load(runbook)
+    spec = rollout_spec(kw, book.batch, book.max_fail)
+    extra_vars = rb.parse_extra_vars(extra)
+    steps = book.steps
+    if start_at is not None:
+        index = next((i for i, s in enumerate(steps) if s.name == start_at or str(s.index) == start_at), None)
+        if index is None:
+            raise UsageError(f"--start-at {start_at!r}: no such step in {runbook} "
+                             f"(steps: {', '.join(s.name for s in steps)})")
+        steps = steps[index:]
+        book.steps = steps
+    limit = pattern if pattern != "all" else book.hosts
+    inv, names = load_selection(inventories, adhoc_hosts, book.hosts, state_path(options.log))
+    if limit != book.hosts:  # -l narrows the runbook's hosts, as Ansible's --limit does
+        wanted = set(inv.select(limit, state_path(options.log)))
+        names = [n for n in names if n in wanted]
+        if not names:
+            raise SelectionError(f"no host of the runbook's {book.hosts!r} matched -l {limit!r}")
+    plans = rb.plan(book, inv, names, extra_vars, options)
+    targets = resolve(inv, names, options)
+    if dry_run:
+        click.echo(render_plan(book, plans, names, spec))
+        return 0
+    steps_to_run = [StepRun(p.step.name, p.for_target, p.step.when_failed) for p in plans]
+    return run_action(targets, None, options, kw, steps=steps_to_run, spec=spec, what=f"run {book.name}",
+                      keep_connections=not no_reuse)
+
+
+def render_plan(book, plans, names, spec) -> str:
+    from hostops.hostlist import compact
+    from hostops.rollout import make_batches
+    from hostops.runbook import describe_action
+
+    batches = make_batches(names, spec.batch, spec.canary)
+    lines = [f"runbook: {book.name} ({book.path})", f"hosts: {len(names)} ({compact(names)})",
+             f"batches: {len(batches)}" + (f" (canary {spec.canary} first)" if spec.canary else ""),
+             f"max_fail: {spec.max_fail if spec.max_fail is not None else 'no limit'}"]
+    for i, batch in enumerate(batches, 1):
+        lines.append(f"  batch {i}: {compact(batch)} ({len(batch)})")
+    lines.append("steps:")
+    for p in plans:
+        flags = [f for f, on in (("when_failed", p.step.when_failed), ("sudo", p.step.sudo)) if on]
+        if p.step.retries:
+            flags.append(f"retries {p.step.retries}, delay {p.step.delay:g}s")
+        if p.step.timeout:
+            flags.append(f"timeout {p.step.timeout:g}s")
+        lines.append(f"  {p.step.index}. {p.step.name} [{p.step.kind}]" + (f" ({'; '.join(flags)})" if flags else ""))
+        by_text: dict = {}
+        for host in names:
+            by_text.setdefault(describe_action(p.actions[host]), []).append(host)
+        for text, hosts in by_text.items():
+            lines.append(f"       {compact(hosts)}: {text}")
+    lines.append("dry run: nothing was touched")
+    return "\n".join(lines)
 
 
 @cli.command("inventory", context_settings=CONTEXT)

@@ -24,8 +24,8 @@ class UsageError(HostopsError):
     exit_code = ExitCode.USAGE
 
 
-class InventoryError(UsageError):
-    """A broken inventory: names the file and, where known, the line."""
+class FileError(UsageError):
+    """A broken input file: names the file and, where known, the line."""
 
     def __init__(self, message: str, file: Optional[str] = None, line: Optional[int] = None):
         super().__init__(message, file, line)
@@ -38,6 +38,20 @@ class InventoryError(UsageError):
         if self.file:
             where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
         return f"{where}{self.message}"
+
+
+class InventoryError(FileError):
+    """A broken inventory."""
+
+
+class RunbookError(FileError):
+    """A broken runbook (unknown step kind or key, bad batch, missing variable or file…)."""
+
+
+class LockHeld(HostopsError):
+    """Another run holds the ``--lock`` file."""
+
+    exit_code = ExitCode.LOCKED
 
 
 class SelectionError(UsageError):

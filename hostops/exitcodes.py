@@ -1,8 +1,8 @@
 """Exit codes, following pssh so existing scripts keep working.
 
-0 all ok · 1 internal error · 2 usage/inventory/selection error (nothing ran) ·
+0 all ok · 1 internal error · 2 usage/inventory/selection/runbook error (nothing ran) ·
 3 some host timed out · 4 some host unreachable · 5 some remote command failed ·
-130 interrupted. With several, the first of 3, 4, 5 that applies wins, as in pssh.
+6 another run holds the --lock file (nothing ran) · 130 interrupted. With several, the first of 3, 4, 5 that applies wins, as in pssh.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ class ExitCode(enum.IntEnum):
     TIMEOUT = 3
     UNREACHABLE = 4
     FAILED = 5
+    LOCKED = 6
     INTERRUPTED = 130
 
 
@@ -36,8 +37,9 @@ def for_statuses(statuses: Iterable[str], interrupted: bool = False) -> ExitCode
 
 
 HELP_TEXT = (
-    "Exit codes: 0 all hosts ok; 1 internal error; 2 usage, inventory or selection error "
+    "Exit codes: 0 all hosts ok; 1 internal error; 2 usage, inventory, selection or runbook error "
     "(nothing ran); 3 some host timed out; 4 some host unreachable (DNS, connect, banner, "
-    "auth, host key); 5 some remote command exited non-zero; 130 interrupted. "
+    "auth, host key); 5 some remote command exited non-zero; 6 another run holds the --lock file "
+    "(nothing ran); 130 interrupted. "
     "With several, the first of 3, 4, 5 that applies wins."
 )

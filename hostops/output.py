@@ -144,8 +144,18 @@ class Renderer:
     def show(self, result: HostResult) -> None:
         raise NotImplementedError
 
-    def finish(self, summary: Summary) -> None:
+    def section(self, title: str, total: int) -> None:
+        """A new step or batch begins (runbooks, --batch): a title line, progress reset."""
         self.progress.clear()
+        self.progress.total, self.progress.done, self.progress.running = total, 0, 0
+        self.out.write(f"{title}\n")
+        self.out.flush()
+
+    def finish(self, summary: Summary, line: Optional[str] = None, epilogue: str = "") -> None:
+        """The end: what was interrupted or never started, then the summary line (stderr)."""
+        self.progress.clear()
+        if epilogue:
+            self.out.write(epilogue.rstrip("\n") + "\n")
         self.out.flush()
         stopped = [r.host for r in summary.results if r.status == INTERRUPTED]
         if stopped:
@@ -153,7 +163,7 @@ class Renderer:
         if summary.interrupted and summary.not_finished:
             self.err.write(f"interrupted; not started ({len(summary.not_finished)}): "
                            f"{compact(summary.not_finished)}\n")
-        self.err.write(summary.line() + "\n")
+        self.err.write((line or summary.line()) + "\n")
         self.err.flush()
 
 
@@ -183,7 +193,15 @@ class GatherRenderer(Renderer):
         key = (result.status, result.exit_code, result.stdout, result.stderr, result.error)
         self.groups.setdefault(key, []).append(result)
 
-    def finish(self, summary: Summary) -> None:
+    def section(self, title: str, total: int) -> None:
+        self._flush_groups()
+        super().section(title, total)
+
+    def finish(self, summary: Summary, line: Optional[str] = None, epilogue: str = "") -> None:
+        self._flush_groups()
+        super().finish(summary, line, epilogue)
+
+    def _flush_groups(self) -> None:
         self.progress.clear()
         order = {OK: 0, UNCHANGED: 1, FAILED: 2, TIMEOUT: 3, UNREACHABLE: 4, INTERRUPTED: 5}
         for key, results in sorted(self.groups.items(), key=lambda kv: (order.get(kv[0][0], 9), -len(kv[1]))):
@@ -197,7 +215,7 @@ class GatherRenderer(Renderer):
             body = _body(first, self.raw)
             if body:
                 self.out.write(body + "\n")
-        super().finish(summary)
+        self.groups = {}
 
 
 class StreamRenderer(Renderer):
@@ -227,6 +245,12 @@ class JsonRenderer(Renderer):
     def show(self, result: HostResult) -> None:
         self.out.write(json.dumps(result.to_json(), ensure_ascii=True) + "\n")
         self.out.flush()
+
+    def section(self, title: str, total: int) -> None:
+        self.progress.total, self.progress.done, self.progress.running = total, 0, 0  # stdout stays JSON
+
+    def finish(self, summary: Summary, line: Optional[str] = None, epilogue: str = "") -> None:
+        super().finish(summary, line, "")  # JSON mode: nothing but JSON lines on stdout
 
 
 def safe_filename(host: str) -> str:

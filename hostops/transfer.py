@@ -8,6 +8,7 @@ anything is sent.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import posixpath
@@ -18,7 +19,7 @@ import stat
 import time
 from typing import List, Optional, Sequence, Tuple
 
-from hostops.errors import CommandTimeout, UsageError
+from hostops.errors import CommandAborted, CommandTimeout, UsageError
 from hostops.remotefs import CHUNK, FileSystem, RemoteFileError, chunk_cache
 from hostops.results import UNCHANGED
 from hostops.transport import CommandOutcome, wrap_command
@@ -56,14 +57,20 @@ def _check_owner(owner: Optional[str]) -> Optional[str]:
 
 
 class _Deadline:
-    def __init__(self, timeout: Optional[float]):
+    """--timeout, and the run's abort (first Ctrl-C/SIGTERM): checked between chunks, so a
+    transfer stops like a command does, and its partial file is removed."""
+
+    def __init__(self, timeout: Optional[float], ctx=None):
         self.timeout = timeout
         self.end = time.monotonic() + timeout if timeout else None
+        self.abort = getattr(ctx, "abort", None)
 
     def left(self) -> Optional[float]:
         return None if self.end is None else self.end - time.monotonic()
 
     def check(self) -> None:
+        if self.abort is not None and self.abort.is_set():
+            raise CommandAborted(b"", b"", "interrupted during the transfer; no partial file kept")
         if self.end is not None and time.monotonic() > self.end:
             raise CommandTimeout(b"", b"")
 
@@ -96,7 +103,7 @@ class PutAction:
         return f"put {self.src} {self.dest}"
 
     def run(self, conn, target, ctx, on_output) -> CommandOutcome:
-        deadline = _Deadline(self.timeout)
+        deadline = _Deadline(self.timeout, ctx)
         fs = conn.files()
         info = fs.stat(self.dest)
         into_dir = self.dest.endswith("/") or (info is not None and info.is_dir)
@@ -136,7 +143,7 @@ class PutAction:
 
     def _mkdir(self, conn, fs: FileSystem, path: str) -> None:
         if self.sudo:
-            _sudo_ok(conn, f"mkdir -p -- {shlex.quote(path)}", f"cannot create {path}")
+            _sudo_ok(conn, f"mkdir -p -- {shlex.quote(fs.command_path(path))}", f"cannot create {path}")
         else:
             fs.mkdir(path)
 
@@ -146,7 +153,7 @@ class PutAction:
             return False
         deadline.check()
         if self.sudo:
-            self._put_file_sudo(conn, fs, local, remote, f, deadline)
+            self._put_file_sudo(conn, fs, local, remote, f, deadline, ctx)
             return True
         existing = fs.stat(remote)
         if existing is not None and existing.is_dir:
@@ -162,7 +169,8 @@ class PutAction:
                 fh.close()
             fs.chmod(tmp, mode)
             if self.owner:
-                _run_ok(conn, f"chown -- {shlex.quote(self.owner)} {shlex.quote(tmp)}", f"cannot chown {remote}")
+                _run_ok(conn, f"chown -- {shlex.quote(self.owner)} {shlex.quote(fs.command_path(tmp))}",
+                        f"cannot chown {remote}")
             fs.replace(tmp, remote)
         except BaseException:
             try:
@@ -173,7 +181,7 @@ class PutAction:
         return True
 
     def _put_file_sudo(self, conn, fs: FileSystem, local: str, remote: str, f: LocalFile,
-                       deadline: _Deadline) -> None:
+                       deadline: _Deadline, ctx=None) -> None:
         """As the login user into a private staging directory, then sudo copies it next to the
         destination and renames it into place (still atomic for readers)."""
         staging = _mktemp_dir(conn)
@@ -188,14 +196,16 @@ class PutAction:
             q = shlex.quote
             script = (
                 "set -e; f={dest}; d=$(dirname -- \"$f\"); b=$(basename -- \"$f\"); "
+                "if [ -d \"$f\" ]; then echo \"$f: is a directory\" >&2; exit 1; fi; "
                 "m={mode}; if [ -z \"$m\" ]; then m=$(stat -c %a -- \"$f\" 2>/dev/null || echo {default}); fi; "
                 "t=$(mktemp \"$d/.$b.hostops-XXXXXXXX\"); trap 'rm -f -- \"$t\"' EXIT; "
+                "trap 'exit 1' HUP INT TERM; "  # stopped by an interrupt: still run the EXIT trap
                 "cat -- {staged} > \"$t\"; chmod \"$m\" \"$t\"; {chown}mv -f -- \"$t\" \"$f\"; trap - EXIT"
-            ).format(dest=q(remote), mode=q(mode), default=f"{f.mode & ~0o022:o}", staged=q(staged),
-                     chown=f"chown -- {q(self.owner)} \"$t\"; " if self.owner else "")
+            ).format(dest=q(fs.command_path(remote)), mode=q(mode), default=f"{f.mode & ~0o022:o}",
+                     staged=q(staged), chown=f"chown -- {q(self.owner)} \"$t\"; " if self.owner else "")
             _sudo_ok(conn, script, f"cannot install {remote}")
         finally:
-            _run_quiet(conn, f"rm -rf -- {shlex.quote(staging)}")
+            _remove_tree(conn, fs, staging, ctx)
 
 
 def _copy_local_to(fh, local: str, deadline: _Deadline) -> None:
@@ -206,7 +216,7 @@ def _copy_local_to(fh, local: str, deadline: _Deadline) -> None:
 
 def _remote_sha256(conn, fs: FileSystem, path: str, sudo: bool) -> Optional[str]:
     """The host's sha256 of ``path`` (None if missing): ``sha256sum`` there, else read over SFTP."""
-    out = conn.run(wrap_command(f"sha256sum -- {shlex.quote(path)}", sudo), 60)
+    out = conn.run(wrap_command(f"sha256sum -- {shlex.quote(fs.command_path(path))}", sudo), 60)
     if out.exit_code == 0:
         return out.stdout.split(b" ", 1)[0].decode("ascii", "replace")
     if out.exit_code != 127 or sudo:
@@ -238,6 +248,18 @@ def _run_quiet(conn, command: str) -> bool:
         return conn.run(command, 30).exit_code == 0
     except Exception:
         return False
+
+
+def _remove_tree(conn, fs: FileSystem, path: str, ctx=None) -> bool:
+    """``rm -rf`` on the host. While the run is being interrupted, commands are stopped as
+    soon as they start, so then (and if rm fails) the tree is removed over SFTP instead."""
+    if getattr(getattr(ctx, "abort", None), "is_set", lambda: False)() or \
+            not _run_quiet(conn, f"rm -rf -- {shlex.quote(fs.command_path(path))}"):
+        try:
+            fs.rmtree(path)
+        except Exception:
+            return False
+    return True
 
 
 def _mktemp_dir(conn) -> str:
@@ -281,8 +303,9 @@ def prepare_put(src: str, dest: str, recursive: bool, mode: Optional[str], owner
         raise UsageError(f"{src} is not a regular file or directory")
     if not dest:
         raise UsageError("the destination path is empty")
-    return PutAction(src, dest, files, dirs, recursive, parse_mode(mode), _check_owner(owner), sudo, checksum,
-                     timeout)
+    # -r on a single file copies that file (as cp -r does), rather than making a directory of its name
+    return PutAction(src, dest, files, dirs, recursive and os.path.isdir(src), parse_mode(mode),
+                     _check_owner(owner), sudo, checksum, timeout)
 
 
 # ------------------------------------------------------------------------------- get
@@ -301,7 +324,7 @@ class GetAction:
     def run(self, conn, target, ctx, on_output) -> CommandOutcome:
         from hostops.output import safe_filename
 
-        deadline = _Deadline(self.timeout)
+        deadline = _Deadline(self.timeout, ctx)
         fs = conn.files()
         info = fs.stat(self.src)
         if info is None:
@@ -312,7 +335,7 @@ class GetAction:
         os.makedirs(host_dir, mode=0o700, exist_ok=True)
         base = posixpath.basename(self.src.rstrip("/")) or "root"
         local_root = os.path.join(host_dir, base)
-        count = nbytes = 0
+        count = nbytes = skipped = 0
         try:
             if not info.is_dir:
                 nbytes = _download(fs, self.src, info.size, local_root, deadline)
@@ -324,7 +347,9 @@ class GetAction:
                     os.makedirs(ldir, mode=0o700, exist_ok=True)
                     for name, entry in fs.listdir(rdir):
                         rpath, lpath = posixpath.join(rdir, name), os.path.join(ldir, safe_filename(name))
-                        if entry.is_dir:
+                        if entry.is_dir and entry.is_link:  # as sftp does: a link back up would loop
+                            skipped += 1
+                        elif entry.is_dir:
                             todo.append((rpath, lpath))
                         else:
                             nbytes += _download(fs, rpath, entry.size, lpath, deadline)
@@ -332,7 +357,8 @@ class GetAction:
         except RemoteFileError as exc:
             return CommandOutcome(None, b"", b"", str(exc))
         text = (f"received {self.src} -> {local_root} ({_human(nbytes)})" if not info.is_dir
-                else f"received {count} file(s), {_human(nbytes)}, into {local_root}")
+                else f"received {count} file(s), {_human(nbytes)}, into {local_root}"
+                + (f"; {skipped} symbolic link(s) to directories not followed" if skipped else ""))
         return CommandOutcome(0, (text + "\n").encode(), b"")
 
 
@@ -353,6 +379,9 @@ def _download(fs: FileSystem, remote: str, size: int, local: str, deadline: _Dea
                     break
                 out.write(block)
                 total += len(block)
+        if total < size:  # truncated on the host while we read it: what we have is neither old nor new
+            raise RemoteFileError(errno.EIO, f"{remote}: the file shrank during the transfer ({size} bytes "
+                                             f"expected, {total} read); nothing kept")
         os.replace(tmp, local)
     except BaseException:
         try:
@@ -363,17 +392,26 @@ def _download(fs: FileSystem, remote: str, size: int, local: str, deadline: _Dea
     return total
 
 
-def prepare_get(src: str, dest: str, recursive: bool, timeout: Optional[float]) -> GetAction:
+def prepare_get(src: str, dest: str, recursive: bool, timeout: Optional[float], create: bool = True) -> GetAction:
+    """Check that ``dest`` is (or can become) a writable directory; ``create`` makes it now
+    (runbooks check at plan time and create nothing until they run)."""
     if not src:
         raise UsageError("the source path is empty")
-    try:
-        os.makedirs(dest, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the local destination {dest}: {exc.strerror}") from None
-    if not os.path.isdir(dest):
-        raise UsageError(f"local destination {dest} is not a directory")
-    if not os.access(dest, os.W_OK | os.X_OK):
+    existing = dest
+    while not os.path.exists(existing):
+        parent = os.path.dirname(os.path.abspath(existing))
+        if parent == os.path.abspath(existing):
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        raise UsageError(f"cannot create the local destination {dest}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"local destination {dest} is not writable")
+    if create:
+        try:
+            os.makedirs(dest, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create the local destination {dest}: {exc.strerror}") from None
     return GetAction(src, os.path.abspath(dest), recursive, timeout)
 
 
@@ -402,7 +440,7 @@ class ScriptAction:
             remote = posixpath.join(tmpdir, os.path.basename(self.path))
             fh = fs.open_new(remote, 0o700)
             try:
-                _copy_local_to(fh, self.path, _Deadline(self.timeout))
+                _copy_local_to(fh, self.path, _Deadline(self.timeout, ctx))
             finally:
                 fh.close()
             command = " ".join([shlex.quote(remote)] + [shlex.quote(a) for a in self.args])
@@ -412,7 +450,7 @@ class ScriptAction:
             outcome = CommandOutcome(None, b"", b"", str(exc))
             return outcome
         finally:
-            if not _run_quiet(conn, f"rm -rf -- {shlex.quote(tmpdir)}") and outcome is not None:
+            if not _remove_tree(conn, fs, tmpdir, ctx) and outcome is not None:
                 note = f"could not remove the temporary script directory {tmpdir}"
                 outcome.error = f"{outcome.error}; {note}" if outcome.error else note
 

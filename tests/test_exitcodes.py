@@ -8,7 +8,8 @@ import pytest
 
 from hostops import errors
 from hostops.errors import (
-    CommandAborted, CommandTimeout, ConnectError, HostKeyError, HostopsError, InventoryError, SelectionError, UsageError,
+    CommandAborted, CommandTimeout, ConnectError, FileError, HostKeyError, HostopsError, InventoryError, LockHeld,
+    RunbookError, SelectionError, UsageError,
 )
 from hostops.exitcodes import ExitCode, for_statuses
 from hostops.results import HostResult, Summary
@@ -16,7 +17,8 @@ from hostops.results import HostResult, Summary
 
 def test_exit_code_values_follow_pssh():
     assert {c.name: int(c) for c in ExitCode} == {
-        "OK": 0, "INTERNAL": 1, "USAGE": 2, "TIMEOUT": 3, "UNREACHABLE": 4, "FAILED": 5, "INTERRUPTED": 130,
+        "OK": 0, "INTERNAL": 1, "USAGE": 2, "TIMEOUT": 3, "UNREACHABLE": 4, "FAILED": 5, "LOCKED": 6,
+        "INTERRUPTED": 130,
     }
 
 
@@ -99,6 +101,9 @@ def _samples():
         HostopsError("internal"),
         UsageError("usage"),
         InventoryError("broken", "prod.yml", 14),
+        FileError("unreadable", "x.yml", 1),
+        RunbookError("unknown step kind 'run'", "deploy.yml", 7),
+        LockHeld("another run holds /var/lock/hostops.lock"),
         InventoryError("missing", "gone.yml"),
         SelectionError("no match"),
         ConnectError("refused", "tcp"),

@@ -1,0 +1,177 @@
+"""Rolling out steps over hosts: batches, an abort threshold, canaries and pauses.
+
+Hosts are split into batches that run one after another. Inside a batch each step runs on
+all the batch's hosts in parallel, and the next step starts when it has finished
+everywhere. A host that fails a step skips the rest (except ``when_failed`` steps) and
+counts against ``max_fail``; once more hosts failed than that, the current step is the
+last: no new batch starts, and the hosts never touched are named.
+
+``exec``/``put``/``get``/``script`` use the same code with a single step, so ``--batch``,
+``--max-fail``, ``--canary`` and ``--pause`` work for one-off commands too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from hostops.hostlist import compact
+from hostops.results import FAILED, INTERRUPTED, SUCCESS, UNREACHABLE, HostResult
+from hostops.runbook import count_of
+
+SKIPPED = "skipped"
+UNTOUCHED = "untouched"
+
+
+@dataclasses.dataclass
+class RolloutSpec:
+    batch: Optional[str] = None      # N or N%; None: all hosts at once
+    max_fail: Optional[str] = None   # N or N%; None: never stop early
+    canary: int = 0                  # run this many hosts first; stop unless all succeed
+    pause: float = 0.0               # seconds between batches
+
+    @property
+    def active(self) -> bool:
+        return bool(self.batch or self.max_fail is not None or self.canary or self.pause)
+
+
+@dataclasses.dataclass
+class StepRun:
+    """What a rollout runs: a name, whether it only runs on failed hosts, and the action
+    for each host (``action_for(target)``)."""
+
+    name: str
+    action_for: Callable[[Any], Any]
+    when_failed: bool = False
+
+    def for_target(self, target) -> Any:
+        return self.action_for(target)
+
+
+@dataclasses.dataclass
+class Report:
+    hosts: List[str]
+    steps: List[str]
+    outcome: Dict[str, Dict[str, str]]            # host → step → status
+    batches: List[List[str]]
+    failed: List[str] = dataclasses.field(default_factory=list)
+    untouched: List[str] = dataclasses.field(default_factory=list)
+    stopped: Optional[str] = None                 # why the rollout stopped early
+    interrupted: bool = False
+
+    def final_status(self, host: str) -> str:
+        """The host's outcome: its first failure, else ok; untouched if never run."""
+        row = self.outcome.get(host, {})
+        ran = [s for s in row.values() if s not in (SKIPPED, UNTOUCHED)]
+        if not ran:
+            return UNTOUCHED
+        for status in ran:
+            if status not in SUCCESS:
+                return status
+        return ran[-1]
+
+
+def make_batches(hosts: Sequence[str], batch: Optional[str], canary: int = 0) -> List[List[str]]:
+    hosts = list(hosts)
+    batches: List[List[str]] = []
+    if canary:
+        batches.append(hosts[:canary])
+        hosts = hosts[canary:]
+    size = count_of(batch, len(hosts) or 1, "batch") if batch else len(hosts)
+    size = max(1, size)
+    batches += [hosts[i:i + size] for i in range(0, len(hosts), size)]
+    return [b for b in batches if b]
+
+
+def rollout(session, targets: Sequence[Any], steps: Sequence[StepRun], spec: RolloutSpec, *,
+            on_step: Optional[Callable[[int, int, int, StepRun, List[str]], None]] = None,
+            on_result: Optional[Callable[[HostResult], None]] = None, on_start=None, on_output=None,
+            on_stop: Optional[Callable[[str], None]] = None) -> Report:
+    """Run ``steps`` over ``targets`` through ``session`` (an :class:`hostops.api.Session`)."""
+    by_name = {t.name: t for t in targets}
+    names = [t.name for t in targets]
+    batches = make_batches(names, spec.batch, spec.canary)
+    max_fail = None if spec.max_fail is None else count_of(spec.max_fail, len(names), "max_fail", allow_zero=True)
+    report = Report(names, [s.name for s in steps], {h: {} for h in names}, batches)
+    failed_total: List[str] = []
+    for b_index, batch in enumerate(batches):
+        if b_index and spec.pause:
+            if _pause(session, spec.pause):
+                report.interrupted = True
+        if report.interrupted or session.interrupted:
+            report.interrupted = True
+            break
+        failed_here: Dict[str, str] = {}
+        for s_index, step in enumerate(steps):
+            if step.when_failed:
+                run_on = [h for h in batch if h in failed_here]
+            else:
+                run_on = [h for h in batch if h not in failed_here]
+            for h in batch:
+                if h not in run_on:
+                    report.outcome[h][step.name] = SKIPPED
+            if not run_on:
+                continue
+            if on_step:
+                on_step(b_index, len(batches), s_index, step, run_on)
+            for result in session.run([by_name[h] for h in run_on], step, on_start=on_start, on_output=on_output,
+                                      step=step.name if len(steps) > 1 else None):
+                report.outcome[result.host][step.name] = result.status
+                if on_result:
+                    on_result(result)
+                if not result.ok and not step.when_failed and result.host not in failed_here:
+                    failed_here[result.host] = result.status
+                    if result.status != INTERRUPTED:
+                        failed_total.append(result.host)
+            for h in session.not_started:
+                report.outcome[h][step.name] = UNTOUCHED
+            if session.interrupted:
+                report.interrupted = True
+                break
+            if max_fail is not None and len(failed_total) > max_fail:
+                report.stopped = (f"{len(failed_total)} host(s) failed, more than max_fail {max_fail}: "
+                                  f"{compact(failed_total)}")
+                break
+        if report.interrupted or report.stopped:
+            break
+        if spec.canary and b_index == 0 and failed_here:
+            report.stopped = f"the canary batch failed on {compact(list(failed_here))}; nothing else was run"
+            break
+    report.failed = failed_total
+    report.untouched = [h for h in names if report.final_status(h) == UNTOUCHED]
+    if report.stopped and on_stop:
+        on_stop(report.stopped)
+    return report
+
+
+def _pause(session, seconds: float) -> bool:
+    """Wait between batches; True when the run was interrupted meanwhile."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if session.wait_interrupt(min(0.5, end - time.monotonic())):
+            return True
+    return False
+
+
+def table(report: Report) -> str:
+    """host × step → ok / failed / skipped / untouched, for the end of a runbook."""
+    steps = report.steps
+    width = max([len(h) for h in report.hosts] + [4])
+    cols = [max(len(s), 11) for s in steps]
+    lines = ["host".ljust(width) + "  " + "  ".join(s.ljust(c) for s, c in zip(steps, cols))]
+    for host in report.hosts:
+        row = report.outcome.get(host, {})
+        cells = [row.get(s, UNTOUCHED).ljust(c) for s, c in zip(steps, cols)]
+        lines.append(host.ljust(width) + "  " + "  ".join(cells))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def summary_line(report: Report, elapsed: float) -> str:
+    counts: Dict[str, int] = {}
+    for host in report.hosts:
+        status = report.final_status(host)
+        counts[status] = counts.get(status, 0) + 1
+    order = ["ok", "unchanged", FAILED, UNREACHABLE, "timeout", INTERRUPTED, UNTOUCHED]
+    parts = [f"{counts.get(s, 0)} {s}" for s in order if counts.get(s) or s in ("ok", FAILED)]
+    text = f"{len(report.hosts)} hosts: {', '.join(parts)} in {elapsed:.1f}s"
+    return text + (" (interrupted)" if report.interrupted else "")

@@ -1,0 +1,369 @@
+"""Runbooks: ordered steps in YAML, rolled out in batches with an abort threshold.
+
+A runbook is loaded and fully resolved before anything runs: every step is checked,
+every ``{{ variable }}`` filled in for every host, every local file found. Any problem
+is one ``file:line: what is wrong`` error (exit 2). The rollout itself is
+:mod:`hostops.rollout`.
+
+    name: rolling restart of the web tier
+    hosts: web:&prod
+    batch: 10%
+    max_fail: 2
+    vars: {service: app}
+    steps:
+      - name: drain
+        exec: /usr/local/bin/drain {{ service }}
+        timeout: 60
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from hostops import yamlfile
+from hostops.errors import CommandAborted, CommandTimeout, RunbookError, UsageError
+from hostops.results import SUCCESS
+from hostops.yamlfile import LineMap, YamlProblem, type_name
+
+STEP_KINDS = ("exec", "put", "get", "script")
+TOP_KEYS = ("name", "hosts", "batch", "max_fail", "vars", "steps")
+COMMON_KEYS = ("name", "timeout", "sudo", "retries", "delay", "when_failed")
+KIND_KEYS = {"exec": ("stdin",), "put": (), "get": (), "script": ("stdin",)}
+SPEC_KEYS = {
+    "put": ("src", "dest", "mode", "owner", "recursive", "checksum"),
+    "get": ("src", "dest", "recursive"),
+    "script": ("src", "args", "stdin"),
+}
+_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_ODD_TEMPLATE = re.compile(r"\{\{(?!\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\})")
+
+
+@dataclasses.dataclass
+class Step:
+    """One step as written (templates not yet filled in)."""
+
+    index: int
+    name: str
+    kind: str
+    spec: Any                     # exec: a command; script: path or mapping; put/get: mapping
+    line: int
+    timeout: Optional[float] = None
+    sudo: bool = False
+    retries: int = 0
+    delay: float = 0.0
+    when_failed: bool = False
+    stdin: Optional[str] = None
+
+    @property
+    def title(self) -> str:
+        return f"{self.index}. {self.name}"
+
+
+@dataclasses.dataclass
+class Runbook:
+    path: str
+    name: str
+    hosts: str = "all"
+    batch: Optional[str] = None
+    max_fail: str = "0"
+    vars: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    steps: List[Step] = dataclasses.field(default_factory=list)
+    lines: Dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def directory(self) -> str:
+        return os.path.dirname(os.path.abspath(self.path))
+
+    def error(self, message: str, line: Optional[int] = None) -> RunbookError:
+        return RunbookError(message, self.path, line)
+
+
+def load(path: str) -> Runbook:
+    """Read and check a runbook file (its structure; variables are checked by :func:`plan`)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise RunbookError("no such runbook file", path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunbookError(f"cannot read the runbook: {exc}", path) from None
+    try:
+        data = yamlfile.load(text)
+    except YamlProblem as exc:
+        raise RunbookError(exc.message, path, exc.line) from None
+    if not isinstance(data, dict):
+        raise RunbookError(f"a runbook is a mapping with name, hosts, steps…, not {type_name(data)}", path,
+                           yamlfile.start_line(text) if data is not None else 1)
+    book = Runbook(path, str(data.get("name") or os.path.basename(path)))
+    book.lines = dict(data.key_lines) if isinstance(data, LineMap) else {}
+    for key in data:
+        if key not in TOP_KEYS:
+            raise book.error(f"unknown key {key!r}; a runbook has {', '.join(TOP_KEYS)}", book.lines.get(key))
+    if data.get("hosts") is not None:
+        if not isinstance(data["hosts"], str) or not data["hosts"].strip():
+            raise book.error("hosts must be a host pattern such as 'web:&prod'", book.lines.get("hosts"))
+        book.hosts = data["hosts"]
+    if data.get("batch") is not None:
+        book.batch = str(data["batch"])
+        _check_count(book.batch, "batch", book, allow_zero=False)
+    if data.get("max_fail") is not None:
+        book.max_fail = str(data["max_fail"])
+        _check_count(book.max_fail, "max_fail", book, allow_zero=True)
+    rb_vars = data.get("vars")
+    if rb_vars is not None:
+        if not isinstance(rb_vars, dict):
+            raise book.error(f"vars must be a mapping, not {type_name(rb_vars)}", book.lines.get("vars"))
+        book.vars = {str(k): v for k, v in rb_vars.items()}
+    steps = data.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise book.error("steps must be a non-empty list of steps", book.lines.get("steps", 1))
+    names = set()
+    for i, raw in enumerate(steps, 1):
+        step = _load_step(book, i, raw)
+        if step.name in names:
+            raise book.error(f"two steps are named {step.name!r}; names must be unique (--start-at uses them)",
+                             step.line)
+        names.add(step.name)
+        book.steps.append(step)
+    return book
+
+
+def _check_count(text: str, what: str, book: Runbook, allow_zero: bool) -> None:
+    try:
+        count_of(text, 100, what, allow_zero)
+    except UsageError as exc:
+        raise book.error(str(exc), book.lines.get(what)) from None
+
+
+def count_of(text: Any, total: int, what: str, allow_zero: bool = False) -> int:
+    """``N`` or ``N%`` of ``total`` (rounded up; at least 1 unless zero is allowed)."""
+    spec = str(text).strip()
+    m = re.fullmatch(r"(\d+)(%?)", spec)
+    if not m:
+        raise UsageError(f"{what} {spec!r} must be a number or a percentage such as 10%")
+    n = int(m.group(1))
+    if m.group(2):
+        if n > 100:
+            raise UsageError(f"{what} {spec!r} is more than 100%")
+        n = -(-n * total // 100)  # ceil
+    if n == 0 and not allow_zero:
+        raise UsageError(f"{what} {spec!r} must be at least 1")
+    return n
+
+
+def _load_step(book: Runbook, index: int, raw: Any) -> Step:
+    line = raw.line if isinstance(raw, LineMap) else book.lines.get("steps")
+    if not isinstance(raw, dict):
+        raise book.error(f"step {index} must be a mapping (name:, exec: …), not {type_name(raw)}", line)
+
+    def key_line(key: str) -> Optional[int]:
+        return raw.line_of(key) if isinstance(raw, LineMap) else line
+
+    kinds = [k for k in STEP_KINDS if k in raw]
+    if len(kinds) != 1:
+        unknown = [k for k in raw if k not in COMMON_KEYS and k not in STEP_KINDS and k != "stdin"]
+        if unknown and not kinds:
+            raise book.error(f"step {index}: unknown step kind {unknown[0]!r}; use one of "
+                             f"{', '.join(STEP_KINDS)}", key_line(unknown[0]))
+        raise book.error(f"step {index} must have exactly one of {', '.join(STEP_KINDS)}", line)
+    kind = kinds[0]
+    allowed = set(COMMON_KEYS) | set(KIND_KEYS[kind]) | {kind}
+    for key in raw:
+        if key not in allowed:
+            raise book.error(f"step {index}: unknown key {key!r} for a {kind} step (allowed: "
+                             f"{', '.join(sorted(allowed))})", key_line(key))
+    name = str(raw.get("name") or f"{kind} {index}")
+    step = Step(index, name, kind, raw[kind], line or 0)
+    spec = raw[kind]
+    if kind == "exec":
+        if not isinstance(spec, str) or not spec.strip():
+            raise book.error(f"step {name!r}: exec must be a command string", key_line(kind))
+    elif kind == "script" and isinstance(spec, str):
+        if not spec.strip():
+            raise book.error(f"step {name!r}: script must name a local script", key_line(kind))
+    else:
+        if not isinstance(spec, dict):
+            raise book.error(f"step {name!r}: {kind} must be a mapping with "
+                             f"{', '.join(SPEC_KEYS[kind])}", key_line(kind))
+        for key in spec:
+            if key not in SPEC_KEYS[kind]:
+                sub = spec.line_of(key) if isinstance(spec, LineMap) else key_line(kind)
+                raise book.error(f"step {name!r}: unknown {kind} option {key!r} (allowed: "
+                                 f"{', '.join(SPEC_KEYS[kind])})", sub)
+        needed = ("src",) if kind == "script" else ("src", "dest")
+        for key in needed:
+            if not spec.get(key):
+                raise book.error(f"step {name!r}: {kind} needs {key}", key_line(kind))
+        if kind == "script" and spec.get("args") is not None and not isinstance(spec["args"], list):
+            raise book.error(f"step {name!r}: script args must be a list", key_line(kind))
+    try:
+        if raw.get("timeout") is not None:
+            step.timeout = float(raw["timeout"])
+            if step.timeout <= 0:
+                raise ValueError
+    except (TypeError, ValueError):
+        raise book.error(f"step {name!r}: timeout must be a number of seconds above 0", key_line("timeout")) from None
+    try:
+        step.retries = int(raw.get("retries") or 0)
+        step.delay = float(raw.get("delay") or 0)
+        if step.retries < 0 or step.delay < 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise book.error(f"step {name!r}: retries and delay must be numbers, 0 or more",
+                         key_line("retries" if "retries" in raw else "delay")) from None
+    for flag in ("sudo", "when_failed"):
+        if flag in raw and not isinstance(raw[flag], bool):
+            raise book.error(f"step {name!r}: {flag} must be true or false", key_line(flag))
+    step.sudo = bool(raw.get("sudo", False))
+    step.when_failed = bool(raw.get("when_failed", False))
+    if raw.get("stdin") is not None:
+        step.stdin = str(raw["stdin"])
+    return step
+
+
+# ------------------------------------------------------------------ variables and plans
+def fill(value: Any, variables: Dict[str, Any], where: Callable[[str], RunbookError]) -> Any:
+    """``{{ name }}`` substitution in every string of ``value``; a missing name is an error."""
+    if isinstance(value, str):
+        if _ODD_TEMPLATE.search(value):
+            raise where(f"only {{{{ name }}}} substitution is supported, not {value!r}")
+
+        def sub(m: "re.Match[str]") -> str:
+            name = m.group(1)
+            if name not in variables:
+                raise where(f"variable {name!r} is not defined")
+            return str(variables[name])
+
+        return _TEMPLATE.sub(sub, value)
+    if isinstance(value, list):
+        return [fill(v, variables, where) for v in value]
+    if isinstance(value, dict):
+        return {k: fill(v, variables, where) for k, v in value.items()}
+    return value
+
+
+def parse_extra_vars(pairs: Sequence[str]) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for pair in pairs:
+        if "=" not in pair or not pair.split("=", 1)[0].strip():
+            raise UsageError(f"-e {pair!r}: give key=value")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+@dataclasses.dataclass
+class RetryAction:
+    """Run ``inner`` until it succeeds, at most ``retries`` more times, ``delay`` apart."""
+
+    inner: Any
+    retries: int
+    delay: float
+
+    @property
+    def timeout(self) -> Optional[float]:
+        return getattr(self.inner, "timeout", None)
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()} (retries {self.retries}, delay {self.delay:g}s)"
+
+    def run(self, conn, target, ctx, on_output):
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                outcome = self.inner.run(conn, target, ctx, on_output)
+                ok = (outcome.status in SUCCESS) if outcome.status else (outcome.exit_code == 0 and not outcome.error)
+            except CommandAborted:
+                raise
+            except CommandTimeout:
+                if attempt > self.retries:
+                    raise
+                ok, outcome = False, None
+            if ok or attempt > self.retries:
+                if outcome is not None and attempt > 1:
+                    note = f"after {attempt} attempts"
+                    outcome.error = f"{outcome.error} ({note})" if outcome.error else (None if ok else note)
+                return outcome
+            if ctx is not None and ctx.abort.wait(self.delay):
+                raise CommandAborted(b"", b"", "interrupted between retries")
+            if ctx is None and self.delay:
+                import time
+
+                time.sleep(self.delay)
+
+
+@dataclasses.dataclass
+class StepPlan:
+    step: Step
+    actions: Dict[str, Any]       # host → the action with its variables filled in
+
+    def for_target(self, target) -> Any:
+        return self.actions[target.name]
+
+
+def plan(book: Runbook, inventory, hosts: Sequence[str], extra_vars: Dict[str, Any], options) -> List[StepPlan]:
+    """Fill in every step for every host and check local files: all errors before any run.
+
+    Variables, lowest first: inventory (group and host vars, ``inventory_hostname``) <
+    the runbook's ``vars`` < ``-e key=value``.
+    """
+    from hostops.transfer import prepare_get, prepare_put, prepare_script
+    from hostops.worker import ExecAction
+
+    base = book.directory
+
+    def local(path: str) -> str:
+        return path if os.path.isabs(os.path.expanduser(path)) else os.path.join(base, path)
+
+    plans: List[StepPlan] = []
+    cache: Dict[Any, Any] = {}
+    host_vars = {h: {**inventory.host_vars(h), "inventory_hostname": h, **book.vars, **extra_vars} for h in hosts}
+    for step in book.steps:
+        actions: Dict[str, Any] = {}
+        for host in hosts:
+            def where(message: str, step=step, host=host) -> RunbookError:
+                return book.error(f"step {step.name!r} on {host}: {message}", step.line)
+
+            spec = fill(step.spec, host_vars[host], where)
+            stdin = fill(step.stdin, host_vars[host], where) if step.stdin else None
+            timeout = step.timeout if step.timeout is not None else options.timeout
+            sudo = step.sudo or options.sudo
+            key = (step.index, repr(spec), stdin)
+            try:
+                if key in cache:
+                    action = cache[key]
+                elif step.kind == "exec":
+                    if stdin and not os.path.isfile(local(stdin)):
+                        raise UsageError(f"stdin file {stdin} not found")
+                    action = ExecAction(spec, timeout, sudo, local(stdin) if stdin else None)
+                elif step.kind == "put":
+                    action = prepare_put(local(str(spec["src"])), str(spec["dest"]), bool(spec.get("recursive")),
+                                         str(spec["mode"]) if spec.get("mode") is not None else None,
+                                         spec.get("owner"), sudo, bool(spec.get("checksum")), timeout)
+                elif step.kind == "get":
+                    action = prepare_get(str(spec["src"]), local(str(spec["dest"])), bool(spec.get("recursive")),
+                                         timeout, create=False)
+                else:
+                    if isinstance(spec, str):
+                        parts = spec.split()
+                        path, args, sstdin = parts[0], parts[1:], stdin
+                    else:
+                        path, args = str(spec["src"]), [str(a) for a in spec.get("args") or []]
+                        sstdin = spec.get("stdin") or stdin
+                    action = prepare_script(local(path), args, sudo, timeout, local(sstdin) if sstdin else None)
+            except UsageError as exc:
+                raise where(str(exc)) from None
+            cache[key] = action
+            if step.retries:
+                action = RetryAction(action, step.retries, step.delay)
+            actions[host] = action
+        plans.append(StepPlan(step, actions))
+    return plans
+
+
+def describe_action(action: Any) -> str:
+    describe = getattr(action, "describe", None)
+    return describe() if describe else repr(action)
