@@ -22,11 +22,15 @@ CACHE_CHUNKS = 32            # 8 MiB per worker process at most
 class RemoteFileError(OSError):
     """A file operation failed on the host; ``str()`` is the host's reason and the path."""
 
+    def __str__(self) -> str:  # OSError's would be "[Errno 5] path: reason"
+        return self.strerror if self.strerror else super().__str__()
+
 
 class FileInfo(NamedTuple):
     is_dir: bool
     size: int
     mode: int
+    is_link: bool = False  # listdir only: the entry is a symbolic link (the rest describes its target)
 
 
 class ChunkCache:
@@ -113,6 +117,15 @@ class FileSystem:
     def listdir(self, path: str) -> List[Tuple[str, FileInfo]]:
         raise NotImplementedError
 
+    def rmtree(self, path: str) -> None:
+        """Remove ``path`` and all below it (links removed, not followed); gone already is fine."""
+        raise NotImplementedError
+
+    def command_path(self, path: str) -> str:
+        """``path`` as a shell command on the host must name it to mean the same file
+        (``~`` is expanded here: it would be quoted, hence literal, in the command)."""
+        return path
+
     def close(self) -> None:
         pass
 
@@ -135,6 +148,60 @@ def _error(exc: BaseException, path: str) -> RemoteFileError:
     return err
 
 
+class _CheckedWriter:
+    """A pipelined paramiko SFTPFile whose write errors are not lost.
+
+    paramiko sends pipelined writes without waiting and, at close, reads their replies
+    without checking them: a full disk or a quota on the host went unnoticed and a short
+    file was renamed into place. Here every reply is read and checked before the close.
+    """
+
+    def __init__(self, fh, path: str):
+        self._fh = fh
+        self._path = path
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._fh.write(data)
+        except OSError as exc:
+            raise _error(exc, self._path) from None
+
+    def close(self) -> None:
+        fh = self._fh
+        try:
+            try:
+                fh.flush()
+                while fh._reqs:  # the write requests still unanswered (paramiko's own queue)
+                    fh.sftp._read_response(fh._reqs.popleft())  # raises on an error status
+            finally:
+                fh.close()
+        except OSError as exc:
+            raise _error(exc, self._path) from None
+
+    def __enter__(self) -> "_CheckedWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _quiet_prefetch(fh) -> None:
+    """paramiko's prefetch thread asks for the whole file, whatever the reader does. When a
+    download is cut (--timeout, a file that shrank) and the connection closed under it, the
+    thread died with a traceback on the worker's stderr, one per host. Once the file is
+    closed, its failures are expected and are not printed."""
+    issue = fh._prefetch_thread
+
+    def run(*args, **kw):
+        try:
+            issue(*args, **kw)
+        except Exception:
+            if not fh.closed:
+                raise
+
+    fh._prefetch_thread = run
+
+
 class SFTPFileSystem(FileSystem):
     def __init__(self, sftp):
         self.sftp = sftp
@@ -155,13 +222,14 @@ class SFTPFileSystem(FileSystem):
             fh = self.sftp.open(remote_path(path), "wxb")  # w: writable, x: O_EXCL
             fh.chmod(mode)
             fh.set_pipelined(True)
-            return fh
+            return _CheckedWriter(fh, path)  # type: ignore[return-value]
         except OSError as exc:
             raise _error(exc, path) from None
 
     def open_read(self, path: str, size: int = 0) -> IO[bytes]:
         try:
             fh = self.sftp.open(remote_path(path), "rb")
+            _quiet_prefetch(fh)
             fh.prefetch(size or None, max_concurrent_requests=64)  # bounded read-ahead
             return fh
         except OSError as exc:
@@ -205,10 +273,33 @@ class SFTPFileSystem(FileSystem):
                 info = self.stat(path.rstrip("/") + "/" + e.filename)
                 if info is None:
                     continue
+                info = info._replace(is_link=True)
             else:
                 info = FileInfo(_stat.S_ISDIR(mode), e.st_size or 0, _stat.S_IMODE(mode))
             out.append((e.filename, info))
         return sorted(out)
+
+    def rmtree(self, path: str) -> None:
+        where = remote_path(path)
+        try:
+            entries = self.sftp.listdir_attr(where)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _error(exc, path) from None
+        try:
+            for e in entries:
+                child = where.rstrip("/") + "/" + e.filename
+                if _stat.S_ISDIR(e.st_mode or 0):
+                    self.rmtree(child)
+                else:
+                    self.sftp.remove(child)
+            self.sftp.rmdir(where)
+        except OSError as exc:
+            raise _error(exc, path) from None
+
+    def command_path(self, path: str) -> str:
+        return remote_path(path)  # commands start in the login directory, as SFTP does
 
     def close(self) -> None:
         self.sftp.close()
@@ -216,6 +307,19 @@ class SFTPFileSystem(FileSystem):
 
 class LocalFileSystem(FileSystem):
     """``connection: local``: the same operations on this machine."""
+
+    def command_path(self, path: str) -> str:
+        return os.path.expanduser(path)
+
+    def rmtree(self, path: str) -> None:
+        import shutil
+
+        try:
+            shutil.rmtree(os.path.expanduser(path))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _error(exc, path) from None
 
     def stat(self, path: str) -> Optional[FileInfo]:
         try:
@@ -274,7 +378,8 @@ class LocalFileSystem(FileSystem):
             raise _error(exc, path) from None
         out = []
         for name in names:
-            info = self.stat(os.path.join(path, name))
+            full = os.path.join(path, name)
+            info = self.stat(full)
             if info is not None:
-                out.append((name, info))
+                out.append((name, info._replace(is_link=os.path.islink(os.path.expanduser(full)))))
         return out
