@@ -44,7 +44,7 @@ class SSHD:
     """One sshd process. ``addresses`` are loopback addresses it listens on (same port)."""
 
     def __init__(self, workdir: str, addresses: Sequence[str] = ("127.0.0.1",), user_key: Optional[str] = None,
-                 host_key_name: str = "ssh_host_ed25519_key", extra_config: str = ""):
+                 host_key_name: str = "ssh_host_ed25519_key", extra_config: str = "", log_level: str = "ERROR"):
         self.workdir = workdir
         self.addresses = list(addresses)
         self.user = getpass.getuser()
@@ -54,6 +54,7 @@ class SSHD:
         self.host_key = os.path.join(workdir, host_key_name)
         self.user_key = user_key or os.path.join(workdir, "id_ed25519")
         self.extra_config = extra_config
+        self.log_level = log_level  # INFO logs each login, which count_logins() counts
         self.port = 0
         self.proc: Optional[subprocess.Popen] = None
         self.log_path = os.path.join(workdir, "sshd.log")
@@ -95,7 +96,7 @@ class SSHD:
             "StrictModes no", "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "MaxStartups 2000",
             "MaxSessions 100", "LoginGraceTime 60", "UseDNS no", "PrintMotd no", "PrintLastLog no",
-            f"SetEnv HOME={self.home}", "Subsystem sftp internal-sftp", "LogLevel ERROR",
+            f"SetEnv HOME={self.home}", "Subsystem sftp internal-sftp", f"LogLevel {self.log_level}",
             f"AllowUsers {self.user}",
         ]
         if self.extra_config:
@@ -125,6 +126,14 @@ class SSHD:
                 return fh.read()[-4000:]
         except OSError:
             return ""
+
+    def count_logins(self) -> int:
+        """Successful logins so far (needs log_level="INFO" or more)."""
+        try:
+            with open(self.log_path, errors="replace") as fh:
+                return sum(1 for line in fh if "Accepted publickey" in line)
+        except OSError:
+            return 0
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
