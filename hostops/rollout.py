@@ -173,5 +173,6 @@ def summary_line(report: Report, elapsed: float) -> str:
         counts[status] = counts.get(status, 0) + 1
     order = ["ok", "unchanged", FAILED, UNREACHABLE, "timeout", INTERRUPTED, UNTOUCHED]
     parts = [f"{counts.get(s, 0)} {s}" for s in order if counts.get(s) or s in ("ok", FAILED)]
-    text = f"{len(report.hosts)} hosts: {', '.join(parts)} in {elapsed:.1f}s"
+    n = len(report.hosts)
+    text = f"{n} host{'s' if n != 1 else ''}: {', '.join(parts)} in {elapsed:.1f}s"
     return text + (" (interrupted)" if report.interrupted else "")
