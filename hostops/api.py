@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 from hostops.log import maybe_open
 from hostops.pool import Pool, fit_forks
-from hostops.results import HostResult, Summary
+from hostops.results import INTERRUPTED, HostResult, Summary
 from hostops.settings import Options, Target
 from hostops.worker import ExecAction, Job
 
@@ -99,6 +99,7 @@ class Session:
         return self.interrupted
 
     def start(self, what: Any, hosts: Sequence[str]) -> "Session":
+        self._hosts = list(hosts)
         self.log = maybe_open(self.options.log)
         if self.log is not None:
             self.log.write({"event": "start", "pid": os.getpid(), "action": what, "hosts": list(hosts),
@@ -136,12 +137,33 @@ class Session:
                 on_output(job.target.name, event[2], event[3])
             elif kind == "done":
                 result: HostResult = event[2]
+                if self.log is not None and len(event) > 3:  # made up by the pool: no worker logged it
+                    try:
+                        self.log.write({"event": "host", **result.to_json()})
+                    except OSError as exc:
+                        result.error = (result.error + "; " if result.error else "") + f"could not write log: {exc}"
                 self.summary.add(result)
                 self.summary.elapsed = time.monotonic() - self._t0
                 yield result
         self.not_started = [j.target.name for j in self.pool.not_started]
         if self.pool.aborting:
             self.summary.interrupted = True
+
+    def _abandon_in_flight(self) -> None:
+        """Aborting at once (a second Ctrl-C, an error): the hosts still running are reported
+        (and logged) interrupted, never as 'not started', and their commands may still run."""
+        names = self.pool.in_flight() if self.pool is not None else []
+        for name in names:
+            result = HostResult(name, INTERRUPTED, error="aborted while running (a second interrupt); the remote "
+                                                          "command may still be running")
+            self.summary.add(result)
+            if self.log is not None:
+                try:
+                    self.log.write({"event": "host", **result.to_json()})
+                except OSError:
+                    pass
+        if names:
+            self.summary.not_finished = [h for h in self.summary.not_finished if h not in set(names)]
 
     def close(self, error: Optional[BaseException] = None) -> None:
         self.summary.elapsed = time.monotonic() - self._t0
@@ -150,6 +172,7 @@ class Session:
                 if error is None:
                     self.pool.close()
                 else:
+                    self._abandon_in_flight()
                     self.pool.terminate(now=isinstance(error, KeyboardInterrupt))
         finally:
             if self._interrupts is not None:
@@ -157,6 +180,9 @@ class Session:
                 self._interrupts = None
             if self.log is not None:
                 try:
+                    if not self.summary.not_finished:  # the caller may fill it in only later
+                        done = {r.host for r in self.summary.results}
+                        self.summary.not_finished = [h for h in getattr(self, "_hosts", []) if h not in done]
                     self.log.write({"event": "end", "summary": self.summary.to_json()})
                 finally:
                     self.log.close()
@@ -205,7 +231,8 @@ def _describe(action: Any) -> Any:
 
 
 def _loggable(options: Options) -> dict:
-    data = dataclasses.asdict(options)
+    data = dataclasses.asdict(dataclasses.replace(options, secrets=None))  # type: ignore[arg-type]
+    data.pop("secrets", None)  # passwords and secret values never reach the log
     data["identity_files"] = list(options.identity_files)  # paths only, never key material
     data["known_hosts"] = list(options.known_hosts)
     return data

@@ -68,8 +68,13 @@ class StderrWithPid(OutputBuffer):
 
     def feed(self, data: bytes) -> bytes:
         """Add ``data``; return what the user may see of it (the marker removed)."""
+        shown = self.strip(data)
+        self.add(shown)
+        return shown
+
+    def strip(self, data: bytes) -> bytes:
+        """``data`` without the marker line (held back while the marker may still arrive)."""
         if self._pending is None:
-            self.add(data)
             return data
         self._pending += data
         buf = bytes(self._pending)
@@ -82,7 +87,6 @@ class StderrWithPid(OutputBuffer):
         elif buf.startswith(PID_MARKER) and b"\n" not in buf and len(buf) < 64:
             return b""  # the marker line is still arriving
         self._pending = None
-        self.add(buf)
         return buf
 
     @property
@@ -109,3 +113,35 @@ def split_pid(data: bytes) -> Tuple[Optional[int], bytes]:
     """(pid, rest) of a complete stderr text."""
     m = _PID_LINE.match(data)
     return (int(m.group(1)), data[m.end():]) if m else (None, data)
+
+
+class PromptWatch:
+    """Finds sudo's (random, per-run) password prompt in stderr and takes it out.
+
+    A prompt may arrive split across reads, so up to ``len(prompt) - 1`` trailing bytes are
+    held back until the next read or :meth:`flush`.
+    """
+
+    def __init__(self, prompt: bytes):
+        self.prompt = prompt
+        self.count = 0
+        self._held = b""
+
+    def feed(self, data: bytes) -> Tuple[bytes, int]:
+        """(what may be shown, prompts seen in this piece)."""
+        data = self._held + data
+        found = data.count(self.prompt)
+        if found:
+            data = data.replace(self.prompt, b"")
+            self.count += found
+        keep = 0
+        for n in range(min(len(self.prompt) - 1, len(data)), 0, -1):
+            if self.prompt.startswith(data[-n:]):
+                keep = n
+                break
+        self._held = data[len(data) - keep:] if keep else b""
+        return (data[: len(data) - keep] if keep else data), found
+
+    def flush(self) -> bytes:
+        held, self._held = self._held, b""
+        return held

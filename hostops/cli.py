@@ -96,7 +96,17 @@ def connection_options(func: Callable) -> Callable:
                      show_default=True, metavar="S", help="Bound on TCP connect, banner, key exchange and auth."),
         click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
                      help="Bound on each host's command; past it the host is reported 'timeout'."),
-        click.option("--sudo", is_flag=True, help="Run through 'sudo -n' (never prompts)."),
+        click.option("--sudo", is_flag=True, help="Run through sudo: 'sudo -n' (never prompts) unless a sudo "
+                                                  "password is given."),
+        click.option("--sudo-user", default=None, metavar="USER", help="With --sudo: run as USER (sudo -u)."),
+        click.option("--ask-sudo-pass", is_flag=True, help="Ask once, on the terminal, for the sudo password."),
+        click.option("--sudo-pass-file", default=None, metavar="FILE",
+                     help="Read the sudo password from FILE (must be mode 0600, yours)."),
+        click.option("--sudo-pass-env", default=None, metavar="VAR", help="Take the sudo password from $VAR."),
+        click.option("--ask-pass", is_flag=True, help="Ask once, on the terminal, for an SSH password (tried "
+                                                      "after the keys; never read from inventories)."),
+        click.option("--secret-env", multiple=True, metavar="VAR",
+                     help="Treat $VAR's value as a secret: shown as ******** everywhere. Repeatable."),
         click.option("-f", "--forks", type=click.IntRange(min=1), default=50, show_default=True, metavar="N",
                      help="Hosts in flight at once, in total."),
         click.option("--processes", type=click.IntRange(min=1), default=None, metavar="P",
@@ -134,6 +144,41 @@ def output_options(func: Callable) -> Callable:
     return func
 
 
+def build_secrets(kw: dict):
+    """Passwords and secret values, asked for or read before anything runs."""
+    from hostops.secrets import Secrets, ask, from_env, read_password_file
+
+    given = [flag for flag, on in (("--ask-sudo-pass", kw.get("ask_sudo_pass")),
+                                   ("--sudo-pass-file", kw.get("sudo_pass_file")),
+                                   ("--sudo-pass-env", kw.get("sudo_pass_env"))) if on]
+    if len(given) > 1:
+        raise UsageError(f"give the sudo password one way only, not {' and '.join(given)}")
+    sudo_password = None
+    if kw.get("sudo_pass_file"):
+        sudo_password = read_password_file(kw["sudo_pass_file"])
+    elif kw.get("sudo_pass_env"):
+        sudo_password = from_env(kw["sudo_pass_env"], "--sudo-pass-env")
+    elif kw.get("ask_sudo_pass"):
+        sudo_password = ask("sudo password: ", "--ask-sudo-pass")
+    if sudo_password is not None and not kw.get("sudo"):
+        raise UsageError(f"{given[0]} needs --sudo")
+    ssh_password = ask("SSH password: ", "--ask-pass") if kw.get("ask_pass") else None
+    values = [from_env(name, "--secret-env") for name in kw.get("secret_env") or ()]
+    return Secrets(sudo_password, ssh_password, tuple(values))
+
+
+def inventory_secrets(inv, names) -> list:
+    """Values of the variables a host lists in ``hostops_secret_vars`` (to be masked)."""
+    out = []
+    for name in names:
+        hvars = inv.host_vars(name)
+        marked = hvars.get("hostops_secret_vars") or []
+        if isinstance(marked, str):
+            marked = [marked]
+        out += [str(hvars[v]) for v in marked if v in hvars and hvars[v] not in (None, "")]
+    return out
+
+
 def build_options(kw: dict):
     from hostops.settings import Options
 
@@ -143,7 +188,8 @@ def build_options(kw: dict):
         host_key_policy=kw["host_key_policy"], connect_timeout=kw["connect_timeout"], timeout=kw["timeout"],
         sudo=kw["sudo"], forks=kw["forks"], processes=kw["processes"], start_method=kw["start_method"],
         log=kw["log_path"], stream_output=kw.get("stream", False), keepalive=kw["keepalive"],
-        kill_grace=kw["kill_grace"], max_output=kw["max_output"],
+        kill_grace=kw["kill_grace"], max_output=kw["max_output"], sudo_user=kw.get("sudo_user"),
+        secrets=build_secrets(kw),
     )
 
 
@@ -304,17 +350,21 @@ def exec_cmd(command: str, inventories, adhoc_hosts, pattern, stdin_file, **kw: 
     options = build_options(kw)
     output_mode(kw)
     check_stdin(stdin_file)
-    targets = _targets(inventories, adhoc_hosts, pattern, options)
+    targets, options = _targets(inventories, adhoc_hosts, pattern, options)
     action = ExecAction(command, options.timeout, options.sudo, os.path.abspath(stdin_file) if stdin_file else None)
     return run_action(targets, action, options, kw)
 
 
 def _targets(inventories, adhoc_hosts, pattern, options):
+    """(targets, options with the inventory's secret values added)."""
+    import dataclasses
+
     from hostops.settings import resolve
     from hostops.state import state_path
 
     inv, names = load_selection(inventories, adhoc_hosts, pattern, state_path(options.log))
-    return resolve(inv, names, options)
+    options = dataclasses.replace(options, secrets=options.secrets.with_values(inventory_secrets(inv, names)))
+    return resolve(inv, names, options), options
 
 
 @cli.command("put", context_settings=CONTEXT, epilog=HELP_TEXT)
@@ -344,7 +394,7 @@ def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, i
     options = build_options(kw)
     output_mode(kw)
     action = prepare_put(src, dest, recursive, mode, owner, options.sudo, checksum, options.timeout)
-    targets = _targets(inventories, adhoc_hosts, pattern, options)
+    targets, options = _targets(inventories, adhoc_hosts, pattern, options)
     return run_action(targets, action, options, kw)
 
 
@@ -365,7 +415,7 @@ def get_cmd(src: str, dest: str, recursive: bool, inventories, adhoc_hosts, patt
     output_mode(kw)
     if options.sudo:
         raise UsageError("get does not support --sudo; copy the file somewhere readable first (hostops exec)")
-    targets = _targets(inventories, adhoc_hosts, pattern, options)
+    targets, options = _targets(inventories, adhoc_hosts, pattern, options)
     action = prepare_get(src, dest, recursive, options.timeout)
     return run_action(targets, action, options, kw)
 
@@ -390,7 +440,7 @@ def script_cmd(script: str, args, stdin_file, inventories, adhoc_hosts, pattern,
     options = build_options(kw)
     output_mode(kw)
     action = prepare_script(script, args, options.sudo, options.timeout, stdin_file)
-    targets = _targets(inventories, adhoc_hosts, pattern, options)
+    targets, options = _targets(inventories, adhoc_hosts, pattern, options)
     return run_action(targets, action, options, kw)
 
 
@@ -417,6 +467,8 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
     hostops run deploy.yml -i prod.yml --dry-run
     hostops run deploy.yml -i prod.yml -l @failed --start-at restart
     """
+    import dataclasses
+
     from hostops import runbook as rb
     from hostops.rollout import StepRun
     from hostops.settings import resolve
@@ -443,6 +495,7 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
         if not names:
             raise SelectionError(f"no host of the runbook's {book.hosts!r} matched -l {limit!r}")
     plans = rb.plan(book, inv, names, extra_vars, options)
+    options = dataclasses.replace(options, secrets=options.secrets.with_values(inventory_secrets(inv, names)))
     targets = resolve(inv, names, options)
     if dry_run:
         click.echo(render_plan(book, plans, names, spec))
@@ -543,6 +596,9 @@ def render_graph(inv: Inventory, selected: set) -> str:
 
     walk("all", "")
     return "\n".join(lines)
+
+
+from hostops import cli_keys  # noqa: E402,F401  (registers 'hostops keys')
 
 
 # ------------------------------------------------------------------ entry point

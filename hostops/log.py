@@ -8,9 +8,11 @@ inside the lock object orders the threads of one process.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import stat
 import threading
 import time
 from typing import Any, Dict, Optional
@@ -40,9 +42,24 @@ class LogLock:
 
 
 def open_log(path: str) -> int:
-    """Open ``path`` for appending, created 0600; never follows a symlink at the last step."""
+    """Open ``path`` for appending, created 0600; never follows a symlink at the last step,
+    and refuses a file that belongs to another user (someone could be reading it)."""
+    from hostops.errors import UsageError
+
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(path, flags, 0o600)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(f"--log {path} is a symbolic link; refusing to follow it") from None
+        raise UsageError(f"--log {path}: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        os.close(fd)
+        raise UsageError(f"--log {path} belongs to another user (uid {st.st_uid}); refusing to write to it")
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UsageError(f"--log {path} is not a regular file")
     return fd
 
 

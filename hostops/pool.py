@@ -30,6 +30,8 @@ START_METHODS = ("fork", "spawn", "forkserver")
 #: Beyond connect-timeout + timeout + kill-grace, the parent stops waiting for a host's
 #: result (the last resort behind the worker's own deadlines).
 PARENT_SLACK = 30.0
+#: Fourth element of a "done" event whose result the parent made up (no worker logged it).
+BY_PARENT = "by-parent"
 
 
 class PoolError(RuntimeError):
@@ -133,7 +135,9 @@ class Pool:
     def run(self, jobs: Iterable[Job], wake_fd: Optional[int] = None,
             should_abort: Callable[[], bool] = lambda: False) -> Iterator[tuple]:
         """Hand ``jobs`` to workers (never more than ``forks`` in flight) and yield events:
-        ("started", job), ("output", job, stream, data), ("done", job, HostResult).
+        ("started", job), ("output", job, stream, data), ("done", job, HostResult), and
+        ("done", job, HostResult, BY_PARENT) for a result the parent made up because no worker
+        will report (and log) it: a crashed worker's host, an overdue one, one given up on.
 
         When ``should_abort()`` turns true (``wake_fd`` becomes readable to say so), no new
         host starts, running ones are stopped and reported, and the jobs never begun are
@@ -141,6 +145,7 @@ class Pool:
         """
         pending: Deque[Job] = collections.deque(jobs)
         by_id: Dict[int, Job] = {j.id: j for j in pending}
+        self._jobs = by_id
         remaining = len(pending)
         drain_deadline: Optional[float] = None
         while remaining:
@@ -168,11 +173,17 @@ class Pool:
                     self.not_started.append(event[1])
                     continue
                 if event[0] == "done":
-                    if event[1].id in self._given_up:
-                        continue
+                    if event[1].id in self._given_up and len(event) < 4:
+                        continue  # a worker's late word on a host the parent already reported
                     remaining -= 1
                     self._crashes_in_a_row = 0
                 yield event
+
+    def in_flight(self) -> List[str]:
+        """Hosts begun and not yet reported: what a caller aborting at once leaves unfinished."""
+        jobs = getattr(self, "_jobs", {})
+        return [jobs[jid].target.name for w in self.workers.values() for jid in sorted(w.started)
+                if jid in jobs and jid not in self._given_up]
 
     def _dispatch(self, pending: Deque[Job]) -> None:
         """Send jobs to workers with free slots. A job that keeps its connection goes back to
@@ -208,7 +219,8 @@ class Pool:
         if drain_deadline is not None:
             times.append(drain_deadline)
         if self._overdue_after is not None:
-            times += [t + self._overdue_after for w in self.workers.values() for t in w.started.values()]
+            times += [t + self._overdue_after for w in self.workers.values() for jid, t in w.started.items()
+                      if jid not in self._given_up]
         if not times:
             return None
         return max(0.0, min(times) - time.monotonic()) + 0.05
@@ -266,7 +278,7 @@ class Pool:
                     yield ("done", job, HostResult(job.target.name, TIMEOUT, start=time.time() - (now - began),
                                                    duration=now - began, error=(
                         f"no result after {now - began:.0f}s, past every deadline; the worker is stuck on this "
-                        "host and the remote command may still be running")))
+                        "host and the remote command may still be running")), BY_PARENT)
 
     def _give_up_all(self, by_id: Dict[int, Job]) -> Iterator[tuple]:
         for w in self.workers.values():
@@ -277,7 +289,8 @@ class Pool:
                 job = by_id[jid]
                 if jid in w.started:
                     yield ("done", job, HostResult(job.target.name, INTERRUPTED, error=(
-                        "interrupted; no word from the worker on cleanup, the remote command may still be running")))
+                        "interrupted; no word from the worker on cleanup, the remote command may still be running")),
+                           BY_PARENT)
                 else:
                     yield ("unstarted", job)
 
@@ -297,7 +310,7 @@ class Pool:
                 if jid in w.started:
                     yield ("done", job, HostResult(job.target.name, FAILED, error=(
                         f"worker crashed ({how}); the command may have run. Not retried: "
-                        "check the host before running it again")))
+                        "check the host before running it again")), BY_PARENT)
                 elif self.aborting:
                     yield ("unstarted", job)
                 else:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
+import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from hostops.errors import UsageError
+from hostops.errors import InventoryError, UsageError
 from hostops.inventory import Inventory, connection_vars
+from hostops.secrets import Secrets
 
 HOST_KEY_POLICIES = ("strict", "accept-new", "off")
 DEFAULT_FORKS = 50
@@ -37,6 +39,8 @@ class Options:
     start_method: Optional[str] = None
     log: Optional[str] = None
     stream_output: bool = False
+    sudo_user: Optional[str] = None  # sudo -u USER
+    secrets: Secrets = dataclasses.field(default_factory=Secrets)
     keepalive: float = 15.0          # seconds of silence before a keepalive; 0 turns them off
     kill_grace: float = 5.0          # TERM → KILL delay for remote commands being stopped
     max_output: int = 4 * 1024 * 1024  # bytes kept per host and stream
@@ -114,6 +118,7 @@ def resolve(inventory: Inventory, names: Sequence[str], options: Options) -> Lis
     default_user = getpass.getuser()
     targets = []
     for name, conn in resolved:
+        check_host_name(name, conn.get("host"), inventory)
         connection = "local" if conn.get("connection") == "local" else "ssh"
         cfg: Dict[str, Any] = {}
         if ssh_config is not None and connection == "ssh":
@@ -129,6 +134,30 @@ def resolve(inventory: Inventory, names: Sequence[str], options: Options) -> Lis
         identities = tuple(dict.fromkeys(os.path.expanduser(p) for p in identities))
         targets.append(Target(name, str(hostname), int(port), str(user), identities, connection))
     return targets
+
+
+#: What a host name or address may hold: letters, digits, dots, dashes, underscores, and the
+#: colons/brackets/percent of IPv6 literals. Nothing a shell or ssh_config's Match exec,
+#: ProxyCommand or %-expansion could make into a command or an option.
+_SAFE_HOST = re.compile(r"^[A-Za-z0-9_.:\[\]%-]+$")
+
+
+def check_host_name(name: str, address: Optional[str], inventory: Optional[Inventory] = None) -> None:
+    """Refuse a host address that could turn into an option or a command (exit 2, before any
+    ssh_config lookup). The address is ``ansible_host`` when set, else the host's name."""
+    value = address if address is not None else name
+    if value and not value.startswith("-") and _SAFE_HOST.match(value):
+        return
+    src = None
+    if inventory is not None and name in inventory.hosts:
+        host = inventory.hosts[name]
+        src = (host.var_sources.get("ansible_host") or host.var_sources.get("host")) if address else host.source
+    what = "address (ansible_host)" if address is not None else "host name"
+    message = (f"{what} {value!r} of host {name!r} is refused: only letters, digits and . - _ : [ ] % are "
+               "allowed, and it may not start with '-'")
+    if src is not None and src.file != "--host":
+        raise InventoryError(message, src.file, src.line)
+    raise UsageError(message)
 
 
 def _int(value: Any) -> Optional[int]:

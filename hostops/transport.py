@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from hostops.capture import OutputBuffer, StderrWithPid
+from hostops.capture import OutputBuffer, PromptWatch, StderrWithPid
 from hostops.errors import CommandAborted, CommandTimeout, ConnectError, HostKeyError
 from hostops.settings import Options, Target
 
@@ -53,11 +53,33 @@ class CommandOutcome:
         self.status = status
 
 
-def wrap_command(command: str, sudo: bool) -> str:
+def wrap_command(command: str, sudo: bool, user: Optional[str] = None) -> str:
     """``sudo -n`` never prompts: a password request becomes a failure, not a hang."""
     if not sudo:
         return command
-    return f"sudo -n -- sh -c {shlex.quote(command)}"
+    as_user = f"-u {shlex.quote(user)} " if user else ""
+    return f"sudo -n {as_user}-- sh -c {shlex.quote(command)}"
+
+
+SUDO_AUTH_FAILED = "sudo: authentication failed (wrong sudo password?)"
+SUDO_NO_PASSWORD = ("sudo needs a password on this host; hostops runs sudo -n unless given one "
+                    "(--ask-sudo-pass, --sudo-pass-file or --sudo-pass-env), or configure NOPASSWD")
+
+
+def sudo_command(command: str, options: Options, prompt: Optional[str]) -> str:
+    """``command`` run through sudo. With a password, ``sudo -S -p PROMPT``: hostops answers
+    the random prompt on the channel's stdin (never argv, never the command string), and the
+    command itself reads /dev/null, so the password cannot reach it even if sudo never asks."""
+    if prompt is None:
+        return wrap_command(command, True, options.sudo_user)
+    as_user = f"-u {shlex.quote(options.sudo_user)} " if options.sudo_user else ""
+    return f"sudo -S -p {shlex.quote(prompt)} {as_user}-- sh -c {shlex.quote('exec </dev/null; ' + command)}"
+
+
+def new_prompt() -> str:
+    import secrets
+
+    return f"[hostops-sudo-{secrets.token_hex(8)}]"
 
 
 def with_pid_report(command: str) -> str:
@@ -151,8 +173,8 @@ class Connection:
     """An open connection to one host: runs commands, reads and writes files."""
 
     def run(self, command: str, timeout: Optional[float] = None, on_output: Optional[OutputCallback] = None,
-            stdin: Optional[str] = None) -> CommandOutcome:
-        """Run ``command``; ``stdin`` is a local file whose bytes are fed to it."""
+            stdin: Optional[str] = None, sudo: bool = False) -> CommandOutcome:
+        """Run ``command`` (through sudo when ``sudo``); ``stdin`` is a local file fed to it."""
         raise NotImplementedError
 
     def files(self):
@@ -282,19 +304,26 @@ class SSHConnection(Connection):
             raise
 
     def run(self, command: str, timeout: Optional[float] = None, on_output: Optional[OutputCallback] = None,
-            stdin: Optional[str] = None) -> CommandOutcome:
+            stdin: Optional[str] = None, sudo: bool = False) -> CommandOutcome:
         import paramiko
 
+        opts = self.ctx.options
+        prompt = new_prompt() if sudo and opts.secrets.sudo_password else None
+        if prompt is not None and stdin is not None:
+            raise ConnectError("--stdin cannot be combined with a sudo password (sudo reads the password "
+                               "from the same stdin)", "usage")
+        if sudo:
+            command = sudo_command(command, opts, prompt)
         try:
-            chan = self.transport.open_session(timeout=self.ctx.options.connect_timeout)
+            chan = self.transport.open_session(timeout=opts.connect_timeout)
             chan.exec_command(with_pid_report(command))
-            if stdin is None:
+            if stdin is None and prompt is None:
                 chan.shutdown_write()
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise ConnectError(f"cannot start the command on {self.target.hostname}: {exc}", "channel") from None
         feeder = _feed_stdin(chan, stdin) if stdin is not None else None
         try:
-            return _read_channel(self, chan, timeout, on_output)
+            return _read_channel(self, chan, timeout, on_output, prompt, sudo)
         finally:
             chan.close()
             if feeder is not None:
@@ -436,9 +465,11 @@ def _authenticate(transport, target: Target, ctx: WorkerContext, remaining: Call
             try:
                 transport.auth_publickey(target.user, key)
             except paramiko.BadAuthenticationType as exc:
+                if "password" in exc.allowed_types and ctx.options.secrets.ssh_password:
+                    break  # the password is tried below
                 raise ConnectError(f"authentication failed for {target.user}@{target.hostname}: the server "
-                                   f"accepts only {', '.join(exc.allowed_types)}, hostops uses SSH keys",
-                                   "auth") from None
+                                   f"accepts only {', '.join(exc.allowed_types)}, hostops uses SSH keys "
+                                   "(or a password with --ask-pass)", "auth") from None
             except paramiko.AuthenticationException:
                 continue
             except paramiko.SSHException as exc:
@@ -448,7 +479,19 @@ def _authenticate(transport, target: Target, ctx: WorkerContext, remaining: Call
     finally:
         if agent is not None:
             agent.close()
-    if not candidates:
+    password = ctx.options.secrets.ssh_password
+    if password:  # --ask-pass: after every key, as OpenSSH does
+        transport.auth_timeout = remaining()
+        tried.append("password")
+        try:
+            transport.auth_password(target.user, password)
+        except paramiko.AuthenticationException:
+            pass
+        except paramiko.SSHException as exc:
+            raise ConnectError(f"authentication with {target.hostname} failed: {exc}", "auth") from None
+        if transport.is_authenticated():
+            return
+    if not candidates and not password:
         detail = "no SSH key to offer (no ssh-agent, no -k/identity_file, no ~/.ssh/id_*)"
     else:
         detail = f"the server refused {len(tried)} key(s): {', '.join(tried)}"
@@ -458,8 +501,8 @@ def _authenticate(transport, target: Target, ctx: WorkerContext, remaining: Call
                        f"Check the user (-u) and that the public key is in its authorized_keys", "auth")
 
 
-def _read_channel(conn: SSHConnection, chan, timeout: Optional[float],
-                  on_output: Optional[OutputCallback]) -> CommandOutcome:
+def _read_channel(conn: SSHConnection, chan, timeout: Optional[float], on_output: Optional[OutputCallback],
+                  prompt: Optional[str] = None, sudo: bool = False) -> CommandOutcome:
     """Read stdout and stderr together (neither can fill up and stall the other) until the
     command exits, ``timeout`` passes, the peer stops answering, or the run is aborted."""
     import paramiko
@@ -469,6 +512,24 @@ def _read_channel(conn: SSHConnection, chan, timeout: Optional[float],
     deadline = time.monotonic() + timeout if timeout else None
     out = OutputBuffer(opts.max_output)
     err = StderrWithPid(opts.max_output)
+    watch = PromptWatch(prompt.encode()) if prompt else None
+    auth_failed = False
+
+    def stderr_piece(data: bytes) -> bytes:
+        """Strip the pid marker and sudo's prompt, answering the prompt: once with the password;
+        a second prompt means it was wrong (stdin is then closed, so sudo gives up at once)."""
+        nonlocal auth_failed
+        visible = err.strip(data)
+        if watch is not None:
+            visible, prompts = watch.feed(visible)
+            if prompts and watch.count == 1:
+                chan.sendall((opts.secrets.sudo_password + "\n").encode())
+            elif prompts and not auth_failed:
+                auth_failed = True
+                chan.shutdown_write()
+        err.add(visible)
+        return visible
+
     keepalive = opts.keepalive or None
     last_probe = time.monotonic()
     poller = select.poll()
@@ -502,7 +563,7 @@ def _read_channel(conn: SSHConnection, chan, timeout: Optional[float],
             data = chan.recv_stderr(READ_SIZE)
             if data:
                 got = True
-                shown = err.feed(data)
+                shown = stderr_piece(data)
                 if on_output and shown:
                     on_output("stderr", shown)
         if got:
@@ -535,9 +596,16 @@ def _read_channel(conn: SSHConnection, chan, timeout: Optional[float],
             wait = keepalive if wait is None else min(wait, keepalive)
         poller.poll(None if wait is None else max(1, int(wait * 1000)))
     extra = err.finish()
+    if watch is not None:
+        held = watch.flush()
+        err.add(held)
+        extra += held
     if on_output and extra:
         on_output("stderr", extra)
     status = chan.exit_status
+    if auth_failed:
+        return CommandOutcome(status if status is not None and status >= 0 else None, out.getvalue(),
+                              err.getvalue(), SUDO_AUTH_FAILED)
     if status is None or status < 0:
         return CommandOutcome(None, out.getvalue(), err.getvalue(), "the command ended without an exit status "
                               "(killed by a signal, or the connection dropped)")
@@ -565,17 +633,26 @@ class LocalConnection(Connection):
         self.ctx = ctx
 
     def run(self, command: str, timeout: Optional[float] = None, on_output: Optional[OutputCallback] = None,
-            stdin: Optional[str] = None) -> CommandOutcome:
-        stdin_file = open(stdin, "rb") if stdin is not None else subprocess.DEVNULL
+            stdin: Optional[str] = None, sudo: bool = False) -> CommandOutcome:
+        opts = self.ctx.options if self.ctx else Options()
+        prompt = new_prompt() if sudo and opts.secrets.sudo_password else None
+        if prompt is not None and stdin is not None:
+            raise ConnectError("--stdin cannot be combined with a sudo password (sudo reads the password "
+                               "from the same stdin)", "usage")
+        if sudo:
+            command = sudo_command(command, opts, prompt)
+        stdin_file = open(stdin, "rb") if stdin is not None else (subprocess.PIPE if prompt else subprocess.DEVNULL)
         try:
             proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=stdin_file, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True)
         finally:
             if stdin is not None:
                 stdin_file.close()  # type: ignore[union-attr]
-        cap = self.ctx.options.max_output if self.ctx else 4 * 1024 * 1024
+        cap = opts.max_output
         deadline = time.monotonic() + timeout if timeout else None
         bufs = {"stdout": OutputBuffer(cap), "stderr": OutputBuffer(cap)}
+        watch = PromptWatch(prompt.encode()) if prompt else None
+        auth_failed = False
         streams = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}  # type: ignore[union-attr]
         poller = select.poll()
         for fd in streams:
@@ -584,8 +661,22 @@ class LocalConnection(Connection):
             poller.register(self.ctx.abort_fd, select.POLLIN)
 
         def stop(exc_type, note_prefix: str):
-            note = _kill_group(proc, self.ctx.options.kill_grace if self.ctx else 5.0)
+            note = _kill_group(proc, opts.kill_grace)
             raise exc_type(bufs["stdout"].getvalue(), bufs["stderr"].getvalue(), f"{note_prefix}; {note}")
+
+        def answer(prompts: int) -> None:
+            nonlocal auth_failed
+            if not prompts or proc.stdin is None or proc.stdin.closed:
+                return
+            if watch.count == 1:  # type: ignore[union-attr]
+                try:
+                    proc.stdin.write((opts.secrets.sudo_password + "\n").encode())
+                    proc.stdin.flush()
+                except OSError:
+                    pass
+            else:
+                auth_failed = True
+                proc.stdin.close()
 
         try:
             while streams:
@@ -603,8 +694,11 @@ class LocalConnection(Connection):
                         poller.unregister(fd)
                         del streams[fd]
                         continue
+                    if watch is not None and name == "stderr":
+                        data, prompts = watch.feed(data)
+                        answer(prompts)
                     bufs[name].add(data)
-                    if on_output:
+                    if on_output and data:
                         on_output(name, data)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -612,9 +706,14 @@ class LocalConnection(Connection):
             except subprocess.TimeoutExpired:
                 stop(CommandTimeout, f"timed out after {timeout:g}s (--timeout)")
         finally:
-            proc.stdout.close()  # type: ignore[union-attr]
-            proc.stderr.close()  # type: ignore[union-attr]
+            for f in (proc.stdout, proc.stderr, proc.stdin):
+                if f is not None and not f.closed:
+                    f.close()
+        if watch is not None:
+            bufs["stderr"].add(watch.flush())
         stdout, stderr = bufs["stdout"].getvalue(), bufs["stderr"].getvalue()
+        if auth_failed:
+            return CommandOutcome(code if code >= 0 else None, stdout, stderr, SUDO_AUTH_FAILED)
         if code < 0:
             return CommandOutcome(None, stdout, stderr, f"the command was killed by signal {-code}")
         return CommandOutcome(code, stdout, stderr)

@@ -9,6 +9,7 @@ exception escapes a job: errors become a HostResult that carries them.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import queue as _queue
 import signal
@@ -18,6 +19,7 @@ from typing import Any, Callable, List, Optional
 
 from hostops.errors import CommandAborted, CommandTimeout, ConnectError
 from hostops.results import FAILED, INTERRUPTED, OK, TIMEOUT, UNREACHABLE, HostResult
+from hostops.secrets import redact_result
 from hostops.settings import Options, Target
 
 # Messages a worker puts on the results Queue (tuples: cheap to pickle).
@@ -45,9 +47,7 @@ class ExecAction:
         return self.command
 
     def run(self, conn, target, ctx, on_output):
-        from hostops.transport import wrap_command
-
-        return conn.run(wrap_command(self.command, self.sudo), self.timeout, on_output, self.stdin)
+        return conn.run(self.command, self.timeout, on_output, self.stdin, sudo=self.sudo)
 
 
 @dataclasses.dataclass
@@ -107,7 +107,9 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
     status = outcome.status or (OK if outcome.exit_code == 0 and not outcome.error else FAILED)
     error = outcome.error
     if status == FAILED and error is None and b"sudo: a password is required" in outcome.stderr:
-        error = "sudo needs a password on this host; hostops runs sudo -n (configure NOPASSWD for this user)"
+        from hostops.transport import SUDO_NO_PASSWORD
+
+        error = SUDO_NO_PASSWORD
     return result(status, exit_code=outcome.exit_code, stdout=outcome.stdout, stderr=outcome.stderr, error=error)
 
 
@@ -174,6 +176,11 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int, 
 
         import paramiko  # noqa: F401 - import once, before threads race to import it
 
+        # paramiko logs a traceback at ERROR when a handshake fails (a banner that never comes,
+        # a peer that hangs up); with no handler configured Python prints it on the CLI's stderr.
+        # Every such failure already reaches the user as the host's one-line error.
+        logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
         log = maybe_open(options.log)
         ctx = WorkerContext(options)
     except _Terminated:
@@ -196,13 +203,15 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int, 
             results.put((MSG_STARTED, worker_id, job.id))
             splitter = None
             if options.stream_output:
-                splitter = _LineSplitter(lambda s, d, j=job.id: results.put((MSG_OUTPUT, worker_id, j, s, d)))
+                splitter = _LineSplitter(lambda s, d, j=job.id: results.put(
+                    (MSG_OUTPUT, worker_id, j, s, options.secrets.redact(d))))
             try:
                 res = execute(job, ctx, splitter)
             except BaseException as exc:  # last resort: a result must always come back
                 res = HostResult(job.target.name, FAILED, error=f"internal error: {exc!r}", step=job.step)
             if splitter:
                 splitter.flush()
+            redact_result(res, options.secrets)  # before it is logged or leaves this process
             if log is not None:
                 try:
                     log.write({"event": "host", **res.to_json()})

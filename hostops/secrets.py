@@ -1,0 +1,106 @@
+"""Secrets: passwords and other values that must never be seen.
+
+They reach worker processes inside the pickled run options (a pipe, never argv) and are
+replaced by ``********`` wherever hostops writes: output, JSON, logs, summaries, error
+messages, including when a remote command echoes one back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from typing import Iterable, Optional, Tuple, TypeVar
+
+from hostops.errors import UsageError
+
+MASK = "********"
+T = TypeVar("T", str, bytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Secrets:
+    sudo_password: Optional[str] = None
+    ssh_password: Optional[str] = None
+    values: Tuple[str, ...] = ()           # more values to hide (--secret-env, inventory)
+
+    def __repr__(self) -> str:  # never print a secret by accident
+        return f"Secrets(sudo_password={'set' if self.sudo_password else None}, " \
+               f"ssh_password={'set' if self.ssh_password else None}, values={len(self.values)})"
+
+    def all(self) -> Tuple[str, ...]:
+        found = [v for v in (self.sudo_password, self.ssh_password, *self.values) if v and len(v) >= 3]
+        return tuple(sorted(set(found), key=len, reverse=True))  # longest first
+
+    def redact(self, data: T) -> T:
+        """``data`` with every secret value replaced by the mask."""
+        if not data:
+            return data
+        for value in self.all():
+            if isinstance(data, bytes):
+                data = data.replace(value.encode(), MASK.encode())  # type: ignore[assignment]
+            else:
+                data = data.replace(value, MASK)  # type: ignore[assignment]
+        return data
+
+    def with_values(self, more: Iterable[str]) -> "Secrets":
+        return dataclasses.replace(self, values=tuple(dict.fromkeys((*self.values, *[m for m in more if m]))))
+
+
+def read_password_file(path: str) -> str:
+    """A password from a file that only its owner can read (mode checked, like ssh keys)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise UsageError(f"--sudo-pass-file {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"--sudo-pass-file {path}: not a regular file")
+        if st.st_mode & 0o077:
+            raise UsageError(f"--sudo-pass-file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                             f"run: chmod 600 {path}")
+        if st.st_uid != os.geteuid():
+            raise UsageError(f"--sudo-pass-file {path} belongs to another user; refusing it")
+        data = os.read(fd, 4096).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+    password = data.splitlines()[0] if data else ""
+    if not password:
+        raise UsageError(f"--sudo-pass-file {path} is empty")
+    return password
+
+
+def from_env(name: str, what: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise UsageError(f"{what} {name}: that environment variable is not set or empty")
+    return value
+
+
+def redact_result(result, secrets: Secrets):
+    """The HostResult with every secret masked in its output and error (in place)."""
+    if secrets.all():
+        result.stdout = secrets.redact(result.stdout)
+        result.stderr = secrets.redact(result.stderr)
+        if result.error:
+            result.error = secrets.redact(result.error)
+    return result
+
+
+def ask(prompt: str, flag: str) -> str:
+    """Ask once on the terminal (never echoed); without a terminal, say what to use instead."""
+    import getpass
+
+    try:
+        tty = open("/dev/tty", "r+")
+    except OSError:
+        raise UsageError(f"{flag} needs a terminal to ask on; in cron use --sudo-pass-file or --sudo-pass-env") \
+            from None
+    tty.close()
+    try:
+        value = getpass.getpass(prompt)
+    except (EOFError, KeyboardInterrupt):
+        raise UsageError(f"{flag}: no password given") from None
+    if not value:
+        raise UsageError(f"{flag}: empty password")
+    return value
