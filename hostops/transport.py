@@ -124,7 +124,7 @@ class WorkerContext:
             if self._hostkeys is None:
                 from hostops.hostkeys import HostKeyChecker
 
-                self._hostkeys = HostKeyChecker(self.options.known_hosts_files(), self.options.host_key_policy)
+                self._hostkeys = HostKeyChecker.for_options(self.options)
             return self._hostkeys
 
     def load_key(self, path: str) -> Tuple[Optional[object], Optional[str]]:

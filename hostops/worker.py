@@ -73,11 +73,12 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
     def result(status: str, **kw: Any) -> HostResult:
         return HostResult(name, status, start=start, duration=time.monotonic() - t0, step=job.step, **kw)
 
-    conn = ctx.connections.pop(name, None) if (job.keep and ctx is not None) else None
+    needs_connection = getattr(job.action, "needs_connection", True)  # keys scan: handshake only, no login
+    conn = ctx.connections.pop(name, None) if (job.keep and ctx is not None and needs_connection) else None
     if conn is not None and not conn.alive():
         conn.close()
         conn = None
-    if conn is None:
+    if conn is None and needs_connection:
         try:
             conn = connect(job.target, ctx)
         except ConnectError as exc:
@@ -100,7 +101,9 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
         keep = False
         return result(FAILED, error=f"unexpected error: {type(exc).__name__}: {exc}")
     finally:
-        if keep and conn.alive():
+        if conn is None:
+            pass
+        elif keep and conn.alive():
             ctx.connections[name] = conn
         else:
             conn.close()
