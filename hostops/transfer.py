@@ -63,6 +63,7 @@ class _Deadline:
     def __init__(self, timeout: Optional[float], ctx=None):
         self.timeout = timeout
         self.end = time.monotonic() + timeout if timeout else None
+        self.ctx = ctx
         self.abort = getattr(ctx, "abort", None)
 
     def left(self) -> Optional[float]:
@@ -153,7 +154,7 @@ class PutAction:
             return False
         deadline.check()
         if self.sudo:
-            self._put_file_sudo(conn, fs, local, remote, f, deadline, ctx)
+            self._put_file_sudo(conn, fs, local, remote, f, deadline)
             return True
         existing = fs.stat(remote)
         if existing is not None and existing.is_dir:
@@ -181,7 +182,7 @@ class PutAction:
         return True
 
     def _put_file_sudo(self, conn, fs: FileSystem, local: str, remote: str, f: LocalFile,
-                       deadline: _Deadline, ctx=None) -> None:
+                       deadline: _Deadline) -> None:
         """As the login user into a private staging directory, then sudo copies it next to the
         destination and renames it into place (still atomic for readers)."""
         staging = _mktemp_dir(conn)
@@ -205,7 +206,7 @@ class PutAction:
                      staged=q(staged), chown=f"chown -- {q(self.owner)} \"$t\"; " if self.owner else "")
             _sudo_ok(conn, script, f"cannot install {remote}")
         finally:
-            _remove_tree(conn, fs, staging, ctx)
+            _remove_tree(conn, fs, staging, deadline.ctx)
 
 
 def _copy_local_to(fh, local: str, deadline: _Deadline) -> None:
