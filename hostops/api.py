@@ -100,7 +100,7 @@ class Session:
 
     def start(self, what: Any, hosts: Sequence[str]) -> "Session":
         self._hosts = list(hosts)
-        self.log = maybe_open(self.options.log)
+        self.log = maybe_open(self.options.log, self.options.secrets)
         if self.log is not None:
             self.log.write({"event": "start", "pid": os.getpid(), "action": what, "hosts": list(hosts),
                             "options": _loggable(self.options)})

@@ -86,7 +86,10 @@ def connection_options(func: Callable) -> Callable:
         click.option("-p", "--port", type=click.IntRange(1, 65535), default=None, help="SSH port."),
         click.option("-k", "--identity", "identity_files", multiple=True, metavar="FILE",
                      help="Private key file. Repeatable."),
-        click.option("--ssh-config", metavar="FILE", default=None, help="ssh_config to read (default ~/.ssh/config)."),
+        click.option("--ssh-config", metavar="FILE", default=None,
+                     help="ssh_config to read (default ~/.ssh/config), resolved with 'ssh -G' as OpenSSH does."),
+        click.option("-J", "--jump", default=None, metavar="[USER@]HOST[:PORT][,...]",
+                     help="Reach every host through these jump hosts (like ssh -J / ProxyJump)."),
         click.option("--known-hosts", multiple=True, metavar="FILE",
                      help="known_hosts file(s) to use instead of ~/.ssh/known_hosts; new keys go to the first."),
         click.option("--host-key-policy", type=click.Choice(["strict", "accept-new", "off"]), default="strict",
@@ -189,8 +192,19 @@ def build_options(kw: dict):
         sudo=kw["sudo"], forks=kw["forks"], processes=kw["processes"], start_method=kw["start_method"],
         log=kw["log_path"], stream_output=kw.get("stream", False), keepalive=kw["keepalive"],
         kill_grace=kw["kill_grace"], max_output=kw["max_output"], sudo_user=kw.get("sudo_user"),
-        secrets=build_secrets(kw),
+        secrets=build_secrets(kw), jump=kw.get("jump"), explicit=_given_on_command_line(),
     )
+
+
+def _given_on_command_line() -> tuple:
+    """Names of the options the user gave: they beat ssh_config (defaults do not)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return ()
+    return tuple(name for name in ("connect_timeout", "keepalive", "host_key_policy")
+                 if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT))
 
 
 def output_mode(kw: dict) -> str:

@@ -64,15 +64,28 @@ def open_log(path: str) -> int:
 
 
 class RunLog:
-    """Append JSON records to the log file, one line each, under the LogLock."""
+    """Append JSON records to the log file, one line each, under the LogLock. Every string in
+    a record has the run's secrets masked first."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, secrets=None):
         self.path = path
+        self.secrets = secrets
         self._fd = open_log(path)
         self.lock = LogLock(self._fd)
 
+    def _mask(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.secrets.redact(value)
+        if isinstance(value, dict):
+            return {k: self._mask(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._mask(v) for v in value]
+        return value
+
     def write(self, record: Dict[str, Any]) -> None:
         record = {"time": time.time(), **record}
+        if self.secrets is not None and self.secrets.all():
+            record = self._mask(record)
         # ensure_ascii keeps any control byte from remote output escaped inside the JSON string,
         # so a record is always exactly one line.
         data = (json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
@@ -88,5 +101,5 @@ class RunLog:
             self._fd = -1
 
 
-def maybe_open(path: Optional[str]) -> Optional[RunLog]:
-    return RunLog(path) if path else None
+def maybe_open(path: Optional[str], secrets=None) -> Optional[RunLog]:
+    return RunLog(path, secrets) if path else None

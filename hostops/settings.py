@@ -44,6 +44,8 @@ class Options:
     keepalive: float = 15.0          # seconds of silence before a keepalive; 0 turns them off
     kill_grace: float = 5.0          # TERM → KILL delay for remote commands being stopped
     max_output: int = 4 * 1024 * 1024  # bytes kept per host and stream
+    jump: Optional[str] = None       # -J/--jump [user@]host[:port][,…] for every host
+    explicit: Tuple[str, ...] = ()   # options given on the command line: they beat ssh_config
 
     def __post_init__(self) -> None:
         if self.host_key_policy not in HOST_KEY_POLICIES:
@@ -70,7 +72,8 @@ class Options:
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """One host, fully resolved: what a worker needs to reach it."""
+    """One host, fully resolved: what a worker needs to reach it. Fields left None fall back
+    to the run's options."""
 
     name: str
     hostname: str
@@ -78,62 +81,112 @@ class Target:
     user: str = ""
     identity_files: Tuple[str, ...] = ()
     connection: str = "ssh"
+    identities_only: bool = False
+    connect_timeout: Optional[float] = None
+    keepalive: Optional[float] = None
+    known_hosts: Tuple[str, ...] = ()          # ssh_config UserKnownHostsFile for this host
+    host_key_policy: Optional[str] = None      # ssh_config StrictHostKeyChecking for this host
+    host_key_alias: Optional[str] = None
+    hash_known_hosts: Optional[bool] = None
+    jump: Tuple["Target", ...] = ()            # ProxyJump hops, first one first
 
     @property
     def known_hosts_name(self) -> str:
-        """The name OpenSSH records in known_hosts: ``host``, or ``[host]:port`` off port 22."""
-        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+        """The name OpenSSH records in known_hosts: ``host`` (or its HostKeyAlias), as
+        ``[host]:port`` off port 22."""
+        host = self.host_key_alias or self.hostname
+        return host if self.port == 22 else f"[{host}]:{self.port}"
 
     def to_json(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["jump"] = [f"{h.user}@{h.hostname}:{h.port}" for h in self.jump]
+        return data
 
 
 def load_ssh_config(path: Optional[str]):
-    """paramiko's SSHConfig for ``path`` (default ~/.ssh/config), or None when there is none."""
-    explicit = path is not None
-    path = os.path.expanduser(path or "~/.ssh/config")
-    if not os.path.exists(path):
-        if explicit:
-            raise UsageError(f"--ssh-config {path}: no such file")
-        return None
-    from paramiko import SSHConfig  # imported here: paramiko is slow to import
+    """The user's ssh_config, resolved as OpenSSH does (see :mod:`hostops.sshconfig`)."""
+    from hostops.sshconfig import Resolver
 
-    try:
-        return SSHConfig.from_path(path)
-    except Exception as exc:  # paramiko raises several types for bad configs
-        raise UsageError(f"cannot read ssh config {path}: {exc}") from None
+    return Resolver(path)
 
 
 def resolve(inventory: Inventory, names: Sequence[str], options: Options) -> List[Target]:
-    """Resolve the connection settings of ``names``."""
-    ssh_config = None
-    needs_ssh = False
+    """Resolve the connection settings of ``names``: inventory variables > command-line
+    flags > ssh_config > defaults. Jump hosts resolve the same way."""
+    from hostops.sshconfig import jump_from_common_args
+
     resolved: List[Tuple[str, Dict[str, Any]]] = []
     for name in names:
-        conn = connection_vars(inventory.host_vars(name))
+        hvars = inventory.host_vars(name)
+        conn = connection_vars(hvars)
+        check_host_name(name, conn.get("host"), inventory)
+        jump = hvars.get("proxy_jump") or hvars.get("ansible_ssh_proxy_jump")
+        if not jump and hvars.get("ansible_ssh_common_args"):
+            jump = jump_from_common_args(str(hvars["ansible_ssh_common_args"]))
+        conn["jump"] = str(jump) if jump else None
         resolved.append((name, conn))
-        needs_ssh = needs_ssh or conn.get("connection", "ssh") != "local"
-    if needs_ssh:
-        ssh_config = load_ssh_config(options.ssh_config)
+    needs_ssh = any(c.get("connection", "ssh") != "local" for _n, c in resolved)
+    config = load_ssh_config(options.ssh_config) if needs_ssh else None
+    queries = []
+    for name, conn in resolved:
+        queries.append((conn.get("host") or name, conn.get("port") or options.port, conn.get("user") or options.user))
+    configs = config.lookup_many(queries) if config is not None else [None] * len(resolved)
     default_user = getpass.getuser()
     targets = []
-    for name, conn in resolved:
-        check_host_name(name, conn.get("host"), inventory)
-        connection = "local" if conn.get("connection") == "local" else "ssh"
-        cfg: Dict[str, Any] = {}
-        if ssh_config is not None and connection == "ssh":
-            cfg = ssh_config.lookup(conn.get("host", name))
-        hostname = conn.get("host") or cfg.get("hostname") or name
-        port = conn.get("port") or options.port or _int(cfg.get("port")) or 22
-        user = conn.get("user") or options.user or cfg.get("user") or default_user
-        identities: Tuple[str, ...] = ()
-        if conn.get("identity_file"):
-            identities = (conn["identity_file"],)
-        identities += tuple(options.identity_files)
-        identities += tuple(cfg.get("identityfile", ()))
-        identities = tuple(dict.fromkeys(os.path.expanduser(p) for p in identities))
-        targets.append(Target(name, str(hostname), int(port), str(user), identities, connection))
+    for (name, conn), cfg in zip(resolved, configs):
+        if conn.get("connection") == "local":
+            targets.append(Target(name, str(conn.get("host") or name), connection="local"))
+            continue
+        jump_spec = conn.get("jump") or options.jump or (cfg.proxy_jump if cfg else None)
+        target = _target(name, conn, cfg, options, default_user)
+        if jump_spec:  # the hops may use the host's keys too (after their own), as operators expect
+            target = dataclasses.replace(target, jump=_resolve_jump(jump_spec, config, options, default_user,
+                                                                    target.identity_files))
+        targets.append(target)
     return targets
+
+
+def _target(name: str, conn: Dict[str, Any], cfg, options: Options, default_user: str) -> Target:
+    from hostops.sshconfig import HostConfig
+
+    cfg = cfg or HostConfig()
+    explicit = set(options.explicit)
+    hostname = conn.get("host") or cfg.hostname or name
+    port = conn.get("port") or options.port or cfg.port or 22
+    user = conn.get("user") or options.user or cfg.user or default_user
+    identities: Tuple[str, ...] = ()
+    if conn.get("identity_file"):
+        identities = (conn["identity_file"],)
+    identities += tuple(options.identity_files)
+    identities += tuple(cfg.identity_files)
+    identities = tuple(dict.fromkeys(os.path.expanduser(p) for p in identities))
+    return Target(
+        name, str(hostname), int(port), str(user), identities, "ssh",
+        identities_only=cfg.identities_only,
+        connect_timeout=None if "connect_timeout" in explicit else cfg.connect_timeout,
+        keepalive=None if "keepalive" in explicit else cfg.keepalive,
+        known_hosts=() if options.known_hosts else cfg.known_hosts,
+        host_key_policy=None if "host_key_policy" in explicit else cfg.host_key_policy,
+        host_key_alias=cfg.host_key_alias,
+        hash_known_hosts=cfg.hash_known_hosts,
+    )
+
+
+def _resolve_jump(spec: str, config, options: Options, default_user: str,
+                  fallback_keys: Tuple[str, ...] = ()) -> Tuple[Target, ...]:
+    from hostops.sshconfig import parse_jump
+
+    hops = []
+    for user, host, port in parse_jump(spec):
+        check_host_name(f"jump host {host}", host)
+        cfg = config.lookup(host, port, user) if config is not None else None
+        conn = {"host": host, "port": port, "user": user}
+        hop = _target(f"{user + '@' if user else ''}{host}{':' + str(port) if port else ''}",
+                      {k: v for k, v in conn.items() if v}, cfg, dataclasses.replace(options, port=None, user=None),
+                      default_user)
+        keys = tuple(dict.fromkeys(hop.identity_files + fallback_keys))
+        hops.append(dataclasses.replace(hop, identity_files=keys))
+    return tuple(hops)
 
 
 #: What a host name or address may hold: letters, digits, dots, dashes, underscores, and the

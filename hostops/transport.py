@@ -103,6 +103,9 @@ class WorkerContext:
         self.abort = threading.Event()
         self._abort_r, self._abort_w = os.pipe()
         self.connections: Dict[str, "Connection"] = {}  # kept open between a host's jobs
+        self._checkers: Dict[tuple, object] = {}
+        self._jumps: Dict[tuple, "SSHConnection"] = {}
+        self._jump_locks: Dict[tuple, threading.Lock] = {}
         self._dns = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
 
     @property
@@ -126,6 +129,45 @@ class WorkerContext:
 
                 self._hostkeys = HostKeyChecker.for_options(self.options)
             return self._hostkeys
+
+    def hostkeys_for(self, target: Target):
+        """The checker for ``target``: the run's, unless its ssh_config names other known_hosts
+        files, another StrictHostKeyChecking or HashKnownHosts (parsed once per combination)."""
+        if not (target.known_hosts or target.host_key_policy or target.hash_known_hosts is not None):
+            return self.hostkeys
+        from hostops import knownhosts
+        from hostops.hostkeys import HostKeyChecker
+
+        key = (target.known_hosts, target.host_key_policy, target.hash_known_hosts)
+        with self._lock:
+            if key not in self._checkers:
+                files = knownhosts.user_files(target.known_hosts or self.options.known_hosts)
+                self._checkers[key] = HostKeyChecker(
+                    files, target.host_key_policy or self.options.host_key_policy, ssh_config=self.options.ssh_config,
+                    hash_known_hosts=target.hash_known_hosts)
+            return self._checkers[key]
+
+    def jump_connection(self, hops: Tuple[Target, ...]) -> "SSHConnection":
+        """The connection to the last of ``hops`` (through the ones before it), shared by every
+        host of this worker behind the same jump chain; opened on first use."""
+        with self._lock:
+            lock = self._jump_locks.setdefault(hops, threading.Lock())
+        with lock:
+            conn = self._jumps.get(hops)
+            if conn is not None and conn.alive():
+                return conn
+            via = self.jump_connection(hops[:-1]) if len(hops) > 1 else None
+            conn = SSHConnection.open(hops[-1], self, via=via)
+            self._jumps[hops] = conn
+            return conn
+
+    def close_jumps(self) -> None:
+        for conn in list(self._jumps.values())[::-1]:
+            try:
+                conn.close()
+            except Exception:
+                pass
+        self._jumps.clear()
 
     def load_key(self, path: str) -> Tuple[Optional[object], Optional[str]]:
         """A private key from ``path`` (cached per process), or why it cannot be used."""
@@ -251,10 +293,13 @@ class SSHConnection(Connection):
         self._fs = None
 
     @classmethod
-    def open(cls, target: Target, ctx: WorkerContext) -> "SSHConnection":
+    def open(cls, target: Target, ctx: WorkerContext, via: Optional["SSHConnection"] = None) -> "SSHConnection":
+        """Connect, check the host key, authenticate: all within the connect timeout. With
+        ``via`` (or the target's jump hosts), the TCP stream is a direct-tcpip channel of the
+        jump host's connection; each hop has its own key check and authentication."""
         import paramiko
 
-        timeout = ctx.options.connect_timeout
+        timeout = target.connect_timeout or ctx.options.connect_timeout
         deadline = time.monotonic() + timeout
         where = f"{target.hostname}:{target.port}"
 
@@ -268,13 +313,20 @@ class SSHConnection(Connection):
                 raise timed_out()
             return left
 
-        guard = GuardedSocket(_tcp_connect(target, ctx, deadline), deadline)
+        if via is None and target.jump:
+            try:
+                via = ctx.jump_connection(target.jump)
+            except ConnectError as exc:
+                raise ConnectError(f"jump host {target.jump[-1].name} for {target.name}: {exc}", exc.stage) from None
+        raw = _tcp_connect(target, ctx, deadline) if via is None else _tunnel(via, target, remaining)
+        guard = GuardedSocket(raw, deadline)
+        checker = ctx.hostkeys_for(target)
         transport = None
         try:
             transport = paramiko.Transport(guard)  # type: ignore[arg-type]
             transport.banner_timeout = remaining()
             transport.handshake_timeout = remaining()
-            known = ctx.hostkeys.known_types(target.known_hosts_name)
+            known = checker.known_types(target.known_hosts_name)
             if known:
                 _prefer_key_types(transport, known)
             try:
@@ -288,7 +340,7 @@ class SSHConnection(Connection):
                                        "server?)", "handshake") from None
                 reason = str(exc) or "connection closed"
                 raise ConnectError(f"SSH handshake with {where} failed: {reason}", "handshake") from None
-            ctx.hostkeys.check(target.known_hosts_name, transport.get_remote_server_key())
+            checker.check(target.known_hosts_name, transport.get_remote_server_key())
             try:
                 _authenticate(transport, target, ctx, remaining)
             except ConnectError:
@@ -398,9 +450,24 @@ def _feed_stdin(chan, path: str) -> threading.Thread:
     return t
 
 
+def _tunnel(via: "SSHConnection", target: Target, remaining: Callable[[], float]):
+    """A direct-tcpip channel from the jump host to the target: the target's TCP stream."""
+    import paramiko
+
+    try:
+        return via.transport.open_channel("direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0),
+                                          timeout=remaining())
+    except paramiko.ChannelException as exc:
+        raise ConnectError(f"jump host {via.target.hostname} cannot reach {target.hostname}:{target.port}: "
+                           f"{exc.text or exc}", "connect") from None
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        raise ConnectError(f"jump host {via.target.hostname} cannot open a tunnel to {target.hostname}:"
+                           f"{target.port}: {exc or 'connection closed'}", "connect") from None
+
+
 def _tcp_connect(target: Target, ctx: WorkerContext, deadline: float) -> socket.socket:
     where = f"{target.hostname}:{target.port}"
-    timeout = ctx.options.connect_timeout
+    timeout = target.connect_timeout or ctx.options.connect_timeout
     infos = ctx.resolve(target.hostname, target.port, max(0.001, deadline - time.monotonic()))
     last: Optional[OSError] = None
     for family, kind, proto, _name, addr in infos:
@@ -442,14 +509,14 @@ def _authenticate(transport, target: Target, ctx: WorkerContext, remaining: Call
     notes: List[str] = []
     agent = None
     candidates: List[Tuple[str, object]] = []
-    if os.environ.get("SSH_AUTH_SOCK"):
+    if os.environ.get("SSH_AUTH_SOCK") and not target.identities_only:
         try:
             agent = paramiko.Agent()
             candidates += [(f"agent key {k.get_name()}", k) for k in agent.get_keys()]
         except paramiko.SSHException as exc:
             notes.append(f"ssh-agent: {exc}")
     explicit = list(target.identity_files)
-    defaults = [os.path.expanduser(f"~/.ssh/{n}") for n in DEFAULT_KEYS]
+    defaults = [] if target.identities_only else [os.path.expanduser(f"~/.ssh/{n}") for n in DEFAULT_KEYS]
     for path in explicit + [p for p in defaults if p not in explicit]:
         if path not in explicit and not os.path.exists(path):
             continue
@@ -530,7 +597,7 @@ def _read_channel(conn: SSHConnection, chan, timeout: Optional[float], on_output
         err.add(visible)
         return visible
 
-    keepalive = opts.keepalive or None
+    keepalive = conn.target.keepalive or opts.keepalive or None
     last_probe = time.monotonic()
     poller = select.poll()
     poller.register(chan.fileno(), select.POLLIN)

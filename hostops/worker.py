@@ -184,7 +184,7 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int, 
         # Every such failure already reaches the user as the host's one-line error.
         logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
-        log = maybe_open(options.log)
+        log = maybe_open(options.log, options.secrets)
         ctx = WorkerContext(options)
     except _Terminated:
         return
@@ -253,6 +253,7 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int, 
                 conn.close()
             except Exception:
                 pass
+        ctx.close_jumps()
         if log is not None:
             log.close()
         results.close()
