@@ -18,6 +18,7 @@ is one ``file:line: what is wrong`` error (exit 2). The rollout itself is
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -198,25 +199,35 @@ def _load_step(book: Runbook, index: int, raw: Any) -> Step:
                 raise book.error(f"step {name!r}: {kind} needs {key}", key_line(kind))
         if kind == "script" and spec.get("args") is not None and not isinstance(spec["args"], list):
             raise book.error(f"step {name!r}: script args must be a list", key_line(kind))
-    try:
-        if raw.get("timeout") is not None:
-            step.timeout = float(raw["timeout"])
-            if step.timeout <= 0:
+
+    def number(key: str, whole: bool = False, positive: bool = False) -> float:
+        # YAML gives true/false, 2.5 or "soon" as readily as 3: only plain, finite numbers pass
+        value = raw[key]
+        try:
+            if isinstance(value, bool):
                 raise ValueError
-    except (TypeError, ValueError):
-        raise book.error(f"step {name!r}: timeout must be a number of seconds above 0", key_line("timeout")) from None
-    try:
-        step.retries = int(raw.get("retries") or 0)
-        step.delay = float(raw.get("delay") or 0)
-        if step.retries < 0 or step.delay < 0:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise book.error(f"step {name!r}: retries and delay must be numbers, 0 or more",
-                         key_line("retries" if "retries" in raw else "delay")) from None
+            n = float(value)
+            if not math.isfinite(n) or n < 0 or (positive and n == 0) or (whole and n != int(n)):
+                raise ValueError
+        except (TypeError, ValueError):
+            what = ("a number of seconds above 0" if positive else
+                    "a whole number, 0 or more" if whole else "a number of seconds, 0 or more")
+            raise book.error(f"step {name!r}: {key} must be {what}", key_line(key)) from None
+        return int(n) if whole else n
+
+    if raw.get("timeout") is not None:
+        step.timeout = number("timeout", positive=True)
+    if raw.get("retries") is not None:
+        step.retries = int(number("retries", whole=True))
+    if raw.get("delay") is not None:
+        step.delay = number("delay")
     for flag in ("sudo", "when_failed"):
         if flag in raw and not isinstance(raw[flag], bool):
             raise book.error(f"step {name!r}: {flag} must be true or false", key_line(flag))
     step.sudo = bool(raw.get("sudo", False))
+    if kind == "get" and step.sudo:  # as `hostops get --sudo`: refused rather than silently unprivileged
+        raise book.error(f"step {name!r}: get does not support sudo; copy the file somewhere readable first "
+                         "(an exec step)", key_line("sudo"))
     step.when_failed = bool(raw.get("when_failed", False))
     if raw.get("stdin") is not None:
         step.stdin = str(raw["stdin"])

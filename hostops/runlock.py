@@ -31,6 +31,9 @@ class RunLock:
             os.close(fd)
             raise LockHeld(f"another hostops run holds the lock {self.path}"
                            + (f" (pid {holder})" if holder else "") + "; not starting") from None
+        except OSError as exc:  # e.g. ENOLCK on a file system without locks: a usage error, not a crash
+            os.close(fd)
+            raise UsageError(f"--lock {self.path}: cannot lock it: {exc.strerror}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd

@@ -46,6 +46,8 @@ def hosts_with(path: str, which: str) -> List[str]:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
         hosts = data["hosts"]
+        if not isinstance(hosts, dict) or not all(isinstance(s, str) for s in hosts.values()):
+            raise ValueError("'hosts' must map host names to statuses")
     except FileNotFoundError:
         raise SelectionError(f"@{which}: no previous run recorded ({path} does not exist)") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
