@@ -165,7 +165,14 @@ class Session:
         if names:
             self.summary.not_finished = [h for h in self.summary.not_finished if h not in set(names)]
 
-    def close(self, error: Optional[BaseException] = None) -> None:
+    def release(self, hosts: Sequence[str]) -> None:
+        """Close the connections kept for ``hosts`` (a runbook batch is done with them)."""
+        if self.keep_connections and self.pool is not None:
+            self.pool.release(hosts)
+
+    def close(self, error: Optional[BaseException] = None, end: Optional[dict] = None) -> None:
+        """Stop the workers and write the log's end record (``end``: a caller's own summary,
+        e.g. per host for a runbook, instead of the per-result one)."""
         self.summary.elapsed = time.monotonic() - self._t0
         try:
             if self.pool is not None:
@@ -183,7 +190,7 @@ class Session:
                     if not self.summary.not_finished:  # the caller may fill it in only later
                         done = {r.host for r in self.summary.results}
                         self.summary.not_finished = [h for h in getattr(self, "_hosts", []) if h not in done]
-                    self.log.write({"event": "end", "summary": self.summary.to_json()})
+                    self.log.write({"event": "end", "summary": end if end is not None else self.summary.to_json()})
                 finally:
                     self.log.close()
                     self.log = None

@@ -252,7 +252,7 @@ def run_action(targets, action, options, kw: dict, *, steps=None, spec=None, wha
     stopped on their hosts, finished results printed and logged); a second aborts at once."""
     from hostops.api import Session
     from hostops.output import make_renderer
-    from hostops.rollout import StepRun, rollout, summary_line, table
+    from hostops.rollout import StepRun, end_record, rollout, summary_line, table
     from hostops.runlock import RunLock
     from hostops.state import state_path, write_state
 
@@ -289,7 +289,8 @@ def run_action(targets, action, options, kw: dict, *, steps=None, spec=None, wha
             error = exc
             session.summary.interrupted = True
         finally:
-            session.close(error)
+            end = end_record(report, session.summary.elapsed) if (report is not None and multi) else None
+            session.close(error, end)
         summary = session.summary
         if report is None:  # aborted by a second Ctrl-C: what finished is in the summary
             done = {r.host for r in summary.results}
@@ -512,11 +513,29 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
     options = dataclasses.replace(options, secrets=options.secrets.with_values(inventory_secrets(inv, names)))
     targets = resolve(inv, names, options)
     if dry_run:
-        click.echo(render_plan(book, plans, names, spec))
+        if kw["as_json"]:
+            click.echo(json.dumps(plan_json(book, plans, names, spec)))
+        else:
+            click.echo(render_plan(book, plans, names, spec))
         return 0
     steps_to_run = [StepRun(p.step.name, p.for_target, p.step.when_failed) for p in plans]
     return run_action(targets, None, options, kw, steps=steps_to_run, spec=spec, what=f"run {book.name}",
                       keep_connections=not no_reuse)
+
+
+def plan_json(book, plans, names, spec) -> dict:
+    """--dry-run --json: the same plan as data (one JSON document on stdout)."""
+    from hostops.rollout import make_batches
+    from hostops.runbook import describe_action
+
+    return {"runbook": book.name, "path": book.path, "hosts": list(names),
+            "batches": make_batches(names, spec.batch, spec.canary), "max_fail": spec.max_fail,
+            "canary": spec.canary or None,
+            "steps": [{"index": p.step.index, "name": p.step.name, "kind": p.step.kind,
+                       "when_failed": p.step.when_failed, "sudo": p.step.sudo, "retries": p.step.retries,
+                       "delay": p.step.delay, "timeout": p.step.timeout,
+                       "hosts": {h: describe_action(p.actions[h]) for h in names}} for p in plans],
+            "dry_run": True}
 
 
 def render_plan(book, plans, names, spec) -> str:

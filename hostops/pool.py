@@ -23,8 +23,8 @@ from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Se
 
 from hostops.results import FAILED, INTERRUPTED, TIMEOUT, HostResult
 from hostops.settings import Options
-from hostops.worker import (ABORT, MSG_DONE, MSG_FATAL, MSG_OUTPUT, MSG_STARTED, MSG_UNSTARTED, STOP, Job,
-                            worker_main)
+from hostops.worker import (ABORT, MSG_DONE, MSG_FATAL, MSG_OUTPUT, MSG_STARTED, MSG_UNSTARTED, RELEASE, STOP,
+                            Job, worker_main)
 
 START_METHODS = ("fork", "spawn", "forkserver")
 #: Beyond connect-timeout + timeout + kill-grace, the parent stops waiting for a host's
@@ -102,6 +102,19 @@ class Pool:
         for w in self.workers.values():
             try:
                 w.inbox.send(message)
+            except (OSError, ValueError):
+                pass
+
+    def release(self, hosts) -> None:
+        """Close the connections kept for ``hosts`` (their part of a runbook is over)."""
+        by_worker: Dict[int, List[str]] = {}
+        for name in hosts:
+            wid = self._home.pop(name, None)
+            if wid is not None and wid in self.workers:
+                by_worker.setdefault(wid, []).append(name)
+        for wid, names in by_worker.items():
+            try:
+                self.workers[wid].inbox.send((RELEASE, names))
             except (OSError, ValueError):
                 pass
 

@@ -21,6 +21,7 @@ from hostops.runbook import count_of
 
 SKIPPED = "skipped"
 UNTOUCHED = "untouched"
+INCOMPLETE = "incomplete"  # some steps ran, then the rollout stopped (max_fail, Ctrl-C) before the rest
 
 
 @dataclasses.dataclass
@@ -58,9 +59,11 @@ class Report:
     untouched: List[str] = dataclasses.field(default_factory=list)
     stopped: Optional[str] = None                 # why the rollout stopped early
     interrupted: bool = False
+    main_steps: List[str] = dataclasses.field(default_factory=list)  # steps that are not when_failed
 
     def final_status(self, host: str) -> str:
-        """The host's outcome: its first failure, else ok; untouched if never run."""
+        """The host's outcome: its first failure; ``incomplete`` when the rollout stopped before
+        all its steps ran; else its last success; ``untouched`` if it never ran."""
         row = self.outcome.get(host, {})
         ran = [s for s in row.values() if s not in (SKIPPED, UNTOUCHED)]
         if not ran:
@@ -68,6 +71,8 @@ class Report:
         for status in ran:
             if status not in SUCCESS:
                 return status
+        if any(row.get(step, UNTOUCHED) == UNTOUCHED for step in self.main_steps):
+            return INCOMPLETE
         return ran[-1]
 
 
@@ -92,7 +97,8 @@ def rollout(session, targets: Sequence[Any], steps: Sequence[StepRun], spec: Rol
     names = [t.name for t in targets]
     batches = make_batches(names, spec.batch, spec.canary)
     max_fail = None if spec.max_fail is None else count_of(spec.max_fail, len(names), "max_fail", allow_zero=True)
-    report = Report(names, [s.name for s in steps], {h: {} for h in names}, batches)
+    report = Report(names, [s.name for s in steps], {h: {} for h in names}, batches,
+                    main_steps=[s.name for s in steps if not s.when_failed])
     failed_total: List[str] = []
     for b_index, batch in enumerate(batches):
         if b_index and spec.pause:
@@ -103,6 +109,8 @@ def rollout(session, targets: Sequence[Any], steps: Sequence[StepRun], spec: Rol
             break
         failed_here: Dict[str, str] = {}
         for s_index, step in enumerate(steps):
+            if report.stopped and not step.when_failed:
+                continue  # past max_fail: only the when_failed steps (collect logs…) still run
             if step.when_failed:
                 run_on = [h for h in batch if h in failed_here]
             else:
@@ -128,10 +136,12 @@ def rollout(session, targets: Sequence[Any], steps: Sequence[StepRun], spec: Rol
             if session.interrupted:
                 report.interrupted = True
                 break
-            if max_fail is not None and len(failed_total) > max_fail:
+            if not report.stopped and max_fail is not None and len(failed_total) > max_fail:
                 report.stopped = (f"{len(failed_total)} host(s) failed, more than max_fail {max_fail}: "
                                   f"{compact(failed_total)}")
-                break
+        release = getattr(session, "release", None)
+        if release is not None:
+            release(batch)  # this batch is done: its kept connections are closed
         if report.interrupted or report.stopped:
             break
         if spec.canary and b_index == 0 and failed_here:
@@ -166,12 +176,22 @@ def table(report: Report) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def end_record(report: Report, elapsed: float) -> Dict[str, Any]:
+    """The log's closing record for a multi-step run: counts per host, not per step result."""
+    counts: Dict[str, int] = {}
+    for host in report.hosts:
+        status = report.final_status(host)
+        counts[status] = counts.get(status, 0) + 1
+    return {"hosts": len(report.hosts), **counts, "steps": report.steps, "stopped": report.stopped,
+            "untouched": report.untouched, "elapsed": round(elapsed, 3), "interrupted": report.interrupted}
+
+
 def summary_line(report: Report, elapsed: float) -> str:
     counts: Dict[str, int] = {}
     for host in report.hosts:
         status = report.final_status(host)
         counts[status] = counts.get(status, 0) + 1
-    order = ["ok", "unchanged", FAILED, UNREACHABLE, "timeout", INTERRUPTED, UNTOUCHED]
+    order = ["ok", "unchanged", FAILED, UNREACHABLE, "timeout", INTERRUPTED, INCOMPLETE, UNTOUCHED]
     parts = [f"{counts.get(s, 0)} {s}" for s in order if counts.get(s) or s in ("ok", FAILED)]
     n = len(report.hosts)
     text = f"{n} host{'s' if n != 1 else ''}: {', '.join(parts)} in {elapsed:.1f}s"

@@ -72,6 +72,7 @@ class Runbook:
     vars: Dict[str, Any] = dataclasses.field(default_factory=dict)
     steps: List[Step] = dataclasses.field(default_factory=list)
     lines: Dict[str, int] = dataclasses.field(default_factory=dict)
+    step_lines: Dict[int, int] = dataclasses.field(default_factory=dict)  # where each step starts
 
     @property
     def directory(self) -> str:
@@ -99,6 +100,7 @@ def load(path: str) -> Runbook:
                            yamlfile.start_line(text) if data is not None else 1)
     book = Runbook(path, str(data.get("name") or os.path.basename(path)))
     book.lines = dict(data.key_lines) if isinstance(data, LineMap) else {}
+    book.step_lines = _sequence_lines(text, "steps")
     for key in data:
         if key not in TOP_KEYS:
             raise book.error(f"unknown key {key!r}; a runbook has {', '.join(TOP_KEYS)}", book.lines.get(key))
@@ -131,6 +133,23 @@ def load(path: str) -> Runbook:
     return book
 
 
+def _sequence_lines(text: str, key: str) -> Dict[int, int]:
+    """1-based line of each item of the top-level sequence ``key`` (for items that are not
+    mappings, which do not remember their own line)."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(root, yaml.MappingNode):
+        return {}
+    for k, v in root.value:
+        if getattr(k, "value", None) == key and isinstance(v, yaml.SequenceNode):
+            return {i: item.start_mark.line + 1 for i, item in enumerate(v.value, 1)}
+    return {}
+
+
 def _check_count(text: str, what: str, book: Runbook, allow_zero: bool) -> None:
     try:
         count_of(text, 100, what, allow_zero)
@@ -155,7 +174,7 @@ def count_of(text: Any, total: int, what: str, allow_zero: bool = False) -> int:
 
 
 def _load_step(book: Runbook, index: int, raw: Any) -> Step:
-    line = raw.line if isinstance(raw, LineMap) else book.lines.get("steps")
+    line = raw.line if isinstance(raw, LineMap) else book.step_lines.get(index, book.lines.get("steps"))
     if not isinstance(raw, dict):
         raise book.error(f"step {index} must be a mapping (name:, exec: …), not {type_name(raw)}", line)
 
@@ -173,7 +192,8 @@ def _load_step(book: Runbook, index: int, raw: Any) -> Step:
     allowed = set(COMMON_KEYS) | set(KIND_KEYS[kind]) | {kind}
     for key in raw:
         if key not in allowed:
-            raise book.error(f"step {index}: unknown key {key!r} for a {kind} step (allowed: "
+            article = "an" if kind == "exec" else "a"
+            raise book.error(f"step {index}: unknown key {key!r} for {article} {kind} step (allowed: "
                              f"{', '.join(sorted(allowed))})", key_line(key))
     name = str(raw.get("name") or f"{kind} {index}")
     step = Step(index, name, kind, raw[kind], line or 0)
@@ -359,7 +379,12 @@ def plan(book: Runbook, inventory, hosts: Sequence[str], extra_vars: Dict[str, A
                                          timeout, create=False)
                 else:
                     if isinstance(spec, str):
-                        parts = spec.split()
+                        import shlex
+
+                        try:
+                            parts = shlex.split(spec)
+                        except ValueError as exc:
+                            raise UsageError(f"script {spec!r}: {exc}") from None
                         path, args, sstdin = parts[0], parts[1:], stdin
                     else:
                         path, args = str(spec["src"]), [str(a) for a in spec.get("args") or []]

@@ -59,5 +59,5 @@ def hosts_with(path: str, which: str) -> List[str]:
     elif which == "untouched":
         wanted = {UNTOUCHED}
     else:  # failed: every host that was tried and did not succeed
-        wanted = {"failed", "unreachable", "timeout", "interrupted"}
+        wanted = {"failed", "unreachable", "timeout", "interrupted", "incomplete"}
     return [name for name, status in hosts.items() if status in wanted]

@@ -32,6 +32,7 @@ MSG_UNSTARTED = "unstarted"  # (MSG_UNSTARTED, worker_id, job_id): handed back, 
 # What the parent sends on a worker's inbox besides Job objects.
 ABORT = "abort"              # stop what is running (clean up remote commands), report, take no more
 STOP = None                  # no more jobs: finish and exit
+RELEASE = "release"          # (RELEASE, [host, ...]): close those hosts' kept connections
 
 
 @dataclasses.dataclass
@@ -237,6 +238,15 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int, 
                 break
             if msg == ABORT:
                 ctx.request_abort()
+                continue
+            if isinstance(msg, tuple) and msg and msg[0] == RELEASE:
+                for name in msg[1]:
+                    conn = ctx.connections.pop(name, None)
+                    if conn is not None:
+                        try:
+                            conn.close()
+                        except Exception:
+                            pass
                 continue
             jobs.put(msg)
     except _Terminated:

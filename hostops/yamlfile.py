@@ -54,6 +54,10 @@ def load(text: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and cmark is not None and mark is not None and cmark.line != mark.line:
+            # e.g. an unclosed quote: the problem shows at the end, the cause where it started
+            problem += f" ({context} that starts on line {cmark.line + 1})"
         raise YamlProblem(f"YAML syntax error: {problem}", mark.line + 1 if mark else None) from None
 
 

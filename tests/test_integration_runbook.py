@@ -811,9 +811,6 @@ def established_to(port: int) -> int:
     return count
 
 
-@pytest.mark.xfail(strict=True, reason="hostops/api.py Session / hostops/worker.py: connections kept for "
-                                       "runbook steps stay open after their host's batch has finished, so a "
-                                       "rolling run ends holding one idle SSH connection per host of the fleet")
 @pytest.mark.timeout(120)
 def test_finished_batches_do_not_keep_their_connections(hostops, isolated_home, lab, inventory, lab_args,
                                                         tmp_path, remote):
@@ -839,8 +836,6 @@ def test_finished_batches_do_not_keep_their_connections(hostops, isolated_home, 
     assert during_last_batch == 5, f"{during_last_batch} SSH connections open while only batch 4 (5 hosts) runs"
 
 
-@pytest.mark.xfail(strict=True, reason="hostops/api.py Session.close writes Summary.to_json() of every step's "
-                                       "result: a 4-step runbook on 20 hosts logs 'hosts': 80, 'ok': 80")
 @pytest.mark.timeout(120)
 def test_log_end_record_counts_hosts_not_step_results(hostops, inventory, lab_args, tmp_path, remote):
     book = write_book(tmp_path, START_BOOK.format(remote=remote), name="steps.yml")

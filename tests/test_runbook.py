@@ -112,7 +112,7 @@ BAD = [
     ("steps:\n  - name: a\n    exec: ls\n    when_failed: maybe\n", 4, "when_failed must be true or false"),
     ("steps:\n  - name: a\n    exec: [ls]\n", 3, "exec must be a command string"),
     ("steps:\n  - name: a\n    script: {args: [1]}\n", 3, "script needs src"),
-    ("steps:\n  - ls\n", 1, "step 1 must be a mapping"),  # a plain string has no line: the steps: line
+    ("steps:\n  - ls\n", 2, "step 1 must be a mapping"),  # the step's own line
     ("name: x\nsteps: []\n", 2, "steps must be a non-empty list"),
     ("name: x\nvars: [a, b]\nsteps:\n  - exec: ls\n", 2, "vars must be a mapping"),
     ("name: x\nhosts: 5\nsteps:\n  - exec: ls\n", 2, "hosts must be a host pattern"),
@@ -551,3 +551,22 @@ def test_run_lock_on_a_file_system_without_locks(tmp_path, monkeypatch):
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with pytest.raises(UsageError, match="cannot lock it: No locks available"):
         RunLock(str(tmp_path / "nfs.lock")).acquire()
+
+
+def test_rollout_when_failed_steps_still_run_after_max_fail_stops_it():
+    """max_fail 0 (the default) stops the rollout at the first failure, but the batch's
+    when_failed steps (collect logs) still run on the hosts that failed."""
+    session = FakeSession({("a", "h002"): "failed"})
+    report = rollout(session, targets(6), steps("a", "b", "logs", when_failed=("logs",)),
+                     RolloutSpec(batch="3", max_fail="0"))
+    assert session.calls == [("a", hosts(3)), ("logs", ["h002"])]
+    assert report.stopped and report.untouched == ["h004", "h005", "h006"]
+    assert report.outcome["h002"]["logs"] == "ok"
+
+
+def test_rollout_hosts_cut_short_are_incomplete_not_ok():
+    """Hosts that passed step a but never got step b (the rollout stopped) are 'incomplete':
+    not ok, and selected by @failed for a rerun."""
+    session = FakeSession({("a", "h002"): "failed"})
+    report = rollout(session, targets(3), steps("a", "b"), RolloutSpec(max_fail="0"))
+    assert [report.final_status(h) for h in hosts(3)] == ["incomplete", "failed", "incomplete"]
