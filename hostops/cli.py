@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 import sys
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -254,7 +253,7 @@ def run_action(targets, action, options, kw: dict, *, steps=None, spec=None, wha
     from hostops.output import make_renderer
     from hostops.rollout import StepRun, end_record, rollout, summary_line, table
     from hostops.runlock import RunLock
-    from hostops.state import state_path, write_state
+    from hostops.state import state_path
 
     mode = output_mode(kw)
     lock = RunLock(kw["lock_path"]).acquire() if kw.get("lock_path") else None

@@ -13,7 +13,7 @@ import errno
 import os
 import stat as _stat
 import threading
-from typing import IO, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import IO, Iterator, List, NamedTuple, Optional, Tuple
 
 CHUNK = 256 * 1024
 CACHE_CHUNKS = 32            # 8 MiB per worker process at most

@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 from hostops.errors import CommandAborted, CommandTimeout, UsageError
 from hostops.remotefs import CHUNK, FileSystem, RemoteFileError, chunk_cache
 from hostops.results import UNCHANGED
-from hostops.transport import CommandOutcome, wrap_command
+from hostops.transport import CommandOutcome
 
 
 @dataclasses.dataclass
@@ -151,7 +151,7 @@ class PutAction:
     def _put_file(self, conn, fs: FileSystem, local: str, remote: str, f: LocalFile, deadline: _Deadline) -> bool:
         """Send one file unless --checksum finds it unchanged. True when sent."""
         if self.checksum and f.sha256 and _remote_sha256(conn, fs, remote, self.sudo) == f.sha256:
-            return False
+            return self._fix_metadata(conn, fs, remote)
         deadline.check()
         if self.sudo:
             self._put_file_sudo(conn, fs, local, remote, f, deadline)
@@ -180,6 +180,32 @@ class PutAction:
                 pass
             raise
         return True
+
+    def _fix_metadata(self, conn, fs: FileSystem, remote: str) -> bool:
+        """Same content already there: still apply --mode/--owner if they differ. True when
+        something had to change (the host is then 'ok', not 'unchanged')."""
+        changed = False
+        q = shlex.quote
+        if self.mode is not None:
+            info = fs.stat(remote)
+            if info is not None and info.mode != self.mode:
+                if self.sudo:
+                    _sudo_ok(conn, f"chmod {self.mode:o} -- {q(fs.command_path(remote))}", f"cannot chmod {remote}")
+                else:
+                    fs.chmod(remote, self.mode)
+                changed = True
+        if self.owner:
+            out = conn.run(f"stat -c %U:%G -- {q(fs.command_path(remote))}", 60)
+            now = out.stdout.decode("utf-8", "replace").strip()
+            same = now == self.owner if ":" in self.owner else now.split(":")[0] == self.owner
+            if out.exit_code != 0 or not same:
+                command = f"chown -- {q(self.owner)} {q(fs.command_path(remote))}"
+                if self.sudo:
+                    _sudo_ok(conn, command, f"cannot chown {remote}")
+                else:
+                    _run_ok(conn, command, f"cannot chown {remote}")
+                changed = True
+        return changed
 
     def _put_file_sudo(self, conn, fs: FileSystem, local: str, remote: str, f: LocalFile,
                        deadline: _Deadline) -> None:
@@ -217,7 +243,7 @@ def _copy_local_to(fh, local: str, deadline: _Deadline) -> None:
 
 def _remote_sha256(conn, fs: FileSystem, path: str, sudo: bool) -> Optional[str]:
     """The host's sha256 of ``path`` (None if missing): ``sha256sum`` there, else read over SFTP."""
-    out = conn.run(wrap_command(f"sha256sum -- {shlex.quote(fs.command_path(path))}", sudo), 60)
+    out = conn.run(f"sha256sum -- {shlex.quote(fs.command_path(path))}", 60, sudo=sudo)
     if out.exit_code == 0:
         return out.stdout.split(b" ", 1)[0].decode("ascii", "replace")
     if out.exit_code != 127 or sudo:
@@ -232,16 +258,17 @@ def _remote_sha256(conn, fs: FileSystem, path: str, sudo: bool) -> Optional[str]
     return h.hexdigest()
 
 
-def _run_ok(conn, command: str, what: str) -> CommandOutcome:
-    out = conn.run(command, 120)
-    if out.exit_code != 0:
-        reason = out.stderr.decode("utf-8", "replace").strip() or f"exit code {out.exit_code}"
+def _run_ok(conn, command: str, what: str, sudo: bool = False) -> CommandOutcome:
+    out = conn.run(command, 120, sudo=sudo)
+    if out.exit_code != 0 or out.error:
+        reason = out.error or out.stderr.decode("utf-8", "replace").strip() or f"exit code {out.exit_code}"
         raise RemoteFileError(1, f"{what}: {reason}")
     return out
 
 
 def _sudo_ok(conn, script: str, what: str) -> CommandOutcome:
-    return _run_ok(conn, wrap_command(script, True), what)
+    """Through sudo: ``sudo -n``, or with the run's sudo password (the connection answers)."""
+    return _run_ok(conn, script, what, sudo=True)
 
 
 def _run_quiet(conn, command: str) -> bool:
@@ -445,7 +472,7 @@ class ScriptAction:
             finally:
                 fh.close()
             command = " ".join([shlex.quote(remote)] + [shlex.quote(a) for a in self.args])
-            outcome = conn.run(wrap_command(command, self.sudo), self.timeout, on_output, self.stdin)
+            outcome = conn.run(command, self.timeout, on_output, self.stdin, sudo=self.sudo)
             return outcome
         except RemoteFileError as exc:
             outcome = CommandOutcome(None, b"", b"", str(exc))

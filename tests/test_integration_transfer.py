@@ -780,7 +780,8 @@ def test_get_interrupted_leaves_no_partial_file(isolated_home, inventory, lab_ar
     src = sparse(tmp_path / "disk.img", 2048 * MiB)
     dest = tmp_path / "out"
     proc = start_hostops(isolated_home, "get", src, str(dest), *lab_args(inventory(3)), "--json")
-    code, out, err, took = ctrl_c_when(proc, lambda: bool(temp_leftovers(dest)) if dest.exists() else False)
+    # wait until all three downloads are under way (under load a host can still be logging in)
+    code, out, err, took = ctrl_c_when(proc, lambda: len(temp_leftovers(dest)) >= 3 if dest.exists() else False)
     assert code == 130, (out, err)
     statuses = [json.loads(line)["status"] for line in out.splitlines() if line.strip()]
     assert statuses == ["interrupted"] * 3, (out, err)
@@ -882,3 +883,23 @@ def test_missing_stdin_file(hostops, inventory, lab_args, tmp_path, command):
 def test_missing_script_file(hostops, inventory, lab_args, tmp_path):
     run = hostops("script", str(tmp_path / "nope.sh"), *lab_args(inventory(2)), "--", "arg")
     assert_usage_error(run, "nope.sh", "no such script")
+
+
+@pytest.mark.timeout(120)
+def test_checksum_unchanged_content_still_gets_mode(hostops, inventory, known_hosts, tmp_path):
+    """--checksum skips the bytes, not the --mode: same content with another mode is fixed and
+    reported ok; a second identical run is unchanged."""
+    src = tmp_path / "same.conf"
+    src.write_bytes(b"identical\n")
+    dest_dir = tmp_path / "dest"
+    dest_dir.mkdir()
+    dest = dest_dir / "same.conf"
+    dest.write_bytes(b"identical\n")
+    os.chmod(dest, 0o644)
+    args = ("put", str(src), str(dest), "-i", inventory(1), "--known-hosts", known_hosts, "--checksum", "--json")
+    first = hostops(*args, "--mode", "0600")
+    assert first.code == 0, first
+    assert [r["status"] for r in first.json_lines()] == ["ok"]
+    assert stat.S_IMODE(os.stat(dest).st_mode) == 0o600
+    again = hostops(*args, "--mode", "0600")
+    assert [r["status"] for r in again.json_lines()] == ["unchanged"]
