@@ -324,6 +324,7 @@ class SSHConnection(Connection):
         transport = None
         try:
             transport = paramiko.Transport(guard)  # type: ignore[arg-type]
+            _prefer_cheap_algorithms(transport)
             transport.banner_timeout = remaining()
             transport.handshake_timeout = remaining()
             known = checker.known_types(target.known_hosts_name)
@@ -490,6 +491,18 @@ def _tcp_connect(target: Target, ctx: WorkerContext, deadline: float) -> socket.
     if last is None:
         raise ConnectError(f"connection to {where} timed out after {timeout:g}s (--connect-timeout)", "timeout")
     raise ConnectError(f"cannot connect to {where}: {last.strerror or last}", "connect")
+
+
+#: AEAD ciphers first: no separate HMAC, and no per-byte MAC comparison in Python (paramiko's
+#: constant-time compare was the client's top CPU cost with the default aes-ctr + hmac).
+CHEAP_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _prefer_cheap_algorithms(transport) -> None:
+    """Offer the cheapest safe algorithms first (the server still picks among what both know)."""
+    opts = transport.get_security_options()
+    ciphers = list(opts.ciphers)
+    opts.ciphers = tuple([c for c in CHEAP_CIPHERS if c in ciphers] + [c for c in ciphers if c not in CHEAP_CIPHERS])
 
 
 def _prefer_key_types(transport, known: List[str]) -> None:
