@@ -32,6 +32,17 @@ def expand(name: str, limit: int = MAX_EXPANSION) -> List[str]:
             _check_brackets(name)
         return [name]
     _check_brackets(name)
+    bodies = [b for b in _RANGE_RE.findall(name) if ":" in b]
+    total = 1
+    for body in bodies:  # refuse a product of ranges before building any of it
+        count = _range_count(body, name)
+        total *= count
+        if total > limit:
+            shown = name if len(name) < 60 else name[:57] + "..."
+            if len(bodies) == 1:
+                raise InventoryError(f"host range [{body}] in {shown!r} expands to {count} names; the limit is {limit}")
+            raise InventoryError(f"host ranges in {shown!r} together expand to more than {limit} names (the "
+                                 f"limit); one of them, [{body}], expands to {count}")
     m = _RANGE_RE.search(name)
     if m is None:  # pragma: no cover - _check_brackets guarantees a match
         raise InventoryError(f"malformed host range in {name!r}")
@@ -63,6 +74,18 @@ def _check_brackets(name: str) -> None:
         raise InventoryError(f"unclosed range in host name {name!r}: missing ']'")
 
 
+def _range_count(body: str, name: str) -> int:
+    """How many names ``[body]`` yields, without building them (checks it like _range_values)."""
+    parts = body.split(":")
+    if len(parts) in (2, 3) and all(re.fullmatch(r"[0-9]{1,9}", p) for p in parts[:2]) \
+            and (len(parts) == 2 or re.fullmatch(r"[0-9]{1,9}", parts[2] or "1")):
+        b, e = int(parts[0]), int(parts[1])
+        step = int(parts[2]) if len(parts) == 3 and parts[2] else 1
+        if step >= 1 and b <= e:
+            return (e - b) // step + 1
+    return len(_range_values(body, name))  # letters, or malformed: small, or raises
+
+
 def _range_values(body: str, name: str) -> List[str]:
     parts = body.split(":")
     if len(parts) not in (2, 3):
@@ -71,6 +94,8 @@ def _range_values(body: str, name: str) -> List[str]:
     if not end:
         raise InventoryError(f"host range [{body}] in {name!r} has no end value")
     try:
+        if len(parts) == 3 and len(parts[2]) > 9:
+            raise ValueError
         step = int(parts[2]) if len(parts) == 3 and parts[2] else 1
     except ValueError:
         raise InventoryError(f"host range step {parts[2]!r} in {name!r} is not a number") from None
@@ -82,8 +107,11 @@ def _range_values(body: str, name: str) -> List[str]:
         if b > e:
             raise InventoryError(f"host range [{body}] in {name!r} runs backwards")
         return list(letters[b: e + 1: step])
-    if not (begin.isdigit() and end.isdigit()):
-        raise InventoryError(f"host range [{body}] in {name!r} must be numbers or single letters")
+    if not (re.fullmatch(r"[0-9]+", begin) and re.fullmatch(r"[0-9]+", end)):
+        raise InventoryError(f"host range [{body[:40]}] in {name[:60]!r} must be numbers or single letters")
+    if len(begin) > 9 or len(end) > 9:
+        raise InventoryError(f"host range in {name[:60]!r} expands to more than {MAX_EXPANSION} names "
+                             "(a bound of more than 9 digits)")
     b, e = int(begin), int(end)
     if b > e:
         raise InventoryError(f"host range [{body}] in {name!r} runs backwards")

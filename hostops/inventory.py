@@ -124,7 +124,7 @@ class Inventory:
             return False
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError, ValueError):
             return True
         return not isinstance(data, dict)
 
@@ -148,7 +148,10 @@ class Inventory:
         if m.group("user"):
             hvars["user"] = m.group("user")
         if m.group("port"):
-            hvars["port"] = int(m.group("port"))
+            port = m.group("port")
+            if len(port) > 5 or not 1 <= int(port) <= 65535:
+                raise src.error(f"port {port} of {spec.strip()!r} is out of range (1-65535)")
+            hvars["port"] = int(port)
         for name in self._expand(m.group("host"), src):
             self._add_host(name, "ungrouped", hvars, {k: src for k in hvars}, src)
 
@@ -378,8 +381,10 @@ def _check_var(key: str, value: Any, src: Source) -> None:
     if canon is None:
         return
     if canon == "port":
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
-            raise src.error(f"{key} must be a port number, not {_type_name(value)} {value!r}")
+        if isinstance(value, bool) or not (isinstance(value, int) or
+                                           (isinstance(value, str) and re.fullmatch(r"[0-9]{1,5}", value))):
+            shown = value if not isinstance(value, str) or len(value) < 40 else value[:37] + "..."
+            raise src.error(f"{key} must be a port number, not {_type_name(value)} {shown!r}")
         if not 1 <= int(value) <= 65535:
             raise src.error(f"{key} {value} is out of range (1-65535)")
     elif canon == "connection":

@@ -88,7 +88,7 @@ def match_term(inventory: "Inventory", term: str, state_file: Optional[str] = No
     if term.startswith("~"):
         try:
             regex = re.compile(term[1:])
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError, ValueError) as exc:
             raise SelectionError(f"bad regular expression in host pattern {term!r}: {exc}") from None
         return _match(inventory, regex)
     m = re.fullmatch(r"(.+)\[(-?\d*)(?::(-?\d*))?\]", term)
@@ -146,5 +146,7 @@ def _from_file(inventory: "Inventory", path: str) -> List[str]:
             names = [ln.split("#", 1)[0].strip() for ln in fh]
     except OSError as exc:
         raise SelectionError(f"cannot read host list @{path}: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SelectionError(f"cannot read host list @{path!r}: {exc}") from None
     wanted = {n for n in names if n}
     return [h for h in inventory.hosts if h in wanted]

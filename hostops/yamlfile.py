@@ -51,6 +51,12 @@ def load(text: str) -> Any:
     """Parse YAML with line-remembering mappings; YamlProblem (with the line) on any error."""
     try:
         return yaml.load(text, Loader=LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except YamlProblem:
+        raise
+    except RecursionError:
+        raise YamlProblem("YAML nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer longer than Python converts
+        raise YamlProblem(f"YAML value cannot be read: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -63,7 +69,10 @@ def load(text: str) -> Any:
 
 def start_line(text: str) -> int:
     """The line where the document's top-level value starts."""
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return 1
     return node.start_mark.line + 1 if node is not None else 1
 
 

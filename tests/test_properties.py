@@ -214,10 +214,6 @@ def expand_in_child(name: str, wall: float = 4.0) -> dict:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason=(
-    "hostops/hostlist.py expand(): the product of several ranges is only noticed while expanding: each "
-    "recursion level materialises up to MAX_EXPANSION names first (3 ranges of [1:99999]: ~200k names, "
-    "~32 MB allocated before the error; 40 ranges: ~270 MB and seconds)"))
 @pytest.mark.parametrize("name", ["h[1:99999]x[1:99999]y[1:99999]", "h" + "[1:99999]" * 40])
 def test_several_huge_ranges_fail_without_expanding(name):
     result = expand_in_child(name)
@@ -238,24 +234,13 @@ def _xfail(reason: str):
 
 
 INVENTORY_BREAKERS = [
-    pytest.param("all:\n  hosts:\n    a: {ansible_port: '\u00b2'}\n", ".yml", id="superscript-port",
-                 marks=_xfail("hostops/inventory.py _check_var/connection_vars: str.isdigit() accepts '\u00b2', "
-                              "int() then raises ValueError")),
-    pytest.param("all:\n  vars:\n    big: " + "9" * 5000 + "\n", ".yml", id="yaml-int-over-4300-digits",
-                 marks=_xfail("hostops/inventory.py add_yaml: PyYAML's int constructor raises ValueError (Python's "
-                              "4300-digit limit), which is not a YAMLError and escapes")),
-    pytest.param("all:\n  hosts:\n    a: {ansible_port: '" + "9" * 5000 + "'}\n", ".yml", id="port-string-5000-digits",
-                 marks=_xfail("hostops/inventory.py _check_var: int() of a 5000-digit port string raises ValueError")),
-    pytest.param("[" * 1000, ".yml", id="nested-flow-sequences",
-                 marks=_xfail("hostops/inventory.py add_yaml: deeply nested YAML makes PyYAML's composer raise "
-                              "RecursionError")),
-    pytest.param("[" * 1000, ".txt", id="nested-flow-sequences-host-file",
-                 marks=_xfail("hostops/inventory.py _looks_like_text: yaml.safe_load of a non-.yml file raises "
-                              "RecursionError, not only YAMLError")),
-    pytest.param("h[1:" + "9" * 5000 + "]\n", ".txt", id="range-bound-5000-digits",
-                 marks=_xfail("hostops/hostlist.py _range_values: int() of a 5000-digit bound raises ValueError")),
-    pytest.param("a:" + "9" * 5000 + "\n", ".txt", id="host-file-port-5000-digits",
-                 marks=_xfail("hostops/inventory.py add_host_spec: int() of a 5000-digit port raises ValueError")),
+    pytest.param("all:\n  hosts:\n    a: {ansible_port: '\u00b2'}\n", ".yml", id="superscript-port"),
+    pytest.param("all:\n  vars:\n    big: " + "9" * 5000 + "\n", ".yml", id="yaml-int-over-4300-digits"),
+    pytest.param("all:\n  hosts:\n    a: {ansible_port: '" + "9" * 5000 + "'}\n", ".yml", id="port-string-5000-digits"),
+    pytest.param("[" * 1000, ".yml", id="nested-flow-sequences"),
+    pytest.param("[" * 1000, ".txt", id="nested-flow-sequences-host-file"),
+    pytest.param("h[1:" + "9" * 5000 + "]\n", ".txt", id="range-bound-5000-digits"),
+    pytest.param("a:" + "9" * 5000 + "\n", ".txt", id="host-file-port-5000-digits"),
 ]
 
 
@@ -264,9 +249,6 @@ def test_known_breakers_raise_inventory_error(tmp_path, text, suffix):
     loads_or_inventory_error(str(tmp_path), text, suffix)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hostops/inventory.py add_host_spec: a port in a host file or -H is never range-checked: 'a:99999999' loads, "
-    "and the run reports 'unexpected error while connecting: OverflowError' instead of exit 2 before anything runs"))
 @pytest.mark.parametrize("spec", ["a:99999999", "a:0"])
 def test_host_file_port_out_of_range_is_an_inventory_error(tmp_path, spec):
     with pytest.raises(InventoryError):
@@ -274,16 +256,11 @@ def test_host_file_port_out_of_range_is_an_inventory_error(tmp_path, spec):
 
 
 SELECT_BREAKERS = [
-    pytest.param("@a\x00b", id="file-name-with-nul",
-                 marks=_xfail("hostops/selection.py _from_file: open() raises ValueError (embedded null byte)")),
-    pytest.param("@BINARY", id="binary-host-list-file",
-                 marks=_xfail("hostops/selection.py _from_file: a non-UTF-8 file raises UnicodeDecodeError")),
-    pytest.param("~a{99999999999}", id="regex-repeat-overflow",
-                 marks=_xfail("hostops/selection.py match_term: re.compile raises OverflowError, not re.error")),
-    pytest.param("~" + "(" * 1000 + ")" * 1000, id="regex-nesting",
-                 marks=_xfail("hostops/selection.py match_term: re.compile raises RecursionError")),
-    pytest.param("h[1:" + "9" * 5000 + "]", id="range-bound-5000-digits",
-                 marks=_xfail("hostops/hostlist.py _range_values via selection.match_term: ValueError escapes")),
+    pytest.param("@a\x00b", id="file-name-with-nul"),
+    pytest.param("@BINARY", id="binary-host-list-file"),
+    pytest.param("~a{99999999999}", id="regex-repeat-overflow"),
+    pytest.param("~" + "(" * 1000 + ")" * 1000, id="regex-nesting"),
+    pytest.param("h[1:" + "9" * 5000 + "]", id="range-bound-5000-digits"),
 ]
 
 
