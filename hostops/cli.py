@@ -276,12 +276,18 @@ def run_action(targets, action, options, kw: dict, *, steps=None, spec=None, wha
             renderer.progress.clear()
             _warn(f"stopped: {reason}")
 
+        shown = set()
+
+        def show(result) -> None:
+            shown.add(id(result))
+            renderer.result(result)
+
         session = Session(options, len(targets), handle_signals=True, warn=_warn, keep_connections=keep_connections)
         report = None
         error: Optional[BaseException] = None
         try:
             session.start(what or steps[0].name, [t.name for t in targets])
-            report = rollout(session, targets, steps, spec, on_step=on_step, on_result=renderer.result,
+            report = rollout(session, targets, steps, spec, on_step=on_step, on_result=show,
                              on_start=renderer.started, on_output=renderer.output if mode == "stream" else None,
                              on_stop=on_stop)
         except KeyboardInterrupt as exc:
@@ -291,6 +297,9 @@ def run_action(targets, action, options, kw: dict, *, steps=None, spec=None, wha
             end = end_record(report, session.summary.elapsed) if (report is not None and multi) else None
             session.close(error, end)
         summary = session.summary
+        for result in summary.results:  # reported while closing (abandoned after a second Ctrl-C)
+            if id(result) not in shown:
+                show(result)
         if report is None:  # aborted by a second Ctrl-C: what finished is in the summary
             done = {r.host for r in summary.results}
             summary.not_finished = [t.name for t in targets if t.name not in done]

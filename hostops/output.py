@@ -27,7 +27,9 @@ def sanitize(data: bytes) -> str:
     return _UNSAFE.sub(_escape, text)
 
 
-_HEADER_LIKE = re.compile(r"^(\S+ \| (?:OK|UNCHANGED|FAILED|UNREACHABLE|TIMEOUT|INTERRUPTED)\b)", re.M)
+# "host | OK …" (blocks) and "hosts (N) | OK …" (--gather)
+_HEADER_LIKE = re.compile(r"^(\S+(?: \(\d+\))? \| (?:OK|UNCHANGED|FAILED|UNREACHABLE|TIMEOUT|INTERRUPTED)\b)",
+                          re.M)
 
 
 def unforgeable(text: str) -> str:

@@ -341,13 +341,25 @@ class SSHConnection(Connection):
                                        "server?)", "handshake") from None
                 reason = str(exc) or "connection closed"
                 raise ConnectError(f"SSH handshake with {where} failed: {reason}", "handshake") from None
+            if not transport.is_active() or transport.remote_version is None or not transport.host_key:
+                # paramiko can return from a handshake that the deadline cut short
+                if guard.expired or time.monotonic() >= deadline:
+                    raise timed_out()
+                raise ConnectError(f"SSH handshake with {where} failed: the connection closed", "handshake")
             checker.check(target.known_hosts_name, transport.get_remote_server_key())
             try:
                 _authenticate(transport, target, ctx, remaining)
             except ConnectError:
                 if guard.expired:
                     raise timed_out() from None
+                if not transport.is_active():
+                    raise ConnectError(f"connection dropped during authentication with {where}", "auth") from None
                 raise
+            except (EOFError, OSError, paramiko.SSHException) as exc:
+                if guard.expired:
+                    raise timed_out() from None
+                raise ConnectError(f"connection dropped during authentication with {where} "
+                                   f"({exc or type(exc).__name__})", "auth") from None
             guard.handshake_done()
             return cls(transport, target, guard, ctx)
         except BaseException:
@@ -373,7 +385,8 @@ class SSHConnection(Connection):
             if stdin is None and prompt is None:
                 chan.shutdown_write()
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise ConnectError(f"cannot start the command on {self.target.hostname}: {exc}", "channel") from None
+            why = str(exc) or ("the connection closed" if not self.transport.is_active() else type(exc).__name__)
+            raise ConnectError(f"cannot start the command on {self.target.hostname}: {why}", "channel") from None
         feeder = _feed_stdin(chan, stdin) if stdin is not None else None
         try:
             return _read_channel(self, chan, timeout, on_output, prompt, sudo)
@@ -391,10 +404,15 @@ class SSHConnection(Connection):
             return "the remote command may still be running (its process id is unknown)"
         grace = self.ctx.options.kill_grace
         steps = max(1, int(grace * 10))
-        script = (f"p={pgid}; kill -TERM -- -$p 2>/dev/null || exit 0; i=0; "
-                  f"while kill -0 -- -$p 2>/dev/null; do i=$((i+1)); "
-                  f"if [ $i -ge {steps} ]; then kill -KILL -- -$p 2>/dev/null; sleep 0.5; "
-                  f"kill -0 -- -$p 2>/dev/null && exit 3; exit 2; fi; sleep 0.1; done; exit 0")
+        # "alive" skips zombies (ps), which a slow init may take a while to reap
+        script = (
+            "alive() { if command -v ps >/dev/null 2>&1; then ps -eo pgid=,stat= | "
+            "awk -v p=\"$1\" '$1==p && $2 !~ /^Z/ {f=1} END {exit !f}'; "
+            "else kill -0 -- -\"$1\" 2>/dev/null; fi; }; "
+            f"p={pgid}; kill -TERM -- -$p 2>/dev/null || exit 0; i=0; "
+            f"while alive $p; do i=$((i+1)); if [ $i -ge {steps} ]; then kill -KILL -- -$p 2>/dev/null; j=0; "
+            "while alive $p; do j=$((j+1)); [ $j -ge 30 ] && exit 3; sleep 0.1; done; exit 2; fi; "
+            "sleep 0.1; done; exit 0")
         if sudo:
             script = wrap_command(script, True)
         try:
@@ -630,51 +648,57 @@ def _read_channel(conn: SSHConnection, chan, timeout: Optional[float], on_output
         note = conn.kill_remote(err.pid, opts.sudo)
         raise exc_type(out.getvalue(), err.getvalue(), f"{note_prefix}; {note}")
 
-    while True:
-        got = False
-        if chan.recv_ready():
-            data = chan.recv(READ_SIZE)
-            if data:
-                got = True
-                out.add(data)
-                if on_output:
-                    on_output("stdout", data)
-        if chan.recv_stderr_ready():
-            data = chan.recv_stderr(READ_SIZE)
-            if data:
-                got = True
-                shown = stderr_piece(data)
-                if on_output and shown:
-                    on_output("stderr", shown)
-        if got:
-            continue
-        now = time.monotonic()
-        if ctx.abort.is_set():
-            stop(CommandAborted, "interrupted")
-        left = None if deadline is None else deadline - now
-        if left is not None and left <= 0:
-            stop(CommandTimeout, f"timed out after {timeout:g}s (--timeout)")
-        if chan.eof_received or chan.closed:
-            # All output is in; the exit status follows EOF on the wire.
-            if chan.status_event.wait(min(left, 1.0) if left is not None else 1.0) or chan.closed:
-                if chan.recv_ready() or chan.recv_stderr_ready():
-                    continue
-                break
-            continue
-        wait = left
-        if keepalive:
-            silent = now - conn.guard.last_recv
-            if silent > keepalive * KEEPALIVE_COUNT:
-                conn.transport.close()
-                raise ConnectError(
-                    f"{conn.target.hostname} stopped answering during the command (no reply to "
-                    f"{KEEPALIVE_COUNT} keepalives in {silent:.0f}s); the connection was dropped and the "
-                    "remote command may still be running", "keepalive")
-            if silent > keepalive and now - last_probe > keepalive:
-                _send_keepalive(conn.transport, paramiko)
-                last_probe = now
-            wait = keepalive if wait is None else min(wait, keepalive)
-        poller.poll(None if wait is None else max(1, int(wait * 1000)))
+    try:
+        while True:
+            got = False
+            if chan.recv_ready():
+                data = chan.recv(READ_SIZE)
+                if data:
+                    got = True
+                    out.add(data)
+                    if on_output:
+                        on_output("stdout", data)
+            if chan.recv_stderr_ready():
+                data = chan.recv_stderr(READ_SIZE)
+                if data:
+                    got = True
+                    shown = stderr_piece(data)
+                    if on_output and shown:
+                        on_output("stderr", shown)
+            if got:
+                continue
+            now = time.monotonic()
+            if ctx.abort.is_set():
+                stop(CommandAborted, "interrupted")
+            left = None if deadline is None else deadline - now
+            if left is not None and left <= 0:
+                stop(CommandTimeout, f"timed out after {timeout:g}s (--timeout)")
+            if chan.eof_received or chan.closed:
+                # All output is in; the exit status follows EOF on the wire.
+                if chan.status_event.wait(min(left, 1.0) if left is not None else 1.0) or chan.closed:
+                    if chan.recv_ready() or chan.recv_stderr_ready():
+                        continue
+                    break
+                continue
+            wait = left
+            if keepalive:
+                silent = now - conn.guard.last_recv
+                if silent > keepalive * KEEPALIVE_COUNT:
+                    conn.transport.close()
+                    raise ConnectError(
+                        f"{conn.target.hostname} stopped answering during the command (no reply to "
+                        f"{KEEPALIVE_COUNT} keepalives in {silent:.0f}s); the connection was dropped and the "
+                        "remote command may still be running", "keepalive")
+                if silent > keepalive and now - last_probe > keepalive:
+                    _send_keepalive(conn.transport, paramiko)
+                    last_probe = now
+                wait = keepalive if wait is None else min(wait, keepalive)
+            poller.poll(None if wait is None else max(1, int(wait * 1000)))
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        # the connection failed under us: keep what was read, and say what happened
+        return CommandOutcome(None, out.getvalue(), err.getvalue(),
+                              f"the connection failed during the command ({exc or type(exc).__name__}); the "
+                              "remote command may still be running")
     extra = err.finish()
     if watch is not None:
         held = watch.flush()
