@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import time
 from typing import (
     Any,
     Callable,
@@ -64,57 +63,18 @@ class ScanAction:
 
 def fetch_host_key(target: Target, ctx):
     """The key ``target`` presents, bounded by ``--connect-timeout``; raises ConnectError.
-    Key types already on record for the host are preferred, as a real connection does."""
-    import paramiko
+    Key types already on record for the host are preferred, as a real connection does.
+    The handshake stops before authentication: no key or password is ever offered."""
+    from hostops.transport import Handshake
 
-    from hostops.transport import (
-        PRE_AUTH_LIMIT,
-        GuardedSocket,
-        _prefer_key_types,
-        _tcp_connect,
-    )
-
-    timeout = ctx.options.connect_timeout
-    deadline = time.monotonic() + timeout
-    where = f"{target.hostname}:{target.port}"
-
-    def timed_out() -> ConnectError:
-        return ConnectError(f"connection to {where} timed out after {timeout:g}s (--connect-timeout)", "timeout")
-
-    def remaining() -> float:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise timed_out()
-        return left
-
-    guard = GuardedSocket(_tcp_connect(target, ctx, deadline), deadline)
-    transport = None
+    hs = Handshake(target, ctx, checker=ctx.hostkeys)
     try:
-        transport = paramiko.Transport(guard)  # type: ignore[arg-type]
-        transport.banner_timeout = remaining()
-        transport.handshake_timeout = remaining()
-        known = ctx.hostkeys.known_types(target.known_hosts_name)
-        if known:
-            _prefer_key_types(transport, known)
-        try:
-            transport.start_client(timeout=remaining())
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            if guard.expired or time.monotonic() >= deadline:
-                raise timed_out() from None
-            if guard.flooded:
-                raise ConnectError(f"SSH handshake with {where} failed: the server sent more than "
-                                   f"{PRE_AUTH_LIMIT // 1024} KiB without completing it (not an SSH server?)",
-                                   "handshake") from None
-            raise ConnectError(f"SSH handshake with {where} failed: {exc or 'connection closed'}",
-                               "handshake") from None
-        key = transport.get_remote_server_key()
+        key = hs.transport.get_remote_server_key()
         if key is None:
-            raise ConnectError(f"SSH handshake with {where} gave no host key", "handshake")
+            raise ConnectError(f"SSH handshake with {hs.where} gave no host key", "handshake")
         return key
     finally:
-        if transport is not None:
-            transport.close()
-        guard.close()
+        hs.close()
 
 
 def scan_targets(targets: Sequence[Target]) -> List[Target]:

@@ -76,6 +76,15 @@ def sudo_command(command: str, options: Options, prompt: Optional[str]) -> str:
     return f"sudo -S -p {shlex.quote(prompt)} {as_user}-- sh -c {shlex.quote('exec </dev/null; ' + command)}"
 
 
+def sudo_prelude(command: str, options: Options, sudo: bool, stdin: Optional[str]) -> Tuple[str, Optional[str]]:
+    """(the command to run, sudo's random prompt when hostops answers it with a password)."""
+    prompt = new_prompt() if sudo and options.secrets.sudo_password else None
+    if prompt is not None and stdin is not None:
+        raise ConnectError("--stdin cannot be combined with a sudo password (sudo reads the password "
+                           "from the same stdin)", "usage")
+    return (sudo_command(command, options, prompt) if sudo else command), prompt
+
+
 def new_prompt() -> str:
     import secrets
 
@@ -284,6 +293,64 @@ class GuardedSocket:
         return getattr(self._sock, name)
 
 
+class Handshake:
+    """TCP (or a jump host's tunnel), banner and key exchange within the connect timeout;
+    the caller checks the key, then authenticates (a connection) or stops there (keys scan)."""
+
+    def __init__(self, target: Target, ctx: WorkerContext, via: Optional["SSHConnection"] = None, checker=None):
+        import paramiko
+
+        self.timeout = target.connect_timeout or ctx.options.connect_timeout
+        self.deadline = time.monotonic() + self.timeout
+        self.where = f"{target.hostname}:{target.port}"
+        raw = _tcp_connect(target, ctx, self.deadline) if via is None else _tunnel(via, target, self.remaining)
+        self.guard = GuardedSocket(raw, self.deadline)
+        self.transport = None
+        try:
+            self.transport = paramiko.Transport(self.guard)  # type: ignore[arg-type]
+            _prefer_cheap_algorithms(self.transport)
+            self.transport.banner_timeout = self.remaining()
+            self.transport.handshake_timeout = self.remaining()
+            known = (checker or ctx.hostkeys_for(target)).known_types(target.known_hosts_name)
+            if known:
+                _prefer_key_types(self.transport, known)
+            try:
+                self.transport.start_client(timeout=self.remaining())
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                if self.guard.expired or time.monotonic() >= self.deadline:
+                    raise self.timed_out() from None
+                if self.guard.flooded:
+                    raise ConnectError(f"SSH handshake with {self.where} failed: the server sent more than "
+                                       f"{PRE_AUTH_LIMIT // 1024} KiB without completing it (not an SSH "
+                                       "server?)", "handshake") from None
+                reason = str(exc) or "connection closed"
+                raise ConnectError(f"SSH handshake with {self.where} failed: {reason}", "handshake") from None
+            t = self.transport
+            if not t.is_active() or t.remote_version is None or not t.host_key:
+                # paramiko can return from a handshake that the deadline cut short
+                if self.guard.expired or time.monotonic() >= self.deadline:
+                    raise self.timed_out()
+                raise ConnectError(f"SSH handshake with {self.where} failed: the connection closed", "handshake")
+        except BaseException:
+            self.close()
+            raise
+
+    def timed_out(self) -> ConnectError:
+        return ConnectError(f"connection to {self.where} timed out after {self.timeout:g}s (--connect-timeout)",
+                            "timeout")
+
+    def remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self.timed_out()
+        return left
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.guard.close()
+
+
 class SSHConnection(Connection):
     def __init__(self, transport, target: Target, guard: GuardedSocket, ctx: WorkerContext):
         self.transport = transport
@@ -299,73 +366,33 @@ class SSHConnection(Connection):
         jump host's connection; each hop has its own key check and authentication."""
         import paramiko
 
-        timeout = target.connect_timeout or ctx.options.connect_timeout
-        deadline = time.monotonic() + timeout
-        where = f"{target.hostname}:{target.port}"
-
-        def timed_out() -> ConnectError:
-            return ConnectError(f"connection to {where} timed out after {timeout:g}s (--connect-timeout)",
-                                "timeout")
-
-        def remaining() -> float:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise timed_out()
-            return left
-
         if via is None and target.jump:
             try:
                 via = ctx.jump_connection(target.jump)
             except ConnectError as exc:
                 raise ConnectError(f"jump host {target.jump[-1].name} for {target.name}: {exc}", exc.stage) from None
-        raw = _tcp_connect(target, ctx, deadline) if via is None else _tunnel(via, target, remaining)
-        guard = GuardedSocket(raw, deadline)
         checker = ctx.hostkeys_for(target)
-        transport = None
+        hs = Handshake(target, ctx, via, checker)
         try:
-            transport = paramiko.Transport(guard)  # type: ignore[arg-type]
-            _prefer_cheap_algorithms(transport)
-            transport.banner_timeout = remaining()
-            transport.handshake_timeout = remaining()
-            known = checker.known_types(target.known_hosts_name)
-            if known:
-                _prefer_key_types(transport, known)
+            checker.check(target.known_hosts_name, hs.transport.get_remote_server_key())
             try:
-                transport.start_client(timeout=remaining())
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                if guard.expired or time.monotonic() >= deadline:
-                    raise timed_out() from None
-                if guard.flooded:
-                    raise ConnectError(f"SSH handshake with {where} failed: the server sent more than "
-                                       f"{PRE_AUTH_LIMIT // 1024} KiB without completing it (not an SSH "
-                                       "server?)", "handshake") from None
-                reason = str(exc) or "connection closed"
-                raise ConnectError(f"SSH handshake with {where} failed: {reason}", "handshake") from None
-            if not transport.is_active() or transport.remote_version is None or not transport.host_key:
-                # paramiko can return from a handshake that the deadline cut short
-                if guard.expired or time.monotonic() >= deadline:
-                    raise timed_out()
-                raise ConnectError(f"SSH handshake with {where} failed: the connection closed", "handshake")
-            checker.check(target.known_hosts_name, transport.get_remote_server_key())
-            try:
-                _authenticate(transport, target, ctx, remaining)
+                _authenticate(hs.transport, target, ctx, hs.remaining)
             except ConnectError:
-                if guard.expired:
-                    raise timed_out() from None
-                if not transport.is_active():
-                    raise ConnectError(f"connection dropped during authentication with {where}", "auth") from None
+                if hs.guard.expired:
+                    raise hs.timed_out() from None
+                if not hs.transport.is_active():
+                    raise ConnectError(f"connection dropped during authentication with {hs.where}", "auth") \
+                        from None
                 raise
             except (EOFError, OSError, paramiko.SSHException) as exc:
-                if guard.expired:
-                    raise timed_out() from None
-                raise ConnectError(f"connection dropped during authentication with {where} "
+                if hs.guard.expired:
+                    raise hs.timed_out() from None
+                raise ConnectError(f"connection dropped during authentication with {hs.where} "
                                    f"({exc or type(exc).__name__})", "auth") from None
-            guard.handshake_done()
-            return cls(transport, target, guard, ctx)
+            hs.guard.handshake_done()
+            return cls(hs.transport, target, hs.guard, ctx)
         except BaseException:
-            if transport is not None:
-                transport.close()
-            guard.close()
+            hs.close()
             raise
 
     def run(self, command: str, timeout: Optional[float] = None, on_output: Optional[OutputCallback] = None,
@@ -373,12 +400,7 @@ class SSHConnection(Connection):
         import paramiko
 
         opts = self.ctx.options
-        prompt = new_prompt() if sudo and opts.secrets.sudo_password else None
-        if prompt is not None and stdin is not None:
-            raise ConnectError("--stdin cannot be combined with a sudo password (sudo reads the password "
-                               "from the same stdin)", "usage")
-        if sudo:
-            command = sudo_command(command, opts, prompt)
+        command, prompt = sudo_prelude(command, opts, sudo, stdin)
         try:
             chan = self.transport.open_session(timeout=opts.connect_timeout)
             chan.exec_command(with_pid_report(command))
@@ -739,12 +761,7 @@ class LocalConnection(Connection):
     def run(self, command: str, timeout: Optional[float] = None, on_output: Optional[OutputCallback] = None,
             stdin: Optional[str] = None, sudo: bool = False) -> CommandOutcome:
         opts = self.ctx.options if self.ctx else Options()
-        prompt = new_prompt() if sudo and opts.secrets.sudo_password else None
-        if prompt is not None and stdin is not None:
-            raise ConnectError("--stdin cannot be combined with a sudo password (sudo reads the password "
-                               "from the same stdin)", "usage")
-        if sudo:
-            command = sudo_command(command, opts, prompt)
+        command, prompt = sudo_prelude(command, opts, sudo, stdin)
         stdin_file = open(stdin, "rb") if stdin is not None else (subprocess.PIPE if prompt else subprocess.DEVNULL)
         try:
             proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=stdin_file, stdout=subprocess.PIPE,
