@@ -67,14 +67,15 @@ def fetch_host_key(target: Target, ctx):
     The handshake stops before authentication: no key or password is ever offered."""
     from hostops.transport import Handshake
 
-    hs = Handshake(target, ctx, checker=ctx.hostkeys)
-    try:
-        key = hs.transport.get_remote_server_key()
-        if key is None:
-            raise ConnectError(f"SSH handshake with {hs.where} gave no host key", "handshake")
-        return key
-    finally:
-        hs.close()
+    with ctx.handshake_slot():
+        hs = Handshake(target, ctx, checker=ctx.hostkeys)
+        try:
+            key = hs.transport.get_remote_server_key()
+            if key is None:
+                raise ConnectError(f"SSH handshake with {hs.where} gave no host key", "handshake")
+            return key
+        finally:
+            hs.close()
 
 
 def scan_targets(targets: Sequence[Target]) -> List[Target]:

@@ -16,6 +16,7 @@ which hostops strips.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import select
 import shlex
@@ -36,6 +37,7 @@ DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 #: exchange reply fit in a few KiB. A server spewing more is refused, not buffered.
 PRE_AUTH_LIMIT = 256 * 1024
 KEEPALIVE_COUNT = 3  # like OpenSSH's ServerAliveCountMax
+HANDSHAKES_PER_WORKER = 32  # concurrent key exchanges per worker process (see handshake_slot)
 
 
 class CommandOutcome:
@@ -112,6 +114,7 @@ class WorkerContext:
         self.abort = threading.Event()
         self._abort_r, self._abort_w = os.pipe()
         self.connections: Dict[str, "Connection"] = {}  # kept open between a host's jobs
+        self._slots = threading.BoundedSemaphore(HANDSHAKES_PER_WORKER)
         self._checkers: Dict[tuple, object] = {}
         self._jumps: Dict[tuple, "SSHConnection"] = {}
         self._jump_locks: Dict[tuple, threading.Lock] = {}
@@ -138,6 +141,19 @@ class WorkerContext:
 
                 self._hostkeys = HostKeyChecker.for_options(self.options)
             return self._hostkeys
+
+    @contextlib.contextmanager
+    def handshake_slot(self):
+        """At most HANDSHAKES_PER_WORKER key exchanges at once per worker: hundreds at the same
+        instant overflow the server's accept queue and starve every handshake of CPU, so they
+        all run past the connect timeout. Waiting for a slot is not part of that timeout."""
+        while not self._slots.acquire(timeout=0.5):
+            if self.abort.is_set():
+                raise ConnectError("interrupted before connecting", "interrupted")
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     def hostkeys_for(self, target: Target):
         """The checker for ``target``: the run's, unless its ssh_config names other known_hosts
@@ -364,21 +380,27 @@ class SSHConnection(Connection):
         """Connect, check the host key, authenticate: all within the connect timeout. With
         ``via`` (or the target's jump hosts), the TCP stream is a direct-tcpip channel of the
         jump host's connection; each hop has its own key check and authentication."""
-        import paramiko
-
         if via is None and target.jump:
             try:
                 via = ctx.jump_connection(target.jump)
             except ConnectError as exc:
                 raise ConnectError(f"jump host {target.jump[-1].name} for {target.name}: {exc}", exc.stage) from None
         checker = ctx.hostkeys_for(target)
+        with ctx.handshake_slot():
+            return cls._open(target, ctx, via, checker)
+
+    @classmethod
+    def _open(cls, target: Target, ctx: WorkerContext, via, checker) -> "SSHConnection":
+        import paramiko
+
         hs = Handshake(target, ctx, via, checker)
         try:
             checker.check(target.known_hosts_name, hs.transport.get_remote_server_key())
             try:
                 _authenticate(hs.transport, target, ctx, hs.remaining)
             except ConnectError:
-                if hs.guard.expired:
+                # paramiko says "Authentication timeout." the way it says "refused": look at the clock
+                if hs.guard.expired or time.monotonic() >= hs.deadline - 0.05:
                     raise hs.timed_out() from None
                 if not hs.transport.is_active():
                     raise ConnectError(f"connection dropped during authentication with {hs.where}", "auth") \
