@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import os
 import select
 import shlex
@@ -274,6 +275,8 @@ class GuardedSocket:
         self.last_recv = time.monotonic()
         self.expired = False
         self.flooded = False
+        self._io_lock = threading.Lock()
+        self._gone = False
 
     def handshake_done(self) -> None:
         self.deadline = None
@@ -293,13 +296,22 @@ class GuardedSocket:
         return data
 
     def send(self, data: bytes) -> int:
-        return self._sock.send(data)
+        # Under the same lock as close(): over a jump host the "socket" is a channel, and
+        # paramiko sends a data packet built before a close after the close itself, which the
+        # jump's sshd answers by dropping the whole connection, every other host's tunnel too.
+        with self._io_lock:
+            if self._gone:
+                raise OSError(errno.EBADF, "socket closed")
+            return self._sock.send(data)
 
     def settimeout(self, t: Optional[float]) -> None:
         self._sock.settimeout(t)
 
     def close(self) -> None:
-        self._sock.close()
+        with self._io_lock:
+            if not self._gone:
+                self._gone = True
+                self._sock.close()
 
     @property
     def _closed(self) -> bool:
