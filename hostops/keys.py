@@ -67,9 +67,11 @@ def fetch_host_key(target: Target, ctx):
     The handshake stops before authentication: no key or password is ever offered."""
     from hostops.transport import Handshake
 
-    with ctx.handshake_slot():
+    with ctx.connection_slot():
         hs = Handshake(target, ctx, checker=ctx.hostkeys)
         try:
+            with ctx.handshake_slot():
+                hs.negotiate()
             key = hs.transport.get_remote_server_key()
             if key is None:
                 raise ConnectError(f"SSH handshake with {hs.where} gave no host key", "handshake")

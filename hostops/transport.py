@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from hostops.capture import OutputBuffer, PromptWatch, StderrWithPid
 from hostops.errors import CommandAborted, CommandTimeout, ConnectError, HostKeyError
+from hostops.limiter import HandshakeLimiter
 from hostops.settings import Options, Target
 
 OutputCallback = Callable[[str, bytes], None]
@@ -38,7 +39,8 @@ DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 #: exchange reply fit in a few KiB. A server spewing more is refused, not buffered.
 PRE_AUTH_LIMIT = 256 * 1024
 KEEPALIVE_COUNT = 3  # like OpenSSH's ServerAliveCountMax
-HANDSHAKES_PER_WORKER = 32  # concurrent key exchanges per worker process (see handshake_slot)
+MAX_HANDSHAKES_PER_WORKER = 256  # the adaptive limit's ceiling (hostops.limiter)
+CONNECTIONS_PER_WORKER = 64  # hosts from TCP connect to logged in, per worker (connection_slot)
 
 
 class CommandOutcome:
@@ -115,7 +117,8 @@ class WorkerContext:
         self.abort = threading.Event()
         self._abort_r, self._abort_w = os.pipe()
         self.connections: Dict[str, "Connection"] = {}  # kept open between a host's jobs
-        self._slots = threading.BoundedSemaphore(HANDSHAKES_PER_WORKER)
+        self.handshakes = HandshakeLimiter(high=min(options.forks, MAX_HANDSHAKES_PER_WORKER))
+        self._connecting = threading.BoundedSemaphore(CONNECTIONS_PER_WORKER)
         self._checkers: Dict[tuple, object] = {}
         self._jumps: Dict[tuple, "SSHConnection"] = {}
         self._jump_locks: Dict[tuple, threading.Lock] = {}
@@ -144,17 +147,36 @@ class WorkerContext:
             return self._hostkeys
 
     @contextlib.contextmanager
-    def handshake_slot(self):
-        """At most HANDSHAKES_PER_WORKER key exchanges at once per worker: hundreds at the same
-        instant overflow the server's accept queue and starve every handshake of CPU, so they
-        all run past the connect timeout. Waiting for a slot is not part of that timeout."""
-        while not self._slots.acquire(timeout=0.5):
+    def connection_slot(self):
+        """At most CONNECTIONS_PER_WORKER hosts between their TCP connect and the end of their
+        login: a burst of connects to one address overflows its listen queue (the SYNs are
+        then retried a second later), and hosts that never answer wait out their connect
+        timeout here without holding one of the (fewer) handshake slots."""
+        while not self._connecting.acquire(timeout=0.5):
             if self.abort.is_set():
                 raise ConnectError("interrupted before connecting", "interrupted")
         try:
             yield
         finally:
-            self._slots.release()
+            self._connecting.release()
+
+    @contextlib.contextmanager
+    def handshake_slot(self):
+        """Wait for one of this worker's handshake slots (key exchange and login): their number
+        adapts (:mod:`hostops.limiter`), since hundreds of key exchanges at once starve each
+        other of CPU and all run past the connect timeout together. Waiting for a slot is not
+        part of that timeout."""
+        token = None
+        while token is None:
+            token = self.handshakes.acquire(0.5)
+            if token is None and self.abort.is_set():
+                raise ConnectError("interrupted before connecting", "interrupted")
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self.handshakes.release(token, ok)
 
     def hostkeys_for(self, target: Target):
         """The checker for ``target``: the run's, unless its ssh_config names other known_hosts
@@ -321,47 +343,72 @@ class GuardedSocket:
         return getattr(self._sock, name)
 
 
+def _no_handshake_timer(timeout: float) -> None:
+    """Stands in for paramiko's Packetizer.start_handshake (see Handshake)."""
+
+
+def _skip_debug_message(m) -> None:
+    """Stands in for paramiko's Transport._parse_debug (see Handshake)."""
+
+
 class Handshake:
-    """TCP (or a jump host's tunnel), banner and key exchange within the connect timeout;
-    the caller checks the key, then authenticates (a connection) or stops there (keys scan)."""
+    """TCP (or a jump host's tunnel), then banner and key exchange, each within the connect
+    timeout; the caller checks the key, then authenticates (a connection) or stops there
+    (keys scan). Waiting for a handshake slot between the two is not part of the timeout."""
 
     def __init__(self, target: Target, ctx: WorkerContext, via: Optional["SSHConnection"] = None, checker=None):
-        import paramiko
-
+        self.target = target
+        self.ctx = ctx
+        self.checker = checker
         self.timeout = target.connect_timeout or ctx.options.connect_timeout
         self.deadline = time.monotonic() + self.timeout
         self.where = f"{target.hostname}:{target.port}"
+        self.transport = None
         raw = _tcp_connect(target, ctx, self.deadline) if via is None else _tunnel(via, target, self.remaining)
         self.guard = GuardedSocket(raw, self.deadline)
-        self.transport = None
-        try:
-            self.transport = paramiko.Transport(self.guard)  # type: ignore[arg-type]
-            _prefer_cheap_algorithms(self.transport)
-            self.transport.banner_timeout = self.remaining()
-            self.transport.handshake_timeout = self.remaining()
-            known = (checker or ctx.hostkeys_for(target)).known_types(target.known_hosts_name)
-            if known:
-                _prefer_key_types(self.transport, known)
-            try:
-                self.transport.start_client(timeout=self.remaining())
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                if self.guard.expired or time.monotonic() >= self.deadline:
-                    raise self.timed_out() from None
-                if self.guard.flooded:
-                    raise ConnectError(f"SSH handshake with {self.where} failed: the server sent more than "
-                                       f"{PRE_AUTH_LIMIT // 1024} KiB without completing it (not an SSH "
-                                       "server?)", "handshake") from None
-                reason = str(exc) or "connection closed"
-                raise ConnectError(f"SSH handshake with {self.where} failed: {reason}", "handshake") from None
-            t = self.transport
-            if not t.is_active() or t.remote_version is None or not t.host_key:
-                # paramiko can return from a handshake that the deadline cut short
-                if self.guard.expired or time.monotonic() >= self.deadline:
-                    raise self.timed_out()
-                raise ConnectError(f"SSH handshake with {self.where} failed: the connection closed", "handshake")
-        except BaseException:
+        self._left = self.deadline - time.monotonic()
+        if self._left <= 0:
             self.close()
-            raise
+            raise self.timed_out()
+
+    def negotiate(self) -> None:
+        """Banner and key exchange, within what the TCP connection left of the timeout. On
+        failure the caller closes the handshake."""
+        import paramiko
+
+        self.deadline = time.monotonic() + self._left
+        self.guard.deadline = self.deadline
+        self.transport = paramiko.Transport(self.guard)  # type: ignore[arg-type]
+        # paramiko starts a threading.Timer per handshake to enforce handshake_timeout; the
+        # guard already ends the connection at our deadline, and one more thread per host
+        # costs a clone and several context switches.
+        self.transport.packetizer.start_handshake = _no_handshake_timer
+        # OpenSSH sends a debug message with every accepted key ("key options: ..."), which
+        # paramiko escapes byte by byte for a DEBUG log line nobody sees.
+        self.transport._parse_debug = _skip_debug_message
+        _prefer_cheap_algorithms(self.transport)
+        self.transport.banner_timeout = self.remaining()
+        self.transport.handshake_timeout = self.remaining()
+        known = (self.checker or self.ctx.hostkeys_for(self.target)).known_types(self.target.known_hosts_name)
+        if known:
+            _prefer_key_types(self.transport, known)
+        try:
+            self.transport.start_client(timeout=self.remaining())
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if self.guard.expired or time.monotonic() >= self.deadline:
+                raise self.timed_out() from None
+            if self.guard.flooded:
+                raise ConnectError(f"SSH handshake with {self.where} failed: the server sent more than "
+                                   f"{PRE_AUTH_LIMIT // 1024} KiB without completing it (not an SSH "
+                                   "server?)", "handshake") from None
+            reason = str(exc) or "connection closed"
+            raise ConnectError(f"SSH handshake with {self.where} failed: {reason}", "handshake") from None
+        t = self.transport
+        if not t.is_active() or t.remote_version is None or not t.host_key:
+            # paramiko can return from a handshake that the deadline cut short
+            if self.guard.expired or time.monotonic() >= self.deadline:
+                raise self.timed_out()
+            raise ConnectError(f"SSH handshake with {self.where} failed: the connection closed", "handshake")
 
     def timed_out(self) -> ConnectError:
         return ConnectError(f"connection to {self.where} timed out after {self.timeout:g}s (--connect-timeout)",
@@ -398,36 +445,38 @@ class SSHConnection(Connection):
             except ConnectError as exc:
                 raise ConnectError(f"jump host {target.jump[-1].name} for {target.name}: {exc}", exc.stage) from None
         checker = ctx.hostkeys_for(target)
-        with ctx.handshake_slot():
-            return cls._open(target, ctx, via, checker)
+        with ctx.connection_slot():
+            hs = Handshake(target, ctx, via, checker)
+            try:
+                with ctx.handshake_slot():
+                    hs.negotiate()
+                    return cls._login(hs, target, ctx, checker)
+            except BaseException:
+                hs.close()
+                raise
 
     @classmethod
-    def _open(cls, target: Target, ctx: WorkerContext, via, checker) -> "SSHConnection":
+    def _login(cls, hs: Handshake, target: Target, ctx: WorkerContext, checker) -> "SSHConnection":
         import paramiko
 
-        hs = Handshake(target, ctx, via, checker)
+        checker.check(target.known_hosts_name, hs.transport.get_remote_server_key())
         try:
-            checker.check(target.known_hosts_name, hs.transport.get_remote_server_key())
-            try:
-                _authenticate(hs.transport, target, ctx, hs.remaining)
-            except ConnectError:
-                # paramiko says "Authentication timeout." the way it says "refused": look at the clock
-                if hs.guard.expired or time.monotonic() >= hs.deadline - 0.05:
-                    raise hs.timed_out() from None
-                if not hs.transport.is_active():
-                    raise ConnectError(f"connection dropped during authentication with {hs.where}", "auth") \
-                        from None
-                raise
-            except (EOFError, OSError, paramiko.SSHException) as exc:
-                if hs.guard.expired:
-                    raise hs.timed_out() from None
-                raise ConnectError(f"connection dropped during authentication with {hs.where} "
-                                   f"({exc or type(exc).__name__})", "auth") from None
-            hs.guard.handshake_done()
-            return cls(hs.transport, target, hs.guard, ctx)
-        except BaseException:
-            hs.close()
+            _authenticate(hs.transport, target, ctx, hs.remaining)
+        except ConnectError:
+            # paramiko says "Authentication timeout." the way it says "refused": look at the clock
+            if hs.guard.expired or time.monotonic() >= hs.deadline - 0.05:
+                raise hs.timed_out() from None
+            if not hs.transport.is_active():
+                raise ConnectError(f"connection dropped during authentication with {hs.where}", "auth") \
+                    from None
             raise
+        except (EOFError, OSError, paramiko.SSHException) as exc:
+            if hs.guard.expired:
+                raise hs.timed_out() from None
+            raise ConnectError(f"connection dropped during authentication with {hs.where} "
+                               f"({exc or type(exc).__name__})", "auth") from None
+        hs.guard.handshake_done()
+        return cls(hs.transport, target, hs.guard, ctx)
 
     def run(self, command: str, timeout: Optional[float] = None, on_output: Optional[OutputCallback] = None,
             stdin: Optional[str] = None, sudo: bool = False) -> CommandOutcome:
