@@ -363,6 +363,26 @@ def test_blackhole_is_reported_as_a_connect_timeout(launch, inventory, known_hos
     assert errors == {f"connection to 127.0.0.1:{proxy.port} timed out after 2s (--connect-timeout)"}, errors
 
 
+@pytest.mark.timeout(60)
+def test_silent_servers_do_not_hold_up_the_hosts_behind_them(launch, lab, inventory, known_hosts):
+    """More silent servers than a worker's first handshake limit (hostops.limiter), listed
+    first, in one worker: the good hosts behind them still finish before any silent one
+    times out, since a handshake that hangs stops holding its slot."""
+    from hostops import limiter
+
+    with FaultProxy("blackhole") as proxy:
+        bad = [proxied(f"bad{i:02d}", proxy) for i in range(limiter.INITIAL + 4)]
+        good = lab.host_entries(6, prefix="good")
+        inv = inventory(0, extra_hosts=bad + good)
+        run = launch("exec", "echo ran", "-i", inv, "--known-hosts", known_hosts, "--connect-timeout", "6",
+                     "--processes", "1", "--json").finish(40)
+    order = [r["host"] for r in run.json_lines()]
+    assert run.code == 4, run
+    assert sorted(order) == sorted(h["name"] for h in bad + good), order
+    assert all(h.startswith("good") for h in order[:6]), order
+    assert {r["status"] for r in run.json_lines() if r["host"].startswith("good")} == {"ok"}, run
+
+
 CUT_POINTS = list(range(100, 2600, 100))  # bytes from the server: banner, key exchange, auth, channel open
 
 
@@ -535,10 +555,13 @@ def test_timeout_reports_children_killed_after_the_grace(request, launch, invent
 SIGNAL_HOSTS = 50
 
 
-def start_sleepers(launch, remote, inventory, known_hosts, count: int, method: str, *extra: str):
+def start_sleepers(launch, remote, inventory, known_hosts, count: int, method: str, *extra: str,
+                   ignore_term: bool = False):
+    """``ignore_term``: the remote commands ignore SIGTERM, so stopping them takes the kill grace."""
     marker = remote.track(f"30.{unique()}")
     inv = inventory(count)
-    run = launch("exec", f"sleep {marker}", "-i", inv, "--known-hosts", known_hosts, "-f", str(count), "--json",
+    command = f"trap '' TERM; sleep {marker}" if ignore_term else f"sleep {marker}"
+    run = launch("exec", command, "-i", inv, "--known-hosts", known_hosts, "-f", str(count), "--json",
                  "--start-method", method, "--connect-timeout", "30", *extra)
     running = remote.wait_running(rf"^sleep {re.escape(marker)}$", count, 60)
     assert running == count, (running, run)
@@ -587,7 +610,10 @@ def test_sigterm_to_the_parent_only_stops_every_host(launch, remote, inventory, 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_second_sigint_aborts_at_once(launch, remote, inventory, known_hosts, method):
-    run, marker = start_sleepers(launch, remote, inventory, known_hosts, SIGNAL_HOSTS, method)
+    # Remote commands that ignore TERM keep the first Ctrl-C's cleanup busy for the kill grace
+    # (10 s), so the second one arrives while it runs (a quick cleanup could end the run first).
+    run, marker = start_sleepers(launch, remote, inventory, known_hosts, SIGNAL_HOSTS, method,
+                                 "--kill-grace", "10", ignore_term=True)
     os.killpg(run.proc.pid, signal.SIGINT)
     time.sleep(0.2)
     sent = time.monotonic()

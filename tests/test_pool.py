@@ -1,7 +1,6 @@
 """The pool's bookkeeping: forks budget, streaming, and a worker killed mid-run."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
