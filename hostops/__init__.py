@@ -8,13 +8,26 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from hostops.errors import (  # noqa: E402
-    ConnectError, HostKeyError, HostopsError, InventoryError, SelectionError, UsageError,
-)
-from hostops.exitcodes import ExitCode  # noqa: E402
-from hostops.inventory import Inventory  # noqa: E402
-from hostops.results import HostResult, Summary  # noqa: E402
-from hostops.settings import Options, Target, resolve  # noqa: E402
+#: name -> module: imported on first use (PEP 562), so ``hostops --version`` and
+#: ``--help`` load neither YAML nor the inventory code.
+_EXPORTS = {
+    "ConnectError": "hostops.errors", "HostKeyError": "hostops.errors", "HostopsError": "hostops.errors",
+    "InventoryError": "hostops.errors", "SelectionError": "hostops.errors", "UsageError": "hostops.errors",
+    "ExitCode": "hostops.exitcodes", "Inventory": "hostops.inventory", "HostResult": "hostops.results",
+    "Summary": "hostops.results", "Options": "hostops.settings", "Target": "hostops.settings",
+    "resolve": "hostops.settings",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hostops' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def run_command(*args, **kwargs):  # noqa: D103 - see hostops.api.run_command

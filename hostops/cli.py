@@ -9,14 +9,16 @@ import functools
 import json
 import os
 import sys
-from typing import Any, Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
 
 import click
 
 from hostops import __version__
 from hostops.errors import HostopsError, SelectionError, UsageError
 from hostops.exitcodes import HELP_TEXT, ExitCode
-from hostops.inventory import Inventory, default_inventory_path
+
+if TYPE_CHECKING:  # --version and --help import neither YAML nor the inventory code
+    from hostops.inventory import Inventory
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -45,6 +47,8 @@ def load_selection(inventories: Sequence[str], adhoc_hosts: Sequence[str], patte
                    state_file: Optional[str] = None):
     """Load the inventory and select hosts; no match is a usage error (exit 2).
     ``state_file``: where @failed/@ok/… look (the last run's outcome)."""
+    from hostops.inventory import Inventory, default_inventory_path
+
     paths = list(inventories)
     if not paths and not adhoc_hosts:
         paths = [os.environ.get("HOSTOPS_INVENTORY") or default_inventory_path()]

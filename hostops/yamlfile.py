@@ -26,7 +26,12 @@ class LineMap(dict):
         return self.key_lines.get(key, default if default is not None else self.line)
 
 
-class LineLoader(yaml.SafeLoader):
+#: libyaml's parser when PyYAML was built with it: about ten times faster than the pure-Python
+#: one (a 2,000-host inventory is otherwise a second of CPU); same nodes, same line marks.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class LineLoader(_SafeLoader):  # type: ignore[misc,valid-type]
     def construct_mapping(self, node, deep=False):  # type: ignore[override]
         self.flatten_mapping(node)
         result = LineMap()
