@@ -409,6 +409,7 @@ class Handshake:
             if self.guard.expired or time.monotonic() >= self.deadline:
                 raise self.timed_out()
             raise ConnectError(f"SSH handshake with {self.where} failed: the connection closed", "handshake")
+        _leave_rekeying_to_the_server(t)
 
     def timed_out(self) -> ConnectError:
         return ConnectError(f"connection to {self.where} timed out after {self.timeout:g}s (--connect-timeout)",
@@ -626,6 +627,26 @@ def _prefer_cheap_algorithms(transport) -> None:
     opts = transport.get_security_options()
     ciphers = list(opts.ciphers)
     opts.ciphers = tuple([c for c in CHEAP_CIPHERS if c in ciphers] + [c for c in ciphers if c not in CHEAP_CIPHERS])
+
+
+#: When the client itself asks for a new key exchange (paramiko: every 2^29 bytes or packets),
+#: a channel close that the server sent just before seeing the request makes paramiko's
+#: transport thread wait for the exchange it alone can finish: the host fails 30 s later
+#: with "Key-exchange timed out" (seen with ~1 in 10 one-GiB outputs on a busy machine).
+#: A server-initiated exchange has no such window, and OpenSSH starts one long before these
+#: bounds (2^32 blocks of a 128-bit block cipher, RFC 4344's limit; 2^31 packets likewise).
+REKEY_BYTES = 2 ** 36
+REKEY_PACKETS = 2 ** 31
+
+
+def _leave_rekeying_to_the_server(transport) -> None:
+    """Raise paramiko's own re-key thresholds to the cipher's safe bound (128-bit block
+    ciphers only; anything else keeps paramiko's)."""
+    info = getattr(transport, "_cipher_info", {})
+    sizes = [info.get(name, {}).get("block-size", 0) for name in (transport.local_cipher, transport.remote_cipher)]
+    if min(sizes, default=0) >= 16:
+        transport.packetizer.REKEY_BYTES = REKEY_BYTES
+        transport.packetizer.REKEY_PACKETS = REKEY_PACKETS
 
 
 def _prefer_key_types(transport, known: List[str]) -> None:

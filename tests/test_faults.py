@@ -915,3 +915,31 @@ def test_ssh_error_mid_output_keeps_what_was_read(lab, known_hosts, monkeypatch)
     assert result.status in ("failed", "unreachable"), result
     assert result.stdout.startswith(b"partial\n"), result
     assert "unexpected error" not in (result.error or ""), result
+
+
+def test_the_client_leaves_key_re_exchange_to_the_server(lab, known_hosts, monkeypatch):
+    """A re-key that paramiko starts itself can deadlock its transport thread against a channel
+    close that crossed it (the host then fails after 30 s: "Key-exchange timed out"). With
+    paramiko's thresholds scaled down from 512 MiB to 1 MiB, 8 MiB of output would start
+    eight; hostops starts none beyond the first exchange."""
+    import paramiko
+
+    from hostops.settings import Options, Target
+    from hostops.transport import WorkerContext
+    from hostops.worker import ExecAction, Job, execute
+
+    monkeypatch.setattr(paramiko.packet.Packetizer, "REKEY_BYTES", 1 << 20)
+    monkeypatch.setattr(paramiko.packet.Packetizer, "REKEY_PACKETS", 1 << 20)
+    real = paramiko.Transport._send_kex_init
+    exchanges = []
+
+    def counting(self):
+        exchanges.append(self)
+        return real(self)
+
+    monkeypatch.setattr(paramiko.Transport, "_send_kex_init", counting)
+    ctx = WorkerContext(Options(known_hosts=(known_hosts,), connect_timeout=20))
+    target = Target("h001", "127.0.0.1", lab.port, lab.user, (lab.user_key,))
+    result = execute(Job(0, target, ExecAction("head -c 8388608 /dev/zero; echo done >&2")), ctx)
+    assert result.status == "ok" and result.stderr == b"done\n", result
+    assert len(exchanges) == 1, f"{len(exchanges)} key exchanges started by the client"
