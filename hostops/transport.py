@@ -148,15 +148,23 @@ class WorkerContext:
                 self._hostkeys = HostKeyChecker.for_options(self.options)
             return self._hostkeys
 
+    def _wait_for_slot(self, acquire: Callable[[], Optional[object]]) -> object:
+        """Call ``acquire`` (which waits a bounded time) until it returns a slot; an aborted
+        run stops the wait."""
+        while True:
+            slot = acquire()
+            if slot is not None:
+                return slot
+            if self.abort.is_set():
+                raise ConnectError("interrupted before connecting", "interrupted")
+
     @contextlib.contextmanager
     def connection_slot(self):
         """At most CONNECTIONS_PER_WORKER hosts between their TCP connect and the end of their
         login: a burst of connects to one address overflows its listen queue (the SYNs are
         then retried a second later), and hosts that never answer wait out their connect
         timeout here without holding one of the (fewer) handshake slots."""
-        while not self._connecting.acquire(timeout=0.5):
-            if self.abort.is_set():
-                raise ConnectError("interrupted before connecting", "interrupted")
+        self._wait_for_slot(lambda: True if self._connecting.acquire(timeout=0.5) else None)
         try:
             yield
         finally:
@@ -168,11 +176,7 @@ class WorkerContext:
         adapts (:mod:`hostops.limiter`), since hundreds of key exchanges at once starve each
         other of CPU and all run past the connect timeout together. Waiting for a slot is not
         part of that timeout."""
-        token = None
-        while token is None:
-            token = self.handshakes.acquire(0.5)
-            if token is None and self.abort.is_set():
-                raise ConnectError("interrupted before connecting", "interrupted")
+        token = self._wait_for_slot(lambda: self.handshakes.acquire(0.5))
         ok = False
         try:
             yield
