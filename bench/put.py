@@ -39,42 +39,13 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from sshlab import SSHD  # noqa: E402  (reused: the lab sshd, inventory and known_hosts writers)
+from fleet import descendants, rss_bytes  # noqa: E402  (the fleet benchmark's /proc readers)
 
 MiB = 1024 * 1024
 ADDRESSES = [f"127.0.0.{i}" for i in range(1, 9)]
 
 
 # ------------------------------------------------------------------ /proc sampling
-def _tree(pid: int) -> List[int]:
-    """``pid`` and all its descendants (children of every thread)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            tids = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{p}/task/{tid}/children") as fh:
-                    todo += [int(x) for x in fh.read().split()]
-            except OSError:
-                pass
-    return out
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 class TreeSampler(threading.Thread):
     """Peak summed RSS of a process tree, and its largest single process, sampled from /proc."""
 
@@ -86,7 +57,7 @@ class TreeSampler(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.is_set():
-            sizes = [_rss_kib(p) for p in _tree(self.pid)]
+            sizes = [(rss_bytes(p) or 0) // 1024 for p in descendants(self.pid)]
             self.peak_sum_kib = max(self.peak_sum_kib, sum(sizes))
             self.peak_one_kib = max(self.peak_one_kib, max(sizes, default=0))
             self.peak_procs = max(self.peak_procs, sum(1 for s in sizes if s))
