@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install the system packages the test suite needs, when they are missing, on Debian/Ubuntu:
+# openssh-server (the suite starts its own sshd on 127.0.0.1), openssh-client (ssh-keygen,
+# ssh -G), sudo (the --sudo tests) and python3-venv. The README's test command runs this first,
+# so that one command passes on a fresh machine; .ci/run runs that command.
+set -euo pipefail
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need=()
+[ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1 || need+=(openssh-server)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+command -v sudo >/dev/null 2>&1 || need+=(sudo)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ "${#need[@]}" -gt 0 ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "system-deps: missing ${need[*]} and no apt-get here: install them by hand" >&2
+    exit 1
+  fi
+  echo "system-deps: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
