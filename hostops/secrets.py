@@ -95,17 +95,16 @@ def ask(prompt: str, flag: str) -> str:
     typed and the terminal's settings restored whatever happens (Ctrl-C included)."""
     import termios
 
+    instead = "--sudo-pass-file or --sudo-pass-env" if "sudo" in flag else "an SSH key (ssh-agent or -k)"
     try:
         fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
     except OSError:
-        raise UsageError(f"{flag} needs a terminal to ask on; in cron use --sudo-pass-file or --sudo-pass-env") \
-            from None
+        raise UsageError(f"{flag} needs a terminal to ask on; in cron use {instead}") from None
     try:
         try:
             saved = termios.tcgetattr(fd)
         except termios.error:
-            raise UsageError(f"{flag}: /dev/tty is not a terminal; use --sudo-pass-file or --sudo-pass-env") \
-                from None
+            raise UsageError(f"{flag}: /dev/tty is not a terminal; use {instead}") from None
         quiet = list(saved)
         quiet[3] &= ~termios.ECHO  # lflags: no echo; canonical mode stays, so the line is edited as usual
         termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)

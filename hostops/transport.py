@@ -684,7 +684,8 @@ def warn_user(message: str) -> None:
     """A warning on the terminal from wherever this runs (a worker process shares the CLI's
     stderr): one write per line, so lines from many hosts never interleave."""
     try:
-        os.write(2, f"hostops: warning: {message}\n".encode("utf-8", "replace"))
+        clear = "\r\x1b[K" if os.isatty(2) else ""  # over the progress line, which is redrawn after
+        os.write(2, f"{clear}hostops: warning: {message}\n".encode("utf-8", "replace"))
     except OSError:
         pass
 
