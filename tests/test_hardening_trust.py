@@ -307,3 +307,17 @@ def test_runbook_stdin_with_sudo_password_is_refused_before_running(hostops, lab
     assert run.code == 2, run
     assert "stdin cannot be combined with a sudo password" in run.err
     assert not log.exists() or '"event": "host"' not in log.read_text()
+
+
+def test_put_with_sudo_password_to_a_changed_key_under_off_installs_nothing(hostops, lab, inventory, tmp_path):
+    src = tmp_path / "app.conf"
+    src.write_text("setting=1\n")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    kh = wrong_known_hosts(lab, tmp_path / "kh")
+    run = hostops("put", str(src), f"{dest}/app.conf", "--sudo", "--sudo-pass-env", "PW", "-i", inventory(1),
+                  "--known-hosts", kh, "--host-key-policy", "off", "--json", env={"PW": "pw-123456"})
+    assert run.code == 4, run
+    (r,) = run.json_lines()
+    assert r["status"] == "unreachable" and r["error"].startswith("sudo password not sent"), r
+    assert list(dest.iterdir()) == []  # not even a temporary file
