@@ -185,9 +185,25 @@ def inventory_secrets(inv, names) -> list:
     return out
 
 
-def build_options(kw: dict):
+def check_local_usage(kw: dict, stdin: Optional[str] = None) -> None:
+    """The operator's own mistakes, refused (exit 2, one line) before a password is asked for
+    or a host contacted: a -k file that is no key, a bad start method, -o naming a file,
+    --stdin with a sudo password."""
+    from hostops.settings import check_identity_file, check_outdir, check_start_method, \
+        check_stdin_with_sudo_password
+
+    for path in kw.get("identity_files") or ():
+        check_identity_file(path)
+    check_start_method(kw.get("start_method"))
+    check_outdir(kw.get("outdir"))
+    has_password = bool(kw.get("ask_sudo_pass") or kw.get("sudo_pass_file") or kw.get("sudo_pass_env"))
+    check_stdin_with_sudo_password(stdin, bool(kw.get("sudo")), has_password)
+
+
+def build_options(kw: dict, stdin: Optional[str] = None):
     from hostops.settings import Options
 
+    check_local_usage(kw, stdin)
     return Options(
         user=kw["user"], port=kw["port"], identity_files=tuple(kw["identity_files"]),
         ssh_config=kw["ssh_config"], known_hosts=tuple(kw["known_hosts"]),
@@ -262,8 +278,7 @@ def run_action(targets, action, options, kw: dict, *, steps=None, spec=None, wha
     mode = output_mode(kw)
     lock = RunLock(kw["lock_path"]).acquire() if kw.get("lock_path") else None
     try:
-        if options.host_key_policy == "off":
-            _warn("host key checking is off (--host-key-policy off): a man in the middle would go unnoticed")
+        _warn_unchecked_keys(targets, options)
         renderer = make_renderer(mode, total=len(targets), progress=not kw["no_progress"], outdir=kw["outdir"],
                                  raw=kw.get("raw", False))
         if steps is None:
@@ -330,6 +345,24 @@ def run_action(targets, action, options, kw: dict, *, steps=None, spec=None, wha
             lock.release()
 
 
+def _warn_unchecked_keys(targets, options) -> None:
+    """Say when host keys go unchecked, whether --host-key-policy off or ssh_config's
+    StrictHostKeyChecking no turned the check off (hosts and jump hosts alike)."""
+    if options.host_key_policy == "off":
+        _warn("host key checking is off (--host-key-policy off): a man in the middle would go unnoticed; "
+              "no password is sent to a host whose key differs from known_hosts")
+        return
+    off: List[str] = []
+    for t in targets:
+        if t.connection != "local" and t.host_key_policy == "off":
+            off.append(t.name)
+        off += [f"jump host {hop.name}" for hop in t.jump if hop.host_key_policy == "off"]
+    if off:
+        _warn(f"host key checking is off for {compact_names(list(dict.fromkeys(off)))} (StrictHostKeyChecking no "
+              "in ssh_config): a man in the middle would go unnoticed; no password is sent to a host whose key "
+              "differs from known_hosts")
+
+
 def compact_names(names) -> str:
     from hostops.hostlist import compact
 
@@ -374,7 +407,7 @@ def exec_cmd(command: str, inventories, adhoc_hosts, pattern, stdin_file, **kw: 
     from hostops.transfer import check_stdin
     from hostops.worker import ExecAction
 
-    options = build_options(kw)
+    options = build_options(kw, stdin_file)
     output_mode(kw)
     check_stdin(stdin_file)
     targets, options = _targets(inventories, adhoc_hosts, pattern, options)
@@ -464,7 +497,7 @@ def script_cmd(script: str, args, stdin_file, inventories, adhoc_hosts, pattern,
     """
     from hostops.transfer import prepare_script
 
-    options = build_options(kw)
+    options = build_options(kw, stdin_file)
     output_mode(kw)
     action = prepare_script(script, args, options.sudo, options.timeout, stdin_file)
     targets, options = _targets(inventories, adhoc_hosts, pattern, options)

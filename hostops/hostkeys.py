@@ -14,6 +14,10 @@ Verdicts and what each policy does with them:
   hostops runs learning the same key at once still write exactly one line).
 - changed (another key of the same type on record): refused under strict and accept-new
   (``HOST KEY CHANGED``), never replaced.
+  Under ``off`` the host is accepted, but :meth:`HostKeyChecker.check` reports the mismatch:
+  the connection then gets no password (neither ``--ask-pass`` nor the sudo password) and
+  a warning, as OpenSSH disables password authentication "to avoid man-in-the-middle
+  attacks".
 - revoked (an ``@revoked`` line lists the key): refused under every policy, ``off`` too,
   as OpenSSH does.
 - unverifiable (the host's only entries are key types hostops cannot parse, or an
@@ -77,15 +81,19 @@ class HostKeyChecker:
         with self._lock:
             return self._known.verdict(name, key.get_name(), key.asbytes())
 
-    def check(self, name: str, key) -> None:
-        """Accept ``key`` for ``name`` or raise HostKeyError; may record it under accept-new."""
+    def check(self, name: str, key) -> Optional[Verdict]:
+        """Accept ``key`` for ``name`` or raise HostKeyError; may record it under accept-new.
+
+        Returns the verdict when the key was accepted only because the policy is ``off`` and
+        known_hosts holds another key of that type for ``name`` (a possible man in the middle:
+        the caller must not send it a password); None otherwise."""
         v = self.verdict(name, key)
         if v.state == KNOWN:
-            return
+            return None
         if v.state == REVOKED_KEY:
             raise revoked_error(v)
         if self.policy == "off":
-            return
+            return v if v.state == CHANGED else None
         if v.state == CHANGED:
             raise changed_error(v, self.files[0])
         if v.state == UNVERIFIABLE:
@@ -97,6 +105,7 @@ class HostKeyChecker:
                 f"hostops keys accept --fingerprint {v.fingerprint} (or run once with --host-key-policy "
                 "accept-new)", "hostkey-unknown")
         self._learn(name, key)
+        return None
 
     def _searched(self) -> List[str]:
         """The files an "unknown" message names: the first one, and the others that exist."""
@@ -136,6 +145,14 @@ def changed_error(v: Verdict, path: str) -> HostKeyError:
         f"This can be an attack (man in the middle) or a reinstalled host; verify the new fingerprint, then "
         f"remove the old entry (hostops keys forget '{v.name}' --known-hosts {where}, or "
         f"ssh-keygen -R '{v.name}' -f {where})", "hostkey-changed")
+
+
+def mismatch_warning(host: str, v: Verdict) -> str:
+    """The one-line warning for a changed key accepted under ``off`` (OpenSSH's words)."""
+    old = v.old[0].where if v.old else "known_hosts"
+    return (f"{host}: HOST KEY CHANGED ({v.key_type} {v.fingerprint} differs from {old}) and accepted only because "
+            "host key checking is off; password authentication is disabled to avoid man-in-the-middle attacks "
+            "(no --ask-pass password, no sudo password is sent to it)")
 
 
 def revoked_error(v: Verdict) -> HostKeyError:

@@ -341,6 +341,7 @@ def plan(book: Runbook, inventory, hosts: Sequence[str], extra_vars: Dict[str, A
     Variables, lowest first: inventory (group and host vars, ``inventory_hostname``) <
     the runbook's ``vars`` < ``-e key=value``.
     """
+    from hostops.settings import check_stdin_with_sudo_password
     from hostops.transfer import prepare_get, prepare_put, prepare_script
     from hostops.worker import ExecAction
 
@@ -369,6 +370,7 @@ def plan(book: Runbook, inventory, hosts: Sequence[str], extra_vars: Dict[str, A
                 elif step.kind == "exec":
                     if stdin and not os.path.isfile(local(stdin)):
                         raise UsageError(f"stdin file {stdin} not found")
+                    check_stdin_with_sudo_password(stdin, sudo, bool(options.secrets.sudo_password), "stdin")
                     action = ExecAction(spec, timeout, sudo, local(stdin) if stdin else None)
                 elif step.kind == "put":
                     action = prepare_put(local(str(spec["src"])), str(spec["dest"]), bool(spec.get("recursive")),
@@ -389,6 +391,7 @@ def plan(book: Runbook, inventory, hosts: Sequence[str], extra_vars: Dict[str, A
                     else:
                         path, args = str(spec["src"]), [str(a) for a in spec.get("args") or []]
                         sstdin = spec.get("stdin") or stdin
+                    check_stdin_with_sudo_password(sstdin, sudo, bool(options.secrets.sudo_password), "stdin")
                     action = prepare_script(local(path), args, sudo, timeout, local(sstdin) if sstdin else None)
             except UsageError as exc:
                 raise where(str(exc)) from None

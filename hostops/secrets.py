@@ -88,19 +88,51 @@ def redact_result(result, secrets: Secrets):
 
 
 def ask(prompt: str, flag: str) -> str:
-    """Ask once on the terminal (never echoed); without a terminal, say what to use instead."""
-    import getpass
+    """Ask once on the terminal (never echoed); without a terminal, say what to use instead.
 
+    The controlling terminal is opened unbuffered, read and write on one descriptor (Python
+    cannot open a tty "r+" buffered: it is not seekable), with echo off while the password is
+    typed and the terminal's settings restored whatever happens (Ctrl-C included)."""
+    import termios
+
+    instead = "--sudo-pass-file or --sudo-pass-env" if "sudo" in flag else "an SSH key (ssh-agent or -k)"
     try:
-        tty = open("/dev/tty", "r+")
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
     except OSError:
-        raise UsageError(f"{flag} needs a terminal to ask on; in cron use --sudo-pass-file or --sudo-pass-env") \
-            from None
-    tty.close()
+        raise UsageError(f"{flag} needs a terminal to ask on; in cron use {instead}") from None
     try:
-        value = getpass.getpass(prompt)
-    except (EOFError, KeyboardInterrupt):
-        raise UsageError(f"{flag}: no password given") from None
+        try:
+            saved = termios.tcgetattr(fd)
+        except termios.error:
+            raise UsageError(f"{flag}: /dev/tty is not a terminal; use {instead}") from None
+        quiet = list(saved)
+        quiet[3] &= ~termios.ECHO  # lflags: no echo; canonical mode stays, so the line is edited as usual
+        termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
+        try:
+            os.write(fd, prompt.encode())
+            value = _read_line(fd)
+        except KeyboardInterrupt:
+            value = None
+        finally:
+            termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+            os.write(fd, b"\n")  # the newline the user typed was not echoed
+    finally:
+        os.close(fd)
+    if value is None:
+        raise UsageError(f"{flag}: no password given")
     if not value:
         raise UsageError(f"{flag}: empty password")
     return value
+
+
+def _read_line(fd: int, limit: int = 4096) -> Optional[str]:
+    """One line from the terminal (without its newline); None at end of input (Ctrl-D)."""
+    data = b""
+    while len(data) < limit:
+        piece = os.read(fd, limit - len(data))
+        if not piece:
+            return data.decode("utf-8", "replace") if data else None
+        data += piece
+        if b"\n" in data:
+            return data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
+    return data.decode("utf-8", "replace")

@@ -213,6 +213,67 @@ def check_host_name(name: str, address: Optional[str], inventory: Optional[Inven
     raise UsageError(message)
 
 
+START_METHODS = ("fork", "spawn", "forkserver")
+
+
+def check_start_method(explicit: Optional[str]) -> None:
+    """``--start-method`` (click checks it) or ``$HOSTOPS_START_METHOD``: a bad value is the
+    operator's mistake (exit 2 before anything runs), not an internal error in the pool."""
+    value = explicit or os.environ.get("HOSTOPS_START_METHOD") or None
+    if value is not None and value not in START_METHODS:
+        where = "--start-method" if explicit else "HOSTOPS_START_METHOD"
+        raise UsageError(f"{where}={value!r} is not a start method; use one of {', '.join(START_METHODS)} "
+                         "(or unset it)")
+
+
+def check_identity_file(path: str, flag: str = "-k") -> None:
+    """A key file named on the command line must be a readable private key: a typo is a usage
+    error before any host is contacted, not the same authentication failure on every host."""
+    import stat
+
+    shown = path
+    path = os.path.expanduser(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise UsageError(f"{flag} {shown}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{flag} {shown}: is a directory, not a private key file") from None
+    except OSError as exc:
+        raise UsageError(f"{flag} {shown}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{flag} {shown}: is a directory, not a private key file")
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"{flag} {shown}: not a regular file")
+        try:
+            head = os.read(fd, 64 * 1024)
+        except OSError as exc:
+            raise UsageError(f"{flag} {shown}: cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if b"PRIVATE KEY-----" in head:
+        return
+    if head.lstrip().startswith((b"ssh-", b"ecdsa-", b"sk-")):
+        raise UsageError(f"{flag} {shown}: is a public key; give the private key file (without .pub)")
+    raise UsageError(f"{flag} {shown}: not a private key (no '-----BEGIN ... PRIVATE KEY-----' line)")
+
+
+def check_outdir(path: Optional[str]) -> None:
+    """``-o DIR`` must be a directory or not exist yet (it is created)."""
+    if path and os.path.lexists(path) and not os.path.isdir(path):
+        raise UsageError(f"-o {path}: exists and is not a directory; give a directory (it is created if missing)")
+
+
+def check_stdin_with_sudo_password(stdin: Optional[str], sudo: bool, has_sudo_password: bool,
+                                   what: str = "--stdin") -> None:
+    """sudo -S reads the password from the command's stdin: both cannot be fed at once."""
+    if stdin is not None and sudo and has_sudo_password:
+        raise UsageError(f"{what} cannot be combined with a sudo password (sudo reads the password from the same "
+                         "stdin); configure NOPASSWD for the command, or drop the password option")
+
+
 def _int(value: Any) -> Optional[int]:
     try:
         return int(value) if value is not None else None

@@ -440,6 +440,9 @@ class SSHConnection(Connection):
         self.guard = guard
         self.ctx = ctx
         self._fs = None
+        #: Why no password may be sent to this host (its key differs from known_hosts and
+        #: was accepted under --host-key-policy off), or None.
+        self.password_withheld: Optional[str] = None
 
     @classmethod
     def open(cls, target: Target, ctx: WorkerContext, via: Optional["SSHConnection"] = None) -> "SSHConnection":
@@ -466,9 +469,16 @@ class SSHConnection(Connection):
     def _login(cls, hs: Handshake, target: Target, ctx: WorkerContext, checker) -> "SSHConnection":
         import paramiko
 
-        checker.check(target.known_hosts_name, hs.transport.get_remote_server_key())
+        mismatch = checker.check(target.known_hosts_name, hs.transport.get_remote_server_key())
+        withheld = None
+        if mismatch is not None:  # accepted only because checking is off: no password goes there
+            from hostops.hostkeys import mismatch_warning
+
+            withheld = (f"the host key of {target.name} changed ({mismatch.key_type} {mismatch.fingerprint} is not "
+                        "the key in known_hosts) and host key checking is off")
+            warn_user(mismatch_warning(target.name, mismatch))
         try:
-            _authenticate(hs.transport, target, ctx, hs.remaining)
+            _authenticate(hs.transport, target, ctx, hs.remaining, password_withheld=withheld)
         except ConnectError:
             # paramiko says "Authentication timeout." the way it says "refused": look at the clock
             if hs.guard.expired or time.monotonic() >= hs.deadline - 0.05:
@@ -483,13 +493,19 @@ class SSHConnection(Connection):
             raise ConnectError(f"connection dropped during authentication with {hs.where} "
                                f"({exc or type(exc).__name__})", "auth") from None
         hs.guard.handshake_done()
-        return cls(hs.transport, target, hs.guard, ctx)
+        conn = cls(hs.transport, target, hs.guard, ctx)
+        conn.password_withheld = withheld
+        return conn
 
     def run(self, command: str, timeout: Optional[float] = None, on_output: Optional[OutputCallback] = None,
             stdin: Optional[str] = None, sudo: bool = False) -> CommandOutcome:
         import paramiko
 
         opts = self.ctx.options
+        if sudo and opts.secrets.sudo_password and self.password_withheld:
+            raise ConnectError(f"sudo password not sent: {self.password_withheld}. Verify the host's new key "
+                               "(hostops keys scan) and update known_hosts before sending it a password",
+                               "hostkey-changed")
         command, prompt = sudo_prelude(command, opts, sudo, stdin)
         try:
             chan = self.transport.open_session(timeout=opts.connect_timeout)
@@ -664,8 +680,21 @@ def _prefer_key_types(transport, known: List[str]) -> None:
     opts.key_types = tuple(first + [k for k in order if k not in first])
 
 
-def _authenticate(transport, target: Target, ctx: WorkerContext, remaining: Callable[[], float]) -> None:
-    """Public keys only, never a prompt: ssh-agent, then identity files, then default keys."""
+def warn_user(message: str) -> None:
+    """A warning on the terminal from wherever this runs (a worker process shares the CLI's
+    stderr): one write per line, so lines from many hosts never interleave."""
+    try:
+        clear = "\r\x1b[K" if os.isatty(2) else ""  # over the progress line, which is redrawn after
+        os.write(2, f"{clear}hostops: warning: {message}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def _authenticate(transport, target: Target, ctx: WorkerContext, remaining: Callable[[], float],
+                  password_withheld: Optional[str] = None) -> None:
+    """Public keys, then the --ask-pass password, never a prompt: ssh-agent, then identity
+    files, then default keys. ``password_withheld``: why the password must not be sent
+    (the host key changed and was accepted under --host-key-policy off)."""
     import paramiko
 
     tried: List[str] = []
@@ -696,6 +725,10 @@ def _authenticate(transport, target: Target, ctx: WorkerContext, remaining: Call
                 transport.auth_publickey(target.user, key)
             except paramiko.BadAuthenticationType as exc:
                 if "password" in exc.allowed_types and ctx.options.secrets.ssh_password:
+                    if password_withheld:
+                        raise ConnectError(f"authentication failed for {target.user}@{target.hostname}: the "
+                                           f"server accepts only {', '.join(exc.allowed_types)}, and the password "
+                                           f"was not sent: {password_withheld}", "auth") from None
                     break  # the password is tried below
                 raise ConnectError(f"authentication failed for {target.user}@{target.hostname}: the server "
                                    f"accepts only {', '.join(exc.allowed_types)}, hostops uses SSH keys "
@@ -710,6 +743,10 @@ def _authenticate(transport, target: Target, ctx: WorkerContext, remaining: Call
         if agent is not None:
             agent.close()
     password = ctx.options.secrets.ssh_password
+    if password and password_withheld:  # as OpenSSH: no password to a host that may be a man in the middle
+        notes.append(f"the --ask-pass password ({password_withheld}: password authentication is disabled to "
+                     "avoid man-in-the-middle attacks)")
+        password = None
     if password:  # --ask-pass: after every key, as OpenSSH does
         transport.auth_timeout = remaining()
         tried.append("password")
