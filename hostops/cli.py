@@ -309,7 +309,7 @@ def run_action(targets, action, options, kw: dict, *, steps=None, spec=None, wha
             summary.not_finished = [t.name for t in targets if t.name not in done]
             statuses = {r.host: r.status for r in summary.results}
             renderer.finish(summary)
-            _save_state(state_path(options.log), what or "run", statuses, summary.not_finished)
+            _save_state(state_path(options.log), what or "run", statuses, summary.not_finished, options.secrets)
             return int(summary.exit_code)
         untouched = report.untouched
         summary.not_finished = untouched
@@ -321,7 +321,7 @@ def run_action(targets, action, options, kw: dict, *, steps=None, spec=None, wha
             renderer.finish(summary, summary_line(report, summary.elapsed), table(report))
         else:
             renderer.finish(summary)
-        _save_state(state_path(options.log), what or steps[0].name, statuses, untouched)
+        _save_state(state_path(options.log), what or steps[0].name, statuses, untouched, options.secrets)
         from hostops.exitcodes import for_statuses
 
         return int(for_statuses(statuses.values(), summary.interrupted))
@@ -336,11 +336,11 @@ def compact_names(names) -> str:
     return compact(names)
 
 
-def _save_state(path: str, what: str, statuses: dict, untouched) -> None:
+def _save_state(path: str, what: str, statuses: dict, untouched, secrets=None) -> None:
     from hostops.state import write_state
 
     try:
-        write_state(path, what, statuses, untouched)
+        write_state(path, what, statuses, untouched, secrets)
     except OSError as exc:
         _warn(f"could not record this run's outcome in {path}: {exc.strerror or exc} (-l @failed will not see it)")
 
