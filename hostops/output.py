@@ -125,7 +125,9 @@ class Renderer:
         self.outdir = outdir
         self.color = use_color(out)
         if outdir:
-            os.makedirs(outdir, mode=0o700, exist_ok=True)
+            from hostops.secrets import private_makedirs
+
+            private_makedirs(outdir)  # 0700 whatever the umask: output may hold secrets
 
     def started(self, host: str) -> None:
         self.progress.running += 1
