@@ -2,13 +2,17 @@
 
 Each stream keeps at most ``cap`` bytes: the first three quarters of the cap and the
 last quarter, with a visible marker where the middle was dropped. A host printing 5 GB
-costs ``cap`` bytes of memory and no disk.
+costs ``cap`` bytes of memory and no disk. Secrets are masked on the byte stream before it
+is kept or cut (see :class:`hostops.secrets.StreamMasker`), so no cut splits a secret into
+pieces that would escape the mask.
 """
 from __future__ import annotations
 
 import collections
 import re
 from typing import Deque, Optional, Tuple
+
+from hostops.secrets import Secrets, StreamMasker
 
 DEFAULT_MAX_OUTPUT = 4 * 1024 * 1024
 
@@ -21,7 +25,7 @@ _PID_LINE = re.compile(rb"\x1eHOSTOPS-PID (\d+)\n")
 class OutputBuffer:
     """One stream's output: head and tail kept, the middle dropped past ``cap``."""
 
-    def __init__(self, cap: int = DEFAULT_MAX_OUTPUT):
+    def __init__(self, cap: int = DEFAULT_MAX_OUTPUT, secrets: Optional[Secrets] = None):
         self.cap = max(cap, 1024)
         self.head_cap = self.cap * 3 // 4
         self.tail_cap = self.cap - self.head_cap
@@ -30,8 +34,16 @@ class OutputBuffer:
         self.tail_size = 0
         self.dropped = 0
         self.total = 0
+        masker = StreamMasker(secrets)
+        self._masker: Optional[StreamMasker] = masker if masker.active else None
 
     def add(self, data: bytes) -> None:
+        """Keep ``data`` (secrets masked first: the head/tail cut never splits a secret)."""
+        if self._masker is not None:
+            data = self._masker.feed(data)
+        self._keep(data)
+
+    def _keep(self, data: bytes) -> None:
         self.total += len(data)
         room = self.head_cap - len(self.head)
         if room > 0:
@@ -51,6 +63,8 @@ class OutputBuffer:
             self.dropped += cut
 
     def getvalue(self) -> bytes:
+        if self._masker is not None:  # the end: the bytes held back in case a secret went on
+            self._keep(self._masker.flush())
         if not self.dropped:
             return bytes(self.head) + b"".join(self.tail)
         marker = (f"\n[hostops: {self.dropped} bytes of output dropped here; only the first "
@@ -61,8 +75,8 @@ class OutputBuffer:
 class StderrWithPid(OutputBuffer):
     """stderr whose first line may be the wrapper's PID marker, which is taken out."""
 
-    def __init__(self, cap: int = DEFAULT_MAX_OUTPUT):
-        super().__init__(cap)
+    def __init__(self, cap: int = DEFAULT_MAX_OUTPUT, secrets: Optional[Secrets] = None):
+        super().__init__(cap, secrets)
         self.pid: Optional[int] = None
         self._pending: Optional[bytearray] = bytearray()
 

@@ -24,7 +24,10 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def _warn(message: str) -> None:
-    click.echo(f"hostops: warning: {message}", err=True)
+    """One line on stderr: host names and values in it are escaped (see output.one_line)."""
+    from hostops.output import one_line
+
+    click.echo(f"hostops: warning: {one_line(message)}", err=True)
 
 
 # ------------------------------------------------------------------ shared options
@@ -324,7 +327,7 @@ def run_action(targets, action, options, kw: dict, *, steps=None, spec=None, wha
             summary.not_finished = [t.name for t in targets if t.name not in done]
             statuses = {r.host: r.status for r in summary.results}
             renderer.finish(summary)
-            _save_state(state_path(options.log), what or "run", statuses, summary.not_finished)
+            _save_state(state_path(options.log), what or "run", statuses, summary.not_finished, options.secrets)
             return int(summary.exit_code)
         untouched = report.untouched
         summary.not_finished = untouched
@@ -336,7 +339,7 @@ def run_action(targets, action, options, kw: dict, *, steps=None, spec=None, wha
             renderer.finish(summary, summary_line(report, summary.elapsed), table(report))
         else:
             renderer.finish(summary)
-        _save_state(state_path(options.log), what or steps[0].name, statuses, untouched)
+        _save_state(state_path(options.log), what or steps[0].name, statuses, untouched, options.secrets)
         from hostops.exitcodes import for_statuses
 
         return int(for_statuses(statuses.values(), summary.interrupted))
@@ -369,11 +372,11 @@ def compact_names(names) -> str:
     return compact(names)
 
 
-def _save_state(path: str, what: str, statuses: dict, untouched) -> None:
+def _save_state(path: str, what: str, statuses: dict, untouched, secrets=None) -> None:
     from hostops.state import write_state
 
     try:
-        write_state(path, what, statuses, untouched)
+        write_state(path, what, statuses, untouched, secrets)
     except OSError as exc:
         _warn(f"could not record this run's outcome in {path}: {exc.strerror or exc} (-l @failed will not see it)")
 
@@ -584,9 +587,13 @@ def plan_json(book, plans, names, spec) -> dict:
 
 
 def render_plan(book, plans, names, spec) -> str:
-    from hostops.hostlist import compact
+    from hostops.hostlist import compact as compact_raw
+    from hostops.output import one_line
     from hostops.rollout import make_batches
     from hostops.runbook import describe_action
+
+    def compact(hosts) -> str:  # host names may hold controls: escaped
+        return one_line(compact_raw(hosts))
 
     batches = make_batches(names, spec.batch, spec.canary)
     lines = [f"runbook: {book.name} ({book.path})", f"hosts: {len(names)} ({compact(names)})",
@@ -620,6 +627,7 @@ def render_plan(book, plans, names, spec) -> str:
 @click.option("--ssh-config", metavar="FILE", default=None, help="As for exec.")
 def inventory_cmd(inventories, adhoc_hosts, pattern, as_json: bool, graph: bool, user, port, ssh_config) -> int:
     """List the selected hosts with their resolved connection settings."""
+    from hostops.output import one_line
     from hostops.settings import Options, resolve
 
     inv, names = load_selection(inventories, adhoc_hosts, pattern)
@@ -629,11 +637,12 @@ def inventory_cmd(inventories, adhoc_hosts, pattern, as_json: bool, graph: bool,
     elif as_json:
         click.echo(json.dumps(inventory_json(inv, targets), indent=2, sort_keys=False))
     else:
-        width = max(len(t.name) for t in targets)
+        shown = {t.name: one_line(t.name) for t in targets}  # names may hold controls: escaped
+        width = max(len(s) for s in shown.values())
         for t in targets:
             where = "local" if t.connection == "local" else f"{t.user}@{t.hostname}:{t.port}"
             keys = f"  key={','.join(t.identity_files)}" if t.identity_files else ""
-            click.echo(f"{t.name:<{width}}  {where}{keys}")
+            click.echo(f"{shown[t.name]:<{width}}  {one_line(where + keys)}")
         click.echo(f"{len(targets)} host{'s' if len(targets) != 1 else ''}", err=True)
     return 0
 
@@ -660,17 +669,19 @@ def inventory_json(inv: Inventory, targets) -> dict:
 
 
 def render_graph(inv: Inventory, selected: set) -> str:
+    from hostops.output import one_line  # group and host names may hold controls: escaped
+
     lines: List[str] = []
 
     def walk(group: str, prefix: str) -> None:
-        lines.append(f"{prefix}@{group}:")
+        lines.append(f"{prefix}@{one_line(group)}:")
         inner = prefix.replace("|--", "|  ") + "|--" if prefix else "  |--"
         for child in inv.groups[group].children:
             if any(h in selected for h in inv.group_hosts(child)):
                 walk(child, inner)
         for host in inv.groups[group].hosts:
             if host in selected and (group != "all"):
-                lines.append(f"{inner}{host}")
+                lines.append(f"{inner}{one_line(host)}")
 
     walk("all", "")
     return "\n".join(lines)
@@ -691,7 +702,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         exc.show()
         code = ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code
     except HostopsError as exc:
-        click.echo(f"hostops: error: {exc}", err=True)
+        from hostops.output import one_line
+
+        click.echo(f"hostops: error: {one_line(str(exc))}", err=True)
         code = exc.exit_code
     except KeyboardInterrupt:
         click.echo("hostops: interrupted", err=True)

@@ -141,7 +141,7 @@ def _group_note(note: Optional[str], accepting: bool) -> Optional[str]:
 def render(reports, out: IO, *, quiet: bool = False, accepting: bool = False, write_path: str = "") -> None:
     """Hosts grouped as ``--gather`` does: one block per state and key, hosts under a compact list."""
     from hostops.hostlist import compact
-    from hostops.output import sanitize, use_color
+    from hostops.output import one_line, use_color
 
     color = use_color(out)
     for key, reps in _groups(reports, accepting):
@@ -155,9 +155,9 @@ def render(reports, out: IO, *, quiet: bool = False, accepting: bool = False, wr
             label = _LABELS[state]
         hosts = f"{compact(r.host for r in reps)} ({len(reps)})"
         rule = "-" * min(72, max(15, len(hosts) + len(label) + 3))
-        lines = [rule, f"{sanitize(hosts.encode())} | {_paint(label, state, color)}", rule]
+        lines = [rule, f"{one_line(hosts)} | {_paint(label, state, color)}", rule]
         lines += _body(state, first, accepting, write_path)
-        out.write("\n".join(sanitize(line.encode()) if i > 2 else line for i, line in enumerate(lines)) + "\n")
+        out.write("\n".join(one_line(line) if i > 2 else line for i, line in enumerate(lines)) + "\n")
     out.flush()
 
 
@@ -211,7 +211,10 @@ def _finish(reports, summary, elapsed: float, mode: str, *, accepting: bool = Fa
     counts = {s: sum(1 for r in reports if r.state == s) for s in _STATE_ORDER}
     total = len(reports) + len(summary.not_finished)
     if summary.interrupted and summary.not_finished:
-        sys.stderr.write(f"interrupted; not scanned ({len(summary.not_finished)}): {compact(summary.not_finished)}\n")
+        from hostops.output import one_line
+
+        sys.stderr.write(f"interrupted; not scanned ({len(summary.not_finished)}): "
+                         f"{one_line(compact(summary.not_finished))}\n")
     parts = [f"{counts[s]} {s}" for s in _STATE_ORDER]
     if accepting:
         added = sum(1 for r in reports if r.recorded and r.note and r.note.startswith("recorded in"))

@@ -561,7 +561,9 @@ def locked(path: str) -> Iterator[None]:
     (other processes; the kernel drops it if we die) and a thread lock (this process)."""
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        from hostops.secrets import private_makedirs
+
+        private_makedirs(directory)
     with _THREAD_LOCKS_GUARD:
         thread_lock = _THREAD_LOCKS.setdefault(os.path.abspath(path), threading.Lock())
     with thread_lock:

@@ -38,15 +38,28 @@ def unforgeable(text: str) -> str:
     return _HEADER_LIKE.sub(r"\\\1", text)
 
 
+def one_line(text: str) -> str:
+    """A host name, host list, warning or error as one line that cannot pass for anything
+    else: every character that is not printable (controls, newline, tab, CR, ESC, no-break
+    and other look-alike spaces, line separators, zero-width and bidi marks) shown escaped
+    the way remote output is. Only the plain space is kept."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape_char(c) for c in text)
+
+
 def raw_text(data: bytes) -> str:
     """--raw: the bytes as they came (written back out unchanged through surrogateescape)."""
     return data.decode("utf-8", errors="surrogateescape")
 
 
 def _escape(m: "re.Match[str]") -> str:
-    ch = m.group(0)
+    return _escape_char(m.group(0))
+
+
+def _escape_char(ch: str) -> str:
     code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def use_color(stream: IO) -> bool:
@@ -63,7 +76,7 @@ def _paint(text: str, status: str, color: bool) -> str:
 
 def header(result: HostResult, color: bool = False, host: Optional[str] = None) -> str:
     """``host | OK | rc=0 | 0.41s``."""
-    parts = [sanitize((host or result.host).encode()), _paint(result.status.upper(), result.status, color)]
+    parts = [one_line(host or result.host), _paint(result.status.upper(), result.status, color)]
     if result.exit_code is not None:
         parts.append(f"rc={result.exit_code}")
     parts.append(f"{result.duration:.2f}s")
@@ -79,7 +92,7 @@ def _body(result: HostResult, raw: bool = False) -> str:
         lines.append("[stderr]")
         lines.append(show(result.stderr).rstrip("\n"))
     if result.error:
-        lines.append(f"error: {sanitize(result.error.encode())}")
+        lines.append(f"error: {one_line(result.error)}")
     return "\n".join(lines)
 
 
@@ -125,7 +138,9 @@ class Renderer:
         self.outdir = outdir
         self.color = use_color(out)
         if outdir:
-            os.makedirs(outdir, mode=0o700, exist_ok=True)
+            from hostops.secrets import private_makedirs
+
+            private_makedirs(outdir)  # 0700 whatever the umask: output may hold secrets
 
     def started(self, host: str) -> None:
         self.progress.running += 1
@@ -161,10 +176,10 @@ class Renderer:
         self.out.flush()
         stopped = [r.host for r in summary.results if r.status == INTERRUPTED]
         if stopped:
-            self.err.write(f"interrupted while running ({len(stopped)}): {compact(stopped)}\n")
+            self.err.write(f"interrupted while running ({len(stopped)}): {one_line(compact(stopped))}\n")
         if summary.interrupted and summary.not_finished:
             self.err.write(f"interrupted; not started ({len(summary.not_finished)}): "
-                           f"{compact(summary.not_finished)}\n")
+                           f"{one_line(compact(summary.not_finished))}\n")
         self.err.write((line or summary.line()) + "\n")
         self.err.flush()
 
@@ -213,7 +228,7 @@ class GatherRenderer(Renderer):
             status = _paint(first.status.upper(), first.status, self.color)
             rc = f" | rc={first.exit_code}" if first.exit_code is not None else ""
             rule = "-" * min(72, max(15, len(hosts)))
-            self.out.write(f"{rule}\n{sanitize(hosts.encode())} | {status}{rc}\n{rule}\n")
+            self.out.write(f"{rule}\n{one_line(hosts)} | {status}{rc}\n{rule}\n")
             body = _body(first, self.raw)
             if body:
                 self.out.write(body + "\n")
@@ -227,13 +242,13 @@ class StreamRenderer(Renderer):
         self.progress.clear()
         target = self.out if stream == "stdout" else self.err
         text = raw_text(data) if self.raw else sanitize(data)
-        target.write(f"{sanitize(host.encode())}: {text}" + ("" if text.endswith("\n") else "\n"))
+        target.write(f"{one_line(host)}: {text}" + ("" if text.endswith("\n") else "\n"))
         target.flush()
 
     def show(self, result: HostResult) -> None:
         if not result.ok:
             self.err.write(header(result, use_color(self.err)) + (
-                f" | {sanitize(result.error.encode())}" if result.error else "") + "\n")
+                f" | {one_line(result.error)}" if result.error else "") + "\n")
             self.err.flush()
 
 

@@ -165,14 +165,17 @@ def _pause(session, seconds: float) -> bool:
 
 def table(report: Report) -> str:
     """host × step → ok / failed / skipped / untouched, for the end of a runbook."""
+    from hostops.output import one_line  # host names may hold controls: escaped
+
     steps = report.steps
-    width = max([len(h) for h in report.hosts] + [4])
+    shown = {h: one_line(h) for h in report.hosts}
+    width = max([len(s) for s in shown.values()] + [4])
     cols = [max(len(s), 11) for s in steps]
     lines = ["host".ljust(width) + "  " + "  ".join(s.ljust(c) for s, c in zip(steps, cols))]
     for host in report.hosts:
         row = report.outcome.get(host, {})
         cells = [row.get(s, UNTOUCHED).ljust(c) for s, c in zip(steps, cols)]
-        lines.append(host.ljust(width) + "  " + "  ".join(cells))
+        lines.append(shown[host].ljust(width) + "  " + "  ".join(cells))
     return "\n".join(line.rstrip() for line in lines)
 
 

@@ -21,6 +21,7 @@ import dataclasses
 import math
 import os
 import re
+import shlex
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from hostops import yamlfile
@@ -37,8 +38,10 @@ SPEC_KEYS = {
     "get": ("src", "dest", "recursive"),
     "script": ("src", "args", "stdin"),
 }
-_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-_ODD_TEMPLATE = re.compile(r"\{\{(?!\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\})")
+# {{ name }} or {{ name | filter }}; the only filter is quote (shlex.quote, for a shell)
+_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|\s*([A-Za-z_][A-Za-z0-9_]*)\s*)?\}\}")
+_ODD_TEMPLATE = re.compile(r"\{\{(?!\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:\|\s*[A-Za-z_][A-Za-z0-9_]*\s*)?\}\})")
+FILTERS = ("quote",)
 
 
 @dataclasses.dataclass
@@ -255,23 +258,35 @@ def _load_step(book: Runbook, index: int, raw: Any) -> Step:
 
 
 # ------------------------------------------------------------------ variables and plans
-def fill(value: Any, variables: Dict[str, Any], where: Callable[[str], RunbookError]) -> Any:
-    """``{{ name }}`` substitution in every string of ``value``; a missing name is an error."""
+def fill(value: Any, variables: Dict[str, Any], where: Callable[[str], RunbookError],
+         check: Optional[Callable[[str, str], None]] = None) -> Any:
+    """``{{ name }}`` substitution in every string of ``value``; a missing name is an error.
+
+    The value goes in as is (commands reach a shell: the runbook's author quotes it, or
+    writes ``{{ name | quote }}`` to have it quoted with shlex.quote). ``check(name, value)``
+    may refuse a value before it is used.
+    """
     if isinstance(value, str):
         if _ODD_TEMPLATE.search(value):
-            raise where(f"only {{{{ name }}}} substitution is supported, not {value!r}")
+            raise where(f"only {{{{ name }}}} substitution is supported (and {{{{ name | quote }}}}), not {value!r}")
 
         def sub(m: "re.Match[str]") -> str:
-            name = m.group(1)
+            name, flt = m.group(1), m.group(2)
+            if flt is not None and flt not in FILTERS:
+                raise where(f"only {{{{ name }}}} substitution is supported (and {{{{ name | quote }}}}), not "
+                            f"{m.group(0)!r}: unknown filter {flt!r}")
             if name not in variables:
                 raise where(f"variable {name!r} is not defined")
-            return str(variables[name])
+            text = str(variables[name])
+            if check is not None:
+                check(name, text)
+            return shlex.quote(text) if flt == "quote" else text
 
         return _TEMPLATE.sub(sub, value)
     if isinstance(value, list):
-        return [fill(v, variables, where) for v in value]
+        return [fill(v, variables, where, check) for v in value]
     if isinstance(value, dict):
-        return {k: fill(v, variables, where) for k, v in value.items()}
+        return {k: fill(v, variables, where, check) for k, v in value.items()}
     return value
 
 
@@ -357,10 +372,16 @@ def plan(book: Runbook, inventory, hosts: Sequence[str], extra_vars: Dict[str, A
         actions: Dict[str, Any] = {}
         for host in hosts:
             def where(message: str, step=step, host=host) -> RunbookError:
-                return book.error(f"step {step.name!r} on {host}: {message}", step.line)
+                from hostops.output import one_line
 
-            spec = fill(step.spec, host_vars[host], where)
-            stdin = fill(step.stdin, host_vars[host], where) if step.stdin else None
+                return book.error(f"step {step.name!r} on {one_line(host)}: {message}", step.line)
+
+            def check(name: str, value: str, host=host, where=where) -> None:
+                if name == "inventory_hostname":
+                    _check_inventory_hostname(value, host, inventory, where)
+
+            spec = fill(step.spec, host_vars[host], where, check)
+            stdin = fill(step.stdin, host_vars[host], where, check) if step.stdin else None
             timeout = step.timeout if step.timeout is not None else options.timeout
             sudo = step.sudo or options.sudo
             key = (step.index, repr(spec), stdin)
@@ -381,8 +402,6 @@ def plan(book: Runbook, inventory, hosts: Sequence[str], extra_vars: Dict[str, A
                                          timeout, create=False)
                 else:
                     if isinstance(spec, str):
-                        import shlex
-
                         try:
                             parts = shlex.split(spec)
                         except ValueError as exc:
@@ -401,6 +420,20 @@ def plan(book: Runbook, inventory, hosts: Sequence[str], extra_vars: Dict[str, A
             actions[host] = action
         plans.append(StepPlan(step, actions))
     return plans
+
+
+def _check_inventory_hostname(value: str, host: str, inventory, where: Callable[[str], RunbookError]) -> None:
+    """``{{ inventory_hostname }}`` puts the inventory's name for a host into a command even
+    when ``ansible_host`` gives the address: the name must pass the rule an address does
+    (letters, digits, . - _ : [ ] %), or the runbook is refused before anything runs."""
+    from hostops.settings import _SAFE_HOST  # the rule check_host_name applies to addresses
+
+    if value and not value.startswith("-") and _SAFE_HOST.fullmatch(value):
+        return
+    src = inventory.hosts[host].source if host in getattr(inventory, "hosts", {}) else None
+    defined = f" (defined at {src.file}:{src.line})" if src is not None and src.line else ""
+    raise where(f"inventory_hostname {value!r}{defined} is refused in a step: only letters, digits and "
+                ". - _ : [ ] % are allowed, and it may not start with '-'")
 
 
 def describe_action(action: Any) -> str:

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import stat
-from typing import Iterable, Optional, Tuple, TypeVar
+from typing import Iterable, List, Optional, Tuple, TypeVar
 
 from hostops.errors import UsageError
 
 MASK = "********"
+#: Values shorter than this are not masked (masking "a" would garble every output); so no
+#: piece of a secret this long or longer is ever shown, whatever splits or cuts the output.
+MIN_SECRET = 3
 T = TypeVar("T", str, bytes)
 
 
@@ -28,7 +32,7 @@ class Secrets:
                f"ssh_password={'set' if self.ssh_password else None}, values={len(self.values)})"
 
     def all(self) -> Tuple[str, ...]:
-        found = [v for v in (self.sudo_password, self.ssh_password, *self.values) if v and len(v) >= 3]
+        found = [v for v in (self.sudo_password, self.ssh_password, *self.values) if v and len(v) >= MIN_SECRET]
         return tuple(sorted(set(found), key=len, reverse=True))  # longest first
 
     def redact(self, data: T) -> T:
@@ -44,6 +48,90 @@ class Secrets:
 
     def with_values(self, more: Iterable[str]) -> "Secrets":
         return dataclasses.replace(self, values=tuple(dict.fromkeys((*self.values, *[m for m in more if m]))))
+
+
+class StreamMasker:
+    """Masks secrets in a byte stream that arrives in pieces, before anything splits or cuts it.
+
+    A secret may straddle two reads (or be cut by a 64 KiB piece, a line split, the
+    ``--max-output`` cut), so the end of each piece that could still be the start of a secret
+    (at most the longest secret less one byte) is held back until the next piece, or
+    :meth:`flush`. Matching is leftmost, longest secret first, as :meth:`Secrets.redact`.
+    """
+
+    def __init__(self, secrets: Optional[Secrets]):
+        values = [v.encode() for v in (secrets.all() if secrets is not None else ())]
+        self._values: List[bytes] = values
+        self._pattern = re.compile(b"|".join(re.escape(v) for v in values)) if values else None
+        self._starts = frozenset(v[0] for v in values)
+        self._longest = max((len(v) for v in values), default=0)
+        self._held = b""
+
+    @property
+    def active(self) -> bool:
+        return self._pattern is not None
+
+    def feed(self, data: bytes) -> bytes:
+        """What of ``held + data`` may be shown now, masked."""
+        if self._pattern is None:
+            return data
+        buf = self._held + data
+        out: List[bytes] = []
+        pos = 0
+        hold = self._hold_start(buf, 0)
+        while True:
+            m = self._pattern.search(buf, pos)
+            if m is None or m.start() >= hold:  # what is left could still grow into a secret
+                out.append(buf[pos:hold])
+                self._held = buf[hold:]
+                return b"".join(out)
+            out.append(buf[pos:m.start()])
+            out.append(MASK.encode())
+            pos = m.end()
+            if pos > hold:  # a whole secret ran into the held-back window
+                hold = self._hold_start(buf, pos)
+
+    def flush(self) -> bytes:
+        """End of stream: the held bytes can no longer become a secret; mask what they hold."""
+        held, self._held = self._held, b""
+        return self._pattern.sub(MASK.encode(), held) if self._pattern is not None and held else held
+
+    def _hold_start(self, buf: bytes, pos: int) -> int:
+        """The first index >= ``pos`` from which ``buf``'s rest is a proper prefix of a secret
+        (``len(buf)`` if none): only the last ``longest - 1`` bytes are candidates."""
+        end = len(buf)
+        for i in range(max(pos, end - self._longest + 1), end):
+            if buf[i] in self._starts:
+                rest = buf[i:]
+                if any(len(v) > len(rest) and v.startswith(rest) for v in self._values):
+                    return i
+        return end
+
+
+def private_makedirs(path: str) -> None:
+    """``os.makedirs`` for directories that may hold output, state or fetched files: each
+    directory created here is 0700 whatever the umask (mkdir, then fchmod through a
+    no-follow handle); directories that already exist are left as they are."""
+    missing: List[str] = []
+    cur = os.path.abspath(path)
+    while not os.path.isdir(cur):
+        missing.append(cur)
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            break
+        cur = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if os.path.isdir(directory):
+                continue  # made meanwhile by someone else: not ours to chmod
+            raise
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
 
 
 def read_password_file(path: str) -> str:

@@ -199,7 +199,7 @@ def check_host_name(name: str, address: Optional[str], inventory: Optional[Inven
     """Refuse a host address that could turn into an option or a command (exit 2, before any
     ssh_config lookup). The address is ``ansible_host`` when set, else the host's name."""
     value = address if address is not None else name
-    if value and not value.startswith("-") and _SAFE_HOST.match(value):
+    if value and not value.startswith("-") and _SAFE_HOST.fullmatch(value):  # match's $ passes a final \n
         return
     src = None
     if inventory is not None and name in inventory.hosts:

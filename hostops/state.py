@@ -3,7 +3,8 @@
 Every run writes ``last-run.json`` (0600) into ``$XDG_STATE_HOME/hostops/`` (default
 ``~/.local/state/hostops/``), or beside ``--log FILE`` as ``FILE.last-run.json``. The
 patterns ``@ok``, ``@failed``, ``@unreachable`` and ``@untouched`` select from it, like
-Ansible's retry files.
+Ansible's retry files. What it says the run was (a command line may hold a secret) has the run's
+secrets masked.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 from typing import Dict, Iterable, List, Optional
 
 from hostops.errors import SelectionError
+from hostops.secrets import Secrets, private_makedirs
 
 STATE_PATTERNS = ("ok", "failed", "unreachable", "untouched")
 UNTOUCHED = "untouched"
@@ -25,14 +27,18 @@ def state_path(log_path: Optional[str] = None) -> str:
     return os.path.join(base, "hostops", "last-run.json")
 
 
-def write_state(path: str, what: str, statuses: Dict[str, str], untouched: Iterable[str] = ()) -> None:
-    """Record each host's outcome (atomically: a reader sees the old or the new file)."""
+def write_state(path: str, what: str, statuses: Dict[str, str], untouched: Iterable[str] = (),
+                secrets: Optional[Secrets] = None) -> None:
+    """Record each host's outcome (atomically: a reader sees the old or the new file), with
+    ``secrets`` masked in what is stored."""
     hosts = dict(statuses)
     for name in untouched:
         hosts.setdefault(name, UNTOUCHED)
+    if secrets is not None and secrets.all():
+        what = secrets.redact(what)  # host names are kept as they are: @failed must find them
     data = {"time": time.time(), "what": what, "hosts": hosts}
     directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    private_makedirs(directory)
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as fh:

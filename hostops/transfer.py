@@ -360,7 +360,9 @@ class GetAction:
         if info.is_dir and not self.recursive:
             return CommandOutcome(None, b"", b"", f"{self.src} is a directory on {target.name}; use -r")
         host_dir = os.path.join(self.dest, safe_filename(target.name))
-        os.makedirs(host_dir, mode=0o700, exist_ok=True)
+        from hostops.secrets import private_makedirs  # 0700 whatever the umask
+
+        private_makedirs(host_dir)
         base = posixpath.basename(self.src.rstrip("/")) or "root"
         local_root = os.path.join(host_dir, base)
         count = nbytes = skipped = 0
@@ -372,7 +374,7 @@ class GetAction:
                 todo: List[Tuple[str, str]] = [(self.src.rstrip("/"), local_root)]
                 while todo:
                     rdir, ldir = todo.pop()
-                    os.makedirs(ldir, mode=0o700, exist_ok=True)
+                    private_makedirs(ldir)
                     for name, entry in fs.listdir(rdir):
                         rpath, lpath = posixpath.join(rdir, name), os.path.join(ldir, safe_filename(name))
                         if entry.is_dir and entry.is_link:  # as sftp does: a link back up would loop
@@ -437,7 +439,9 @@ def prepare_get(src: str, dest: str, recursive: bool, timeout: Optional[float], 
         raise UsageError(f"local destination {dest} is not writable")
     if create:
         try:
-            os.makedirs(dest, exist_ok=True)
+            from hostops.secrets import private_makedirs
+
+            private_makedirs(dest)  # 0700 whatever the umask, as the directories inside it
         except OSError as exc:
             raise UsageError(f"cannot create the local destination {dest}: {exc.strerror}") from None
     return GetAction(src, os.path.abspath(dest), recursive, timeout)

@@ -777,8 +777,8 @@ def _read_channel(conn: SSHConnection, chan, timeout: Optional[float], on_output
     ctx = conn.ctx
     opts = ctx.options
     deadline = time.monotonic() + timeout if timeout else None
-    out = OutputBuffer(opts.max_output)
-    err = StderrWithPid(opts.max_output)
+    out = OutputBuffer(opts.max_output, opts.secrets)  # masked before any --max-output cut
+    err = StderrWithPid(opts.max_output, opts.secrets)
     watch = PromptWatch(prompt.encode()) if prompt else None
     auth_failed = False
 
@@ -918,7 +918,7 @@ class LocalConnection(Connection):
                 stdin_file.close()  # type: ignore[union-attr]
         cap = opts.max_output
         deadline = time.monotonic() + timeout if timeout else None
-        bufs = {"stdout": OutputBuffer(cap), "stderr": OutputBuffer(cap)}
+        bufs = {"stdout": OutputBuffer(cap, opts.secrets), "stderr": OutputBuffer(cap, opts.secrets)}
         watch = PromptWatch(prompt.encode()) if prompt else None
         auth_failed = False
         streams = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}  # type: ignore[union-attr]

@@ -20,7 +20,7 @@ from typing import Any, Callable, List, Optional
 
 from hostops.errors import CommandAborted, CommandTimeout, ConnectError
 from hostops.results import FAILED, INTERRUPTED, OK, TIMEOUT, UNREACHABLE, HostResult
-from hostops.secrets import redact_result
+from hostops.secrets import Secrets, StreamMasker, redact_result
 from hostops.settings import Options, Target
 
 # Messages a worker puts on the results Queue (tuples: cheap to pickle).
@@ -146,6 +146,28 @@ class _LineSplitter:
         self._partial = {"stdout": b"", "stderr": b""}
 
 
+class _MaskedStreams:
+    """--stream: secrets masked on each stream's bytes before the line splitter cuts them
+    into lines or 64 KiB pieces (a secret split by a newline or a piece would escape a mask
+    applied per line)."""
+
+    def __init__(self, secrets: Secrets, splitter: _LineSplitter):
+        self._splitter = splitter
+        self._maskers = {"stdout": StreamMasker(secrets), "stderr": StreamMasker(secrets)}
+
+    def __call__(self, stream: str, data: bytes) -> None:
+        shown = self._maskers[stream].feed(data)
+        if shown:
+            self._splitter(stream, shown)
+
+    def flush(self) -> None:
+        for stream, masker in self._maskers.items():
+            rest = masker.flush()
+            if rest:
+                self._splitter(stream, rest)
+        self._splitter.flush()
+
+
 class _Terminated(BaseException):
     """Raised in a worker's main thread by SIGTERM (the parent's terminate, or its death)."""
 
@@ -212,8 +234,8 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int, 
             results.put((MSG_STARTED, worker_id, job.id))
             splitter = None
             if options.stream_output:
-                splitter = _LineSplitter(lambda s, d, j=job.id: results.put(
-                    (MSG_OUTPUT, worker_id, j, s, options.secrets.redact(d))))
+                splitter = _MaskedStreams(options.secrets, _LineSplitter(lambda s, d, j=job.id: results.put(
+                    (MSG_OUTPUT, worker_id, j, s, options.secrets.redact(d)))))
             try:
                 res = execute(job, ctx, splitter)
             except BaseException as exc:  # last resort: a result must always come back
