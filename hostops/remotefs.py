@@ -137,6 +137,10 @@ class FileSystem:
         """What ``path`` names, not following a link (lstat); None when nothing is there."""
         raise NotImplementedError
 
+    def identify_all(self, path: str) -> List[Tuple[str, FileId]]:
+        """The entries of directory ``path``, each as :meth:`identify` sees it (links not followed)."""
+        raise NotImplementedError
+
     def open_read(self, path: str, size: int = 0) -> IO[bytes]:
         raise NotImplementedError
 
@@ -355,6 +359,12 @@ class SFTPFileSystem(FileSystem):
                 return None
             raise _error(exc, path) from None
 
+    def identify_all(self, path: str) -> List[Tuple[str, FileId]]:
+        try:  # READDIR's attributes are lstat's
+            return [(e.filename, _file_id(e)) for e in self.sftp.listdir_attr(remote_path(path))]
+        except OSError as exc:
+            raise _error(exc, path) from None
+
     def open_read(self, path: str, size: int = 0) -> IO[bytes]:
         try:
             fh = self.sftp.open(remote_path(path), "rb")
@@ -474,6 +484,18 @@ class LocalFileSystem(FileSystem):
             return None
         except OSError as exc:
             raise _error(exc, path) from None
+
+    def identify_all(self, path: str) -> List[Tuple[str, FileId]]:
+        out = []
+        try:
+            names = os.listdir(os.path.expanduser(path))
+        except OSError as exc:
+            raise _error(exc, path) from None
+        for name in names:
+            found = self.identify(os.path.join(path, name))
+            if found is not None:
+                out.append((name, found))
+        return out
 
     def open_read(self, path: str, size: int = 0) -> IO[bytes]:
         try:

@@ -117,6 +117,7 @@ class PutAction:
                 return CommandOutcome(None, b"", b"", f"destination directory {parent} does not exist")
         sent = unchanged = 0
         nbytes = 0
+        tidied: set = set()  # directories already rid of stale temporary files
         try:
             if self.recursive:
                 self._mkdir(conn, fs, root)
@@ -125,7 +126,7 @@ class PutAction:
             for f in self.files:
                 local = os.path.join(self.src, f.rel) if f.rel else self.src
                 remote = posixpath.join(root, f.rel) if f.rel else root
-                if self._put_file(conn, fs, local, remote, f, deadline):
+                if self._put_file(conn, fs, local, remote, f, deadline, tidied):
                     sent += 1
                     nbytes += f.size
                 else:
@@ -158,7 +159,8 @@ class PutAction:
         if found is None or found.kind != "dir":
             fs.mkdir(path)
 
-    def _put_file(self, conn, fs: FileSystem, local: str, remote: str, f: LocalFile, deadline: _Deadline) -> bool:
+    def _put_file(self, conn, fs: FileSystem, local: str, remote: str, f: LocalFile, deadline: _Deadline,
+                  tidied: set) -> bool:
         """Send one file unless --checksum finds it unchanged (same content, mode and owner).
         True when sent."""
         if self.checksum and f.sha256 and self._unchanged(conn, fs, remote, f.sha256):
@@ -178,6 +180,7 @@ class PutAction:
         fh = fs.open_new(tmp, 0o600)
         renamed = False
         try:
+            _remove_stale(fs, remote, fh.identity().mtime, tidied)
             _copy_local_to(fh, local, deadline)
             fh.finish()
             # owner first: chown clears set-user-ID bits that --mode may ask for
@@ -285,6 +288,32 @@ _SUDO_INSTALL = (
     "cat -- {staged} > f; {chown}chmod -- \"$m\" f; "
     "mv -f -T -- f \"$p/$b\"; in=0"
 )
+
+
+STALE_AFTER = 3600  # seconds without a write: a temporary file left by a put whose connection died
+
+
+def _remove_stale(fs: FileSystem, remote: str, now: int, tidied: set) -> None:
+    """A put cut off by a dropped connection cannot remove its temporary file: the next put
+    into the same directory removes ``.NAME.hostops-XXXXXXXX`` files there not written to for
+    an hour (``now`` is the host's clock: our new file's mtime; a transfer in progress keeps
+    its own temporary file fresh). Each directory is looked at once per run."""
+    parent = posixpath.dirname(remote) or "."
+    if parent in tidied:
+        return
+    tidied.add(parent)
+    try:
+        for name, found in fs.identify_all(parent):
+            if _TEMP_NAME.fullmatch(name) and found.kind == "file" and found.mtime < now - STALE_AFTER:
+                try:
+                    fs.remove(posixpath.join(parent, name))  # unlink: never follows anything
+                except RemoteFileError:
+                    pass
+    except RemoteFileError:
+        pass  # an unreadable directory: nothing to tidy, the put itself goes on
+
+
+_TEMP_NAME = re.compile(r"\..+\.hostops-[0-9a-f]{8}")
 
 
 def _swap_check(fs: FileSystem, tmp: str, remote: str, written) -> None:
