@@ -141,6 +141,10 @@ class FileSystem:
         """The entries of directory ``path``, each as :meth:`identify` sees it (links not followed)."""
         raise NotImplementedError
 
+    def realpath(self, path: str) -> str:
+        """``path`` with every link resolved, as the host sees it now."""
+        raise NotImplementedError
+
     def open_read(self, path: str, size: int = 0) -> IO[bytes]:
         raise NotImplementedError
 
@@ -359,6 +363,12 @@ class SFTPFileSystem(FileSystem):
                 return None
             raise _error(exc, path) from None
 
+    def realpath(self, path: str) -> str:
+        try:
+            return self.sftp.normalize(remote_path(path))  # SSH_FXP_REALPATH: realpath(3) on the host
+        except OSError as exc:
+            raise _error(exc, path) from None
+
     def identify_all(self, path: str) -> List[Tuple[str, FileId]]:
         try:  # READDIR's attributes are lstat's
             return [(e.filename, _file_id(e)) for e in self.sftp.listdir_attr(remote_path(path))]
@@ -484,6 +494,9 @@ class LocalFileSystem(FileSystem):
             return None
         except OSError as exc:
             raise _error(exc, path) from None
+
+    def realpath(self, path: str) -> str:
+        return os.path.realpath(os.path.expanduser(path))
 
     def identify_all(self, path: str) -> List[Tuple[str, FileId]]:
         out = []

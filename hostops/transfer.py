@@ -123,10 +123,11 @@ class PutAction:
                 self._mkdir(conn, fs, root)
                 for d in self.dirs:
                     self._mkdir(conn, fs, posixpath.join(root, d))
+            tree = _Tree.resolve(conn, fs, root if self.recursive else posixpath.dirname(root) or ".", self.sudo)
             for f in self.files:
                 local = os.path.join(self.src, f.rel) if f.rel else self.src
                 remote = posixpath.join(root, f.rel) if f.rel else root
-                if self._put_file(conn, fs, local, remote, f, deadline, tidied):
+                if self._put_file(conn, fs, local, remote, f, deadline, tidied, tree):
                     sent += 1
                     nbytes += f.size
                 else:
@@ -160,14 +161,14 @@ class PutAction:
             fs.mkdir(path)
 
     def _put_file(self, conn, fs: FileSystem, local: str, remote: str, f: LocalFile, deadline: _Deadline,
-                  tidied: set) -> bool:
+                  tidied: set, tree: "_Tree") -> bool:
         """Send one file unless --checksum finds it unchanged (same content, mode and owner).
         True when sent."""
         if self.checksum and f.sha256 and self._unchanged(conn, fs, remote, f.sha256):
             return False
         deadline.check()
         if self.sudo:
-            self._put_file_sudo(conn, fs, local, remote, f, deadline)
+            self._put_file_sudo(conn, fs, local, remote, f, deadline, tree)
             return True
         existing = fs.identify(remote)
         if existing is not None and existing.kind == "dir":
@@ -175,8 +176,9 @@ class PutAction:
         # a link at the destination is replaced, not followed: its target's mode is not ours to copy
         kept = existing.mode if existing is not None and existing.kind == "file" else None
         mode = self.mode if self.mode is not None else (kept if kept is not None else f.mode & ~0o022)
-        tmp = posixpath.join(posixpath.dirname(remote) or ".",
-                             f".{posixpath.basename(remote)}.hostops-{secrets.token_hex(4)}")
+        parent = posixpath.dirname(remote) or "."
+        tmp = posixpath.join(parent, f".{posixpath.basename(remote)}.hostops-{secrets.token_hex(4)}")
+        tree.check(fs, parent, remote)
         fh = fs.open_new(tmp, 0o600)
         renamed = False
         try:
@@ -190,6 +192,7 @@ class PutAction:
             fh.chmod(mode)
             written = fh.identity()
             _swap_check(fs, tmp, remote, written)
+            tree.check(fs, parent, remote)
             fs.replace(tmp, remote)  # rename(2) replaces the name at remote, never writes through a link
             renamed = True
             now = fs.identify(remote)
@@ -241,7 +244,7 @@ class PutAction:
         return True
 
     def _put_file_sudo(self, conn, fs: FileSystem, local: str, remote: str, f: LocalFile,
-                       deadline: _Deadline) -> None:
+                       deadline: _Deadline, tree: "_Tree") -> None:
         """As the login user into a private staging directory; then sudo installs it with
         :data:`_SUDO_INSTALL`, which never follows a name another user could have swapped."""
         staging = _mktemp_dir(conn)
@@ -256,6 +259,7 @@ class PutAction:
             script = _SUDO_INSTALL.format(
                 dest=q(fs.command_path(remote)), mode=q(f"{self.mode:o}" if self.mode is not None else ""),
                 default=f"{f.mode & ~0o022:o}", staged=q(staged),
+                expected=q(tree.expected(posixpath.dirname(remote) or ".")),
                 chown=f"chown -- {q(self.owner)} f; " if self.owner else "")
             _sudo_ok(conn, script, f"cannot install {remote}")
         finally:
@@ -276,6 +280,8 @@ _SUDO_INSTALL = (
     "set -e; f={dest}; "
     "if [ -d \"$f\" ] && [ ! -L \"$f\" ]; then echo \"$f: is a directory\" >&2; exit 1; fi; "
     "d=$(dirname -- \"$f\"); b=$(basename -- \"$f\"); p=$(cd -P -- \"$d\" && pwd -P); "
+    "if [ \"$p\" != {expected} ]; then echo \"$f: refused: $d now leads to $p (a link someone put there while "
+    "the put ran); nothing was installed. Check who can write it\" >&2; exit 1; fi; "
     "m={mode}; if [ -z \"$m\" ]; then "
     "if [ -f \"$f\" ] && [ ! -L \"$f\" ]; then m=$(stat -c %a -- \"$f\"); else m={default}; fi; fi; "
     "in=0; t=$(mktemp -d \"${{p%/}}/.$b.hostops-XXXXXXXX\"); "
@@ -314,6 +320,36 @@ def _remove_stale(fs: FileSystem, remote: str, now: int, tidied: set) -> None:
 
 
 _TEMP_NAME = re.compile(r"\..+\.hostops-[0-9a-f]{8}")
+
+
+class _Tree:
+    """Where one put's files go: its top directory resolved once on the host (the operator's
+    path, followed like cp does). Each file's directory must still resolve to the same place
+    below it when the file is created and renamed: a directory of the tree swapped for a link
+    meanwhile is refused, not written through."""
+
+    def __init__(self, anchor: str, real: str):
+        self.anchor = anchor
+        self.real = real
+
+    @classmethod
+    def resolve(cls, conn, fs: FileSystem, anchor: str, sudo: bool) -> "_Tree":
+        if sudo:  # the login user may not be able to look into it
+            out = _sudo_ok(conn, f"cd -P -- {shlex.quote(fs.command_path(anchor))} && pwd -P",
+                           f"cannot resolve {anchor}")
+            return cls(anchor, out.stdout.decode("utf-8", "surrogateescape").rstrip("\n"))
+        return cls(anchor, fs.realpath(anchor))
+
+    def expected(self, parent: str) -> str:
+        rest = parent[len(self.anchor):].strip("/") if parent.startswith(self.anchor) else ""
+        return posixpath.join(self.real, rest) if rest else self.real
+
+    def check(self, fs: FileSystem, parent: str, remote: str) -> None:
+        real = fs.realpath(parent)
+        if real != self.expected(parent):
+            raise RemoteFileError(errno.EPERM, f"{remote}: refused: {parent} now leads to {real} (a link "
+                                               "someone put there while the put ran); nothing was written "
+                                               "there. Check who can write it")
 
 
 def _swap_check(fs: FileSystem, tmp: str, remote: str, written) -> None:

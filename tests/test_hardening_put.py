@@ -359,3 +359,72 @@ def test_put_cut_by_a_dropped_connection_leftover_is_removed_by_a_later_put(host
     assert again.code == 0, again
     assert open(dest, "rb").read() == b"new image\n"
     assert sorted(os.listdir(remote)) == sorted(["disk.img", os.path.basename(fresh)]), again
+
+
+@pytest.mark.timeout(120)
+def test_local_connection_put_checks_the_inode_too(tmp_path, victim, mocker):
+    """``connection: local`` writes with fchmod/fchown on the descriptor and compares inodes:
+    the same swap right after the write is refused, the victim untouched; unswapped, it works."""
+    import hostops.transfer as transfer
+    from hostops.settings import Options, Target
+    from hostops.transport import WorkerContext
+    from hostops.worker import Job, execute
+
+    vdir, vfile = victim
+    before = fingerprint(vfile)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    dest = write(shared / "app.conf", b"old\n", 0o644)
+    src = write(tmp_path / "app.conf", b"new\n")
+    ctx = WorkerContext(Options())
+    target = Target("local1", "localhost", connection="local")
+    action = transfer.prepare_put(src, dest, False, "0640", "nobody", False, False, None)
+    ok = execute(Job(0, target, action), ctx)
+    assert ok.status == "ok", ok
+    assert fingerprint(dest) == (b"new\n", 0o640, NOBODY.pw_uid, 0)
+    real_copy = transfer._copy_local_to
+
+    def copy_then_swap(fh, local, deadline):
+        real_copy(fh, local, deadline)
+        assert swap_for_link(the_temp(str(shared)), vfile)
+
+    mocker.patch.object(transfer, "_copy_local_to", copy_then_swap)
+    refused = execute(Job(0, target, transfer.prepare_put(src, dest, False, "0666", None, False, False, None)), ctx)
+    assert refused.status == "failed" and "refused" in refused.error, refused
+    assert fingerprint(vfile) == before
+    assert os.listdir(shared) == ["app.conf"]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("sudo", SUDO)
+def test_put_recursive_directory_swapped_for_a_link_mid_run_is_refused(lab, known_hosts, tmp_path, victim,
+                                                                       mocker, sudo):
+    """A directory of the tree hostops already made is swapped for a link to a root directory
+    while the put runs (right after the first file is written): the files bound for it are
+    refused, nothing lands in the victim directory."""
+    import hostops.transfer as transfer
+
+    vdir, vfile = victim
+    before = tree_fingerprint(vdir)
+    src = tmp_path / "app"
+    (src / "conf.d").mkdir(parents=True)
+    write(src / "conf.d" / "app.conf", b"listen 80\n")
+    write(src / "top.txt", b"top\n")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    real_copy = transfer._copy_local_to
+    swapped = []
+
+    def copy_then_swap(fh, local, deadline):
+        real_copy(fh, local, deadline)
+        if not swapped:
+            swapped.append(swap_for_link(str(dest / "app" / "conf.d"), vfile, vdir))
+
+    mocker.patch.object(transfer, "_copy_local_to", copy_then_swap)
+    action = transfer.prepare_put(str(src), str(dest) + "/", True, None, None, sudo, False, None)
+    assert [f.rel for f in action.files] == ["top.txt", "conf.d/app.conf"]  # the order the swap relies on
+    result = run_in_process(lab, known_hosts, action)
+    assert swapped == [True]
+    assert tree_fingerprint(vdir) == before
+    assert result.status == "failed", result
+    assert "refused" in result.error and "conf.d" in result.error, result
