@@ -287,8 +287,7 @@ _SUDO_INSTALL = (
     "in=0; t=$(mktemp -d \"${{p%/}}/.$b.hostops-XXXXXXXX\"); "
     "trap 'if [ \"$in\" = 1 ]; then rm -f ./f; fi; cd /; rmdir -- \"$t\" 2>/dev/null || :' EXIT; "
     "trap 'exit 1' HUP INT TERM; "  # stopped by an interrupt: still run the EXIT trap
-    "cd -P -- \"$t\"; "
-    "if [ \"$(pwd -P)\" != \"$t\" ] || [ \"$(stat -c %u:%a .)\" != \"$(id -u):700\" ] || [ -n \"$(ls -A)\" ]; then "
+    "if ! cd -P -- \"$t\" 2>/dev/null || [ \"$(pwd -P)\" != \"$t\" ] || [ \"$(stat -c %u:%a .)\" != \"$(id -u):700\" ] || [ -n \"$(ls -A)\" ]; then "
     "echo \"$f: refused: the temporary directory $t was replaced by someone else on the host; nothing "
     "was installed. Check who can write $p\" >&2; exit 1; fi; in=1; "
     "cat -- {staged} > f; {chown}chmod -- \"$m\" f; "
