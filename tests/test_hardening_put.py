@@ -428,3 +428,24 @@ def test_put_recursive_directory_swapped_for_a_link_mid_run_is_refused(lab, know
     assert tree_fingerprint(vdir) == before
     assert result.status == "failed", result
     assert "refused" in result.error and "conf.d" in result.error, result
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("sudo", SUDO)
+def test_put_checksum_never_takes_a_link_for_the_unchanged_file(hostops, inventory, known_hosts, tmp_path,
+                                                                victim, sudo):
+    """The destination is a link to a root file with the very content being deployed: --checksum
+    used to call it unchanged and chmod/chown it by name, i.e. the victim. It is replaced instead."""
+    vdir, vfile = victim
+    before = tree_fingerprint(vdir)
+    src = write(tmp_path / "app.conf", fingerprint(vfile)[0])
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    dest = shared / "app.conf"
+    os.symlink(vfile, dest)
+    run = hostops("put", src, str(dest), "--checksum", "--mode", "0666", "--owner", "nobody", "--json",
+                  *lab_args(inventory(1), known_hosts), *(["--sudo"] if sudo else []))
+    assert run.code == 0, run
+    assert tree_fingerprint(vdir) == before
+    assert not dest.is_symlink()
+    assert fingerprint(dest) == (fingerprint(vfile)[0], 0o666, NOBODY.pw_uid, 0)
