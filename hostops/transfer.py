@@ -187,8 +187,10 @@ class PutAction:
             fh.finish()
             # owner first: chown clears set-user-ID bits that --mode may ask for
             if self.owner:
-                uid, gid = _owner_ids(conn, self.owner, fh.identity().gid, remote)
-                fh.chown(uid, gid)
+                if tree.owner_ids is None:  # looked up once per put, not per file
+                    tree.owner_ids = _owner_ids(conn, self.owner, remote)
+                uid, gid = tree.owner_ids
+                fh.chown(uid, fh.identity().gid if gid is None else gid)
             fh.chmod(mode)
             written = fh.identity()
             _swap_check(fs, tmp, remote, written)
@@ -330,6 +332,7 @@ class _Tree:
     def __init__(self, anchor: str, real: str):
         self.anchor = anchor
         self.real = real
+        self.owner_ids: Optional[Tuple[int, Optional[int]]] = None  # --owner as numbers on this host
 
     @classmethod
     def resolve(cls, conn, fs: FileSystem, anchor: str, sudo: bool) -> "_Tree":
@@ -358,9 +361,9 @@ def _swap_check(fs: FileSystem, tmp: str, remote: str, written) -> None:
         raise RemoteFileError(errno.EPERM, _SWAPPED.format(remote=remote, tmp=tmp))
 
 
-def _owner_ids(conn, owner: str, current_gid: int, remote: str) -> Tuple[int, int]:
+def _owner_ids(conn, owner: str, remote: str) -> Tuple[int, Optional[int]]:
     """--owner user[:group] as numbers on the host, for chown through the open handle
-    (SFTP has no names); a user alone keeps the file's group, as chown(1) does."""
+    (SFTP has no names); no group (None) keeps the file's group, as chown(1) does."""
     user, _, group = owner.partition(":")
     q = shlex.quote
     command = f"id -u -- {q(user)}"
@@ -370,9 +373,9 @@ def _owner_ids(conn, owner: str, current_gid: int, remote: str) -> Tuple[int, in
     out = conn.run(command, 60)
     lines = out.stdout.decode("utf-8", "replace").split()
     if out.exit_code == 0 and len(lines) == (2 if group else 1) and all(x.isdigit() for x in lines):
-        return int(lines[0]), int(lines[1]) if group else current_gid
+        return int(lines[0]), int(lines[1]) if group else None
     if user.isdigit() and (not group or group.isdigit()):  # numeric ids, as chown(1) accepts
-        return int(user), int(group) if group else current_gid
+        return int(user), int(group) if group else None
     raise RemoteFileError(errno.EINVAL, f"cannot chown {remote}: no user/group {owner!r} on the host")
 
 

@@ -449,3 +449,26 @@ def test_put_checksum_never_takes_a_link_for_the_unchanged_file(hostops, invento
     assert tree_fingerprint(vdir) == before
     assert not dest.is_symlink()
     assert fingerprint(dest) == (fingerprint(vfile)[0], 0o666, NOBODY.pw_uid, 0)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("sudo", SUDO)
+def test_put_owner_with_group_then_setuid_mode_through_the_handle(hostops, inventory, known_hosts, tmp_path, sudo):
+    """--owner user:group is resolved on the host and applied before --mode: chown after chmod
+    cleared the set-user-ID bit --mode asked for."""
+    import grp
+
+    group = grp.getgrgid(NOBODY.pw_gid).gr_name
+    src = write(tmp_path / "tool", b"#!/bin/sh\necho hi\n", 0o755)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    dest = shared / "tool"
+    run = hostops("put", src, str(dest), "--owner", f"nobody:{group}", "--mode", "4755", "--json",
+                  *lab_args(inventory(2), known_hosts), *(["--sudo"] if sudo else []))
+    assert run.code == 0, run
+    assert fingerprint(dest) == (b"#!/bin/sh\necho hi\n", 0o4755, NOBODY.pw_uid, NOBODY.pw_gid)
+    bad = hostops("put", src, str(dest), "--owner", "no-such-user-h11", "--json",
+                  *lab_args(inventory(1), known_hosts), *(["--sudo"] if sudo else []))
+    assert bad.code == 5, bad
+    assert "no-such-user-h11" in bad.json_lines()[0]["error"], bad
+    assert sorted(os.listdir(shared)) == ["tool"]
