@@ -33,6 +33,40 @@ class FileInfo(NamedTuple):
     is_link: bool = False  # listdir only: the entry is a symbolic link (the rest describes its target)
 
 
+def _kind(mode: int) -> str:
+    return ("link" if _stat.S_ISLNK(mode) else "dir" if _stat.S_ISDIR(mode)
+            else "file" if _stat.S_ISREG(mode) else "other")
+
+
+class FileId(NamedTuple):
+    """What a name is, without following it (lstat), or what an open file is (fstat): enough
+    for put to tell whether a temporary name is still the file it wrote. SFTP tells no inode
+    number; then type, size, owner, mode and mtime must all match (a swapped name is a link,
+    or a file someone else owns)."""
+
+    kind: str                  # "file", "dir", "link" or "other"
+    size: int
+    mode: int                  # permission bits only
+    uid: int
+    gid: int
+    mtime: int
+    inode: Optional[Tuple[int, int]] = None  # (st_dev, st_ino) where known (local file systems)
+
+    def same_file(self, other: Optional["FileId"]) -> bool:
+        if other is None or self.kind != "file" or other.kind != "file":
+            return False
+        if self.inode is not None and other.inode is not None:
+            return self.inode == other.inode
+        return self[:6] == other[:6]
+
+
+def _file_id(st, with_inode: bool = False) -> FileId:
+    mode = st.st_mode or 0
+    inode = (st.st_dev, st.st_ino) if with_inode else None
+    return FileId(_kind(mode), st.st_size or 0, _stat.S_IMODE(mode), st.st_uid if st.st_uid is not None else -1,
+                  st.st_gid if st.st_gid is not None else -1, int(st.st_mtime or 0), inode)
+
+
 class ChunkCache:
     """A small LRU of file chunks shared by the threads of one process."""
 
@@ -94,8 +128,21 @@ class FileSystem:
         """Info about ``path`` (following links), or None when it does not exist."""
         raise NotImplementedError
 
-    def open_new(self, path: str, mode: int = 0o600) -> IO[bytes]:
-        """Create ``path`` exclusively (never reuse an existing file) for writing."""
+    def open_new(self, path: str, mode: int = 0o600) -> "NewFile":
+        """Create ``path`` exclusively (never reuse an existing file, never follow a link) for
+        writing; mode, owner and identity then go through the open handle (:class:`NewFile`)."""
+        raise NotImplementedError
+
+    def identify(self, path: str) -> Optional[FileId]:
+        """What ``path`` names, not following a link (lstat); None when nothing is there."""
+        raise NotImplementedError
+
+    def identify_all(self, path: str) -> List[Tuple[str, FileId]]:
+        """The entries of directory ``path``, each as :meth:`identify` sees it (links not followed)."""
+        raise NotImplementedError
+
+    def realpath(self, path: str) -> str:
+        """``path`` with every link resolved, as the host sees it now."""
         raise NotImplementedError
 
     def open_read(self, path: str, size: int = 0) -> IO[bytes]:
@@ -148,7 +195,38 @@ def _error(exc: BaseException, path: str) -> RemoteFileError:
     return err
 
 
-class _CheckedWriter:
+class NewFile:
+    """A file put is writing. Mode, owner and identity are read and set on the open file
+    (SFTP fsetstat/fstat, or fchmod/fchown/fstat here), never by name: the name is in a
+    directory other users may write, and they could swap it for a link at any moment."""
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Every write acknowledged (errors such as a full disk raised now)."""
+        raise NotImplementedError
+
+    def chmod(self, mode: int) -> None:
+        raise NotImplementedError
+
+    def chown(self, uid: int, gid: int) -> None:
+        raise NotImplementedError
+
+    def identity(self) -> FileId:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "NewFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _CheckedWriter(NewFile):
     """A pipelined paramiko SFTPFile whose write errors are not lost.
 
     paramiko sends pipelined writes without waiting and, at close, reads their replies
@@ -166,23 +244,74 @@ class _CheckedWriter:
         except OSError as exc:
             raise _error(exc, self._path) from None
 
+    def finish(self) -> None:
+        fh = self._fh
+        try:
+            fh.flush()
+            while fh._reqs:  # the write requests still unanswered (paramiko's own queue)
+                fh.sftp._read_response(fh._reqs.popleft())  # raises on an error status
+        except OSError as exc:
+            raise _error(exc, self._path) from None
+
+    def chmod(self, mode: int) -> None:
+        try:
+            self._fh.chmod(mode)  # SSH_FXP_FSETSTAT on the handle
+        except OSError as exc:
+            raise _error(exc, self._path) from None
+
+    def chown(self, uid: int, gid: int) -> None:
+        try:
+            self._fh.chown(uid, gid)  # SSH_FXP_FSETSTAT on the handle
+        except OSError as exc:
+            raise _error(exc, self._path) from None
+
+    def identity(self) -> FileId:
+        try:
+            return _file_id(self._fh.stat())  # SSH_FXP_FSTAT on the handle
+        except OSError as exc:
+            raise _error(exc, self._path) from None
+
     def close(self) -> None:
         fh = self._fh
         try:
             try:
-                fh.flush()
-                while fh._reqs:  # the write requests still unanswered (paramiko's own queue)
-                    fh.sftp._read_response(fh._reqs.popleft())  # raises on an error status
+                self.finish()
             finally:
                 fh.close()
         except OSError as exc:
             raise _error(exc, self._path) from None
 
-    def __enter__(self) -> "_CheckedWriter":
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+class _LocalWriter(NewFile):
+    """``connection: local``: the same through the file descriptor."""
+
+    def __init__(self, fh, path: str):
+        self._fh = fh
+        self._path = path
+
+    def _do(self, op, *args):
+        try:
+            return op(*args)
+        except OSError as exc:
+            raise _error(exc, self._path) from None
+
+    def write(self, data: bytes) -> None:
+        self._do(self._fh.write, data)
+
+    def finish(self) -> None:
+        self._do(self._fh.flush)
+
+    def chmod(self, mode: int) -> None:
+        self._do(os.fchmod, self._fh.fileno(), mode)
+
+    def chown(self, uid: int, gid: int) -> None:
+        self._do(os.fchown, self._fh.fileno(), uid, gid)
+
+    def identity(self) -> FileId:
+        return _file_id(self._do(os.fstat, self._fh.fileno()), with_inode=True)
+
+    def close(self) -> None:
+        self._do(self._fh.close)
 
 
 def _quiet_prefetch(fh) -> None:
@@ -217,12 +346,32 @@ class SFTPFileSystem(FileSystem):
             raise _error(exc, path) from None
         return FileInfo(_stat.S_ISDIR(st.st_mode or 0), st.st_size or 0, _stat.S_IMODE(st.st_mode or 0))
 
-    def open_new(self, path: str, mode: int = 0o600) -> IO[bytes]:
+    def open_new(self, path: str, mode: int = 0o600) -> NewFile:
         try:
-            fh = self.sftp.open(remote_path(path), "wxb")  # w: writable, x: O_EXCL
+            fh = self.sftp.open(remote_path(path), "wxb")  # w: writable, x: O_CREAT|O_EXCL (no link followed)
             fh.chmod(mode)
             fh.set_pipelined(True)
-            return _CheckedWriter(fh, path)  # type: ignore[return-value]
+            return _CheckedWriter(fh, path)
+        except OSError as exc:
+            raise _error(exc, path) from None
+
+    def identify(self, path: str) -> Optional[FileId]:
+        try:
+            return _file_id(self.sftp.lstat(remote_path(path)))
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError) or getattr(exc, "errno", None) == errno.ENOENT:
+                return None
+            raise _error(exc, path) from None
+
+    def realpath(self, path: str) -> str:
+        try:
+            return self.sftp.normalize(remote_path(path))  # SSH_FXP_REALPATH: realpath(3) on the host
+        except OSError as exc:
+            raise _error(exc, path) from None
+
+    def identify_all(self, path: str) -> List[Tuple[str, FileId]]:
+        try:  # READDIR's attributes are lstat's
+            return [(e.filename, _file_id(e)) for e in self.sftp.listdir_attr(remote_path(path))]
         except OSError as exc:
             raise _error(exc, path) from None
 
@@ -330,13 +479,36 @@ class LocalFileSystem(FileSystem):
             raise _error(exc, path) from None
         return FileInfo(_stat.S_ISDIR(st.st_mode), st.st_size, _stat.S_IMODE(st.st_mode))
 
-    def open_new(self, path: str, mode: int = 0o600) -> IO[bytes]:
+    def open_new(self, path: str, mode: int = 0o600) -> NewFile:
         try:
             fd = os.open(os.path.expanduser(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
             os.fchmod(fd, mode)
-            return os.fdopen(fd, "wb")
+            return _LocalWriter(os.fdopen(fd, "wb"), path)
         except OSError as exc:
             raise _error(exc, path) from None
+
+    def identify(self, path: str) -> Optional[FileId]:
+        try:
+            return _file_id(os.lstat(os.path.expanduser(path)), with_inode=True)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _error(exc, path) from None
+
+    def realpath(self, path: str) -> str:
+        return os.path.realpath(os.path.expanduser(path))
+
+    def identify_all(self, path: str) -> List[Tuple[str, FileId]]:
+        out = []
+        try:
+            names = os.listdir(os.path.expanduser(path))
+        except OSError as exc:
+            raise _error(exc, path) from None
+        for name in names:
+            found = self.identify(os.path.join(path, name))
+            if found is not None:
+                out.append((name, found))
+        return out
 
     def open_read(self, path: str, size: int = 0) -> IO[bytes]:
         try:
