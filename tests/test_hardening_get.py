@@ -24,7 +24,6 @@ import pytest
 from conftest import ROOT
 from faultproxy import FaultProxy
 from hostile_sftp import EVIL, FINE, HostileSFTP
-from hostops.localnames import host_from_local_name, local_name
 
 MiB = 1024 * 1024
 SECRET = b"TOP SECRET: the victim's file\n"
@@ -348,6 +347,8 @@ def test_suspect_names_from_a_hostile_server_are_refused(hostops, lab, tmp_path)
         run = hostops("get", "-r", "/tree", str(dest), "-i", inv, "--known-hosts", str(kh), "--json", timeout=90)
         opened = list(server.opened)
         assert not server.errors, server.errors
+    assert opened == ["/tree/ok.txt"], opened  # never asked for a suspect name
+    assert EVIL not in contents_anywhere(tmp_path)
     assert run.code == 5, run
     r = by_host(run)["evil"]
     assert r["status"] == "failed", r
@@ -362,6 +363,8 @@ def test_suspect_names_from_a_hostile_server_are_refused(hostops, lab, tmp_path)
 
 # ================================================================== local names
 def test_local_names_are_one_to_one_and_reversible():
+    from hostops.localnames import host_from_local_name, local_name
+
     names = ["a/b", "a_b", "a b", "a%b", "a%2Fb", ".ab", "_.ab", "%2Eab", ".", "..", "", "%", "a:b", "[::1]",
              "user@h", "h\x00", "h\n", "héte", "web01", "a\udcff"]
     encoded = [local_name(n) for n in names]
@@ -384,6 +387,9 @@ def test_hosts_whose_names_differ_in_one_character_get_their_own_directories(hos
     dest = tmp_path / "got"
     run = hostops("get", src, str(dest), "-i", inv, "--known-hosts", known_hosts, "--json", timeout=120)
     assert run.code == 0, run
+    assert len(os.listdir(dest)) == len(HOST_NAMES), os.listdir(dest)  # one directory per host
+    from hostops.localnames import host_from_local_name, local_name
+
     assert sorted(os.listdir(dest)) == sorted(local_name(n) for n in HOST_NAMES)
     assert sorted(host_from_local_name(n) for n in os.listdir(dest)) == sorted(HOST_NAMES)
     for n in HOST_NAMES:
@@ -391,6 +397,7 @@ def test_hosts_whose_names_differ_in_one_character_get_their_own_directories(hos
     outdir = tmp_path / "outdir"
     run = hostops("exec", "echo hi", "-i", inv, "--known-hosts", known_hosts, "-o", str(outdir), "-q", timeout=120)
     assert run.code == 0, run
+    assert len(os.listdir(outdir)) == 2 * len(HOST_NAMES), os.listdir(outdir)
     assert sorted(os.listdir(outdir)) == sorted(local_name(n) + s for n in HOST_NAMES for s in (".out", ".err"))
 
 
@@ -449,9 +456,9 @@ def test_a_worker_killed_mid_get_leaves_no_partial_file(isolated_home, inventory
         run.finish(90)
     finally:
         run.kill()
+    assert partials(dest) == [], "a partial download was left behind"
     statuses = sorted(r["status"] for r in run.results().values())
     assert statuses == ["failed", "interrupted"], run
-    assert partials(dest) == [], "a partial download was left behind"
     assert contents_anywhere(dest) == b""
 
 
