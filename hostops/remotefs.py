@@ -34,6 +34,10 @@ class FileInfo(NamedTuple):
     is_link: bool = False  # listdir only: the entry is a symbolic link (the rest describes its target)
 
 
+#: How long get waits for the host to answer an open (see SFTPFileSystem.open_regular).
+OPEN_WAIT = 60.0
+
+
 class Entry(NamedTuple):
     """``get``'s view of a path: what kind of file it is, as lstat (or stat) says, and its owner
     (to notice a name swapped for something else between listing and opening)."""
@@ -190,9 +194,10 @@ class FileSystem:
         """``path`` with every link resolved (SFTP's realpath)."""
         raise NotImplementedError
 
-    def open_regular(self, path: str, expect: Optional[Entry] = None) -> Tuple[IO[bytes], int]:
-        """Open ``path`` for reading only if it is a regular file (see :func:`check_opened`);
-        (handle, size at opening)."""
+    def open_regular(self, path: str, expect: Optional[Entry] = None,
+                     wait: Optional[float] = None) -> Tuple[IO[bytes], int]:
+        """Open ``path`` for reading only if it is a regular file (see :func:`check_opened`),
+        waiting at most ``wait`` seconds (default OPEN_WAIT) for the host; (handle, size)."""
         raise NotImplementedError
 
     def command_path(self, path: str) -> str:
@@ -406,13 +411,26 @@ class SFTPFileSystem(FileSystem):
         except (OSError, UnicodeDecodeError) as exc:
             raise _error(exc, path) from None
 
-    def open_regular(self, path: str, expect: Optional[Entry] = None) -> Tuple[IO[bytes], int]:
+    def open_regular(self, path: str, expect: Optional[Entry] = None,
+                     wait: Optional[float] = None) -> Tuple[IO[bytes], int]:
+        # sftp-server opens without O_NONBLOCK: a name swapped for a FIFO after the listing
+        # blocks it in open(2) until a writer comes. The reply is awaited at most ``wait`` s.
+        chan = self.sftp.get_channel()
+        before = chan.gettimeout()
+        limit = OPEN_WAIT if wait is None else max(0.1, wait)
+        chan.settimeout(limit)
         try:
             fh = self.sftp.open(remote_path(path), "rb")
+            stat_reply = fh.stat()  # fstat of the open handle: what will really be read
+        except TimeoutError:
+            raise RemoteFileError(errno.ETIMEDOUT, f"{path}: no answer to opening it within {limit:g}s (a FIFO, "
+                                                   "or a hung file system?); not copied") from None
         except OSError as exc:
             raise _error(exc, path) from None
+        finally:
+            chan.settimeout(before)
         try:
-            opened = _entry_of(path, fh.stat())  # fstat of the open handle: what will really be read
+            opened = _entry_of(path, stat_reply)
             check_opened(path, opened, expect)
             if opened.size:
                 _quiet_prefetch(fh)
@@ -548,7 +566,8 @@ class LocalFileSystem(FileSystem):
             raise _error(FileNotFoundError(errno.ENOENT, "No such file"), path)
         return os.path.realpath(where)
 
-    def open_regular(self, path: str, expect: Optional[Entry] = None) -> Tuple[IO[bytes], int]:
+    def open_regular(self, path: str, expect: Optional[Entry] = None,
+                     wait: Optional[float] = None) -> Tuple[IO[bytes], int]:
         import fcntl
 
         try:  # O_NONBLOCK: opening a FIFO must not wait for a writer

@@ -349,6 +349,12 @@ def _suspect(name: str) -> bool:
     return name in ("", ".", "..") or "/" in name or "\0" in name
 
 
+def _shown(path: str) -> str:
+    """A host's path for a one-line note: as is when printable, else escaped (a name with a
+    newline or an escape sequence cannot start a line of its own)."""
+    return path if path.isprintable() else ascii(path)
+
+
 def _local_error(exc: OSError, path: str) -> RemoteFileError:
     return RemoteFileError(exc.errno or errno.EIO, f"local {path}: {exc.strerror or exc}")
 
@@ -552,7 +558,7 @@ class GetAction:
         for e in sorted(fs.scandir(rdir), key=lambda e: e.name):
             deadline.check()
             if _suspect(e.name):
-                tally.problems.append(f"the server sent a suspect path {e.name!r} in {rdir}; refused")
+                tally.problems.append(f"the server sent a suspect path {e.name!r} in {_shown(rdir)}; refused")
                 continue
             rpath, lpath = posixpath.join(rdir, e.name), os.path.join(ldir, e.name)
             source, what, real = rpath, e, posixpath.join(chain[-1], e.name)
@@ -568,7 +574,7 @@ class GetAction:
                 source = real
             if what.kind == "dir":
                 if depth + 1 >= MAX_DEPTH:
-                    tally.problems.append(f"{rpath}: deeper than {MAX_DEPTH} directory levels; not copied")
+                    tally.problems.append(f"{_shown(rpath)}: deeper than {MAX_DEPTH} directory levels; not copied")
                     continue
                 child = _enter_dir(dir_fd, e.name, lpath)
                 try:
@@ -579,7 +585,7 @@ class GetAction:
                 tally.nbytes += _download(fs, source, what, staging_fd, dir_fd, e.name, lpath, deadline)
                 tally.files += 1
             else:
-                tally.notes.append(f"skipped {rpath}: not a regular file ({describe_kind(what.mode)})")
+                tally.notes.append(f"skipped {_shown(rpath)}: not a regular file ({describe_kind(what.mode)})")
 
     def _follow(self, fs: FileSystem, rpath: str, chain: Tuple[str, ...], tally: _Tally):
         """--follow-links: (real path, what it is) when the link resolves inside the tree and
@@ -590,14 +596,16 @@ class GetAction:
         except RemoteFileError:
             real, what = "", None
         if what is None or what.kind == "link":
-            tally.notes.append(f"skipped {rpath}: a symbolic link that does not resolve")
+            tally.notes.append(f"skipped {_shown(rpath)}: a symbolic link that does not resolve")
             return None
         root = chain[0].rstrip("/")
         if not (real == chain[0] or real.startswith(root + "/")):
-            tally.notes.append(f"skipped {rpath}: a symbolic link to {real}, outside the tree; not followed")
+            tally.notes.append(f"skipped {_shown(rpath)}: a symbolic link to {_shown(real)}, outside the tree; "
+                                "not followed")
             return None
         if what.kind == "dir" and real in chain:
-            tally.notes.append(f"skipped {rpath}: a symbolic link to {real}, a directory it is inside (a loop)")
+            tally.notes.append(f"skipped {_shown(rpath)}: a symbolic link to {_shown(real)}, a directory it is "
+                                "inside (a loop)")
             return None
         return real, what
 
@@ -645,7 +653,13 @@ def _download(fs: FileSystem, remote: str, expect, staging_fd: int, dir_fd: int,
     total = 0
     try:
         with os.fdopen(fd, "wb") as out:
-            fh, size = fs.open_regular(remote, expect)
+            try:
+                fh, size = fs.open_regular(remote, expect, deadline.left())
+            except RemoteFileError as exc:
+                left = deadline.left()
+                if exc.errno == errno.ETIMEDOUT and left is not None and left < 0.5:
+                    raise CommandTimeout(b"", b"") from None  # --timeout ran out: say so, as for a command
+                raise
             with fh:
                 while True:
                     deadline.check()

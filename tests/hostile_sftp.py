@@ -11,6 +11,9 @@ check the client never asked.
         ... connect to 127.0.0.1:server.port, get -r /tree ...
         assert server.opened == ["/tree/ok.txt"]
 
+Opening any name with ``slow`` in it gets no answer (for up to 60 s, or until the server
+stops), as OpenSSH's sftp-server does when it opens a FIFO.
+
 Every thread is a daemon and every wait is bounded; :meth:`HostileSFTP.stop` returns promptly.
 """
 from __future__ import annotations
@@ -87,6 +90,8 @@ class _SFTP(paramiko.SFTPServerInterface):
     def open(self, path: str, flags: int, attr):
         with self.owner.lock:
             self.owner.opened.append(path)
+        if "slow" in path:  # as sftp-server opening a FIFO: no answer until a writer comes
+            self.owner._stop.wait(60)
         if flags & (os.O_WRONLY | os.O_RDWR):
             return paramiko.SFTP_PERMISSION_DENIED
         return _Handle(self._content(path))

@@ -361,6 +361,24 @@ def test_suspect_names_from_a_hostile_server_are_refused(hostops, lab, tmp_path)
     assert EVIL not in contents_anywhere(tmp_path)
 
 
+@pytest.mark.timeout(120)
+def test_an_open_that_never_answers_ends_at_the_timeout(hostops, lab, tmp_path):
+    """sftp-server blocks opening a FIFO swapped in after the listing: get must not wait on it
+    past --timeout (it used to wait until the parent gave up on a stuck worker)."""
+    dest = tmp_path / "out"
+    with HostileSFTP(str(tmp_path / "hostile")) as server:
+        kh = tmp_path / "known_hosts"
+        kh.write_text(server.known_hosts_line() + "\n")
+        inv = lab.write_inventory(str(tmp_path / "inv.yml"), 0, extra_hosts=[
+            {"name": "slow", "ansible_host": "127.0.0.1", "ansible_port": server.port}])
+        run = hostops("get", "/tree/slow.txt", str(dest), "-i", inv, "--known-hosts", str(kh), "-t", "3", "--json",
+                      timeout=90)
+    assert run.code == 3, run
+    r = by_host(run)["slow"]
+    assert r["status"] == "timeout" and r["error"] == "timed out after 3s (--timeout)", r
+    assert partials(dest) == [] and contents_anywhere(dest) == b""
+
+
 # ================================================================== local names
 def test_local_names_are_one_to_one_and_reversible():
     from hostops.localnames import host_from_local_name, local_name
