@@ -525,6 +525,12 @@ class GetAction:
                     os.close(root_fd)
         except RemoteFileError as exc:
             return CommandOutcome(None, b"", b"", str(exc))
+        except Exception as exc:
+            from paramiko import SSHException
+
+            if not isinstance(exc, (SSHException, EOFError)):
+                raise
+            raise _dropped(self.src, exc) from None  # the connection died while listing or opening
         finally:
             if staging_fd >= 0:
                 os.close(staging_fd)
@@ -666,7 +672,9 @@ def _download(fs: FileSystem, remote: str, expect, staging_fd: int, dir_fd: int,
                     try:
                         block = fh.read(CHUNK)
                     except Exception as exc:
-                        if isinstance(exc, OSError) and getattr(exc, "errno", None):  # the host's own error
+                        channel = getattr(getattr(fh, "sftp", None), "sock", None)
+                        if isinstance(exc, OSError) and getattr(exc, "errno", None) and \
+                                not getattr(channel, "closed", False):  # the host's own error
                             raise RemoteFileError(exc.errno, f"{remote}: {exc}") from None
                         raise _dropped(remote, exc) from None
                     if not block:
