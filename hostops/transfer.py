@@ -469,9 +469,15 @@ class GetAction:
         from hostops.localnames import local_name
 
         try:
-            host_fd = _open_host_dir(self.dest, local_name(target.name))
+            dest_fd = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return
+        try:
+            host_fd = os.open(local_name(target.name), _DIR_FLAGS, dir_fd=dest_fd)  # never through a link
+        except OSError:
+            return
+        finally:
+            os.close(dest_fd)
         try:
             _remove_staging(host_fd, self._staging_name())
         finally:
