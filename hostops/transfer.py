@@ -20,7 +20,7 @@ import time
 from typing import List, Optional, Sequence, Tuple
 
 from hostops.errors import CommandAborted, CommandTimeout, ConnectError, UsageError
-from hostops.remotefs import CHUNK, FileSystem, RemoteFileError, chunk_cache, describe_kind
+from hostops.remotefs import CHUNK, Entry, FileSystem, RemoteFileError, chunk_cache, describe_kind
 from hostops.results import UNCHANGED
 from hostops.transport import CommandOutcome
 
@@ -544,7 +544,7 @@ class GetAction:
             os.close(host_fd)
         return self._outcome(info, local_root, tally)
 
-    def _outcome(self, info, local_root: str, tally: _Tally) -> CommandOutcome:
+    def _outcome(self, info: Entry, local_root: str, tally: _Tally) -> CommandOutcome:
         if info.kind == "file":
             text = f"received {self.src} -> {local_root} ({_human(tally.nbytes)})"
         else:
@@ -599,7 +599,8 @@ class GetAction:
             else:
                 tally.notes.append(f"skipped {_shown(rpath)}: not a regular file ({describe_kind(what.mode)})")
 
-    def _follow(self, fs: FileSystem, rpath: str, chain: Tuple[str, ...], tally: _Tally):
+    def _follow(self, fs: FileSystem, rpath: str, chain: Tuple[str, ...],
+                tally: _Tally) -> Optional[Tuple[str, Entry]]:
         """--follow-links: (real path, what it is) when the link resolves inside the tree and
         does not loop; else None with a note saying why it was not followed."""
         try:
@@ -652,7 +653,7 @@ def _dropped(remote: str, exc: BaseException) -> ConnectError:
                         "no partial file kept", "transfer")
 
 
-def _download(fs: FileSystem, remote: str, expect, staging_fd: int, dir_fd: int, name: str, shown: str,
+def _download(fs: FileSystem, remote: str, expect: Optional[Entry], staging_fd: int, dir_fd: int, name: str, shown: str,
               deadline: _Deadline) -> int:
     """Stream the regular file ``remote`` into the staging directory, then rename it to ``name``
     in ``dir_fd`` (a link or file already there is replaced, never followed)."""
