@@ -137,6 +137,8 @@ class Session:
                 on_output(job.target.name, event[2], event[3])
             elif kind == "done":
                 result: HostResult = event[2]
+                if len(event) > 3:  # made up by the pool: the worker died or is stuck; clean up after it
+                    _discard_partial(job)
                 if self.log is not None and len(event) > 3:  # made up by the pool: no worker logged it
                     try:
                         self.log.write({"event": "host", **result.to_json()})
@@ -194,6 +196,17 @@ class Session:
                 finally:
                     self.log.close()
                     self.log = None
+
+
+def _discard_partial(job: Job) -> None:
+    """A host reported by the parent (its worker died): nothing ran in that worker to remove
+    what it was writing locally (``get``'s partial files), so the action's own cleanup runs here."""
+    discard = getattr(job.action, "discard_partial", None)
+    if discard is not None:
+        try:
+            discard(job.target)
+        except Exception:  # cleanup is best effort; the host is reported failed either way
+            pass
 
 
 def run(targets: Sequence[Target], action: Any, options: Options, *, on_start: Optional[OnStart] = None,

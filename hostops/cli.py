@@ -465,11 +465,15 @@ def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, i
 @click.argument("src")
 @click.argument("dest")
 @click.option("-r", "--recursive", is_flag=True, help="Copy a directory tree.")
+@click.option("--follow-links", is_flag=True,
+              help="With -r: copy what symbolic links point to, when that stays inside the tree "
+                   "(others are skipped with a note). Default: links are recorded as links.")
 @inventory_options
 @connection_options
 @output_options
 @rollout_options
-def get_cmd(src: str, dest: str, recursive: bool, inventories, adhoc_hosts, pattern, **kw: Any) -> int:
+def get_cmd(src: str, dest: str, recursive: bool, follow_links: bool, inventories, adhoc_hosts, pattern,
+            **kw: Any) -> int:
     """Copy SRC from every selected host into DEST/<host>/ (files from different hosts never
     overwrite each other). Partial downloads are removed; files are created 0600."""
     from hostops.transfer import prepare_get
@@ -479,7 +483,7 @@ def get_cmd(src: str, dest: str, recursive: bool, inventories, adhoc_hosts, patt
     if options.sudo:
         raise UsageError("get does not support --sudo; copy the file somewhere readable first (hostops exec)")
     targets, options = _targets(inventories, adhoc_hosts, pattern, options)
-    action = prepare_get(src, dest, recursive, options.timeout)
+    action = prepare_get(src, dest, recursive, options.timeout, follow_links=follow_links)
     return run_action(targets, action, options, kw)
 
 

@@ -271,8 +271,10 @@ class JsonRenderer(Renderer):
 
 
 def safe_filename(host: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._@:\-\[\]]", "_", host)
-    return "_" + name if name.startswith(".") or not name else name
+    """``-o``'s file name for ``host``: one-to-one (hostops.localnames), never a collision."""
+    from hostops.localnames import local_name
+
+    return local_name(host)
 
 
 def write_outdir(outdir: str, result: HostResult) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import errno
 import os
+import posixpath
 import stat as _stat
 import threading
 from typing import IO, Iterator, List, NamedTuple, Optional, Tuple
@@ -33,9 +34,59 @@ class FileInfo(NamedTuple):
     is_link: bool = False  # listdir only: the entry is a symbolic link (the rest describes its target)
 
 
-def _kind(mode: int) -> str:
-    return ("link" if _stat.S_ISLNK(mode) else "dir" if _stat.S_ISDIR(mode)
-            else "file" if _stat.S_ISREG(mode) else "other")
+#: How long get waits for the host to answer an open (see SFTPFileSystem.open_regular).
+OPEN_WAIT = 60.0
+
+
+class Entry(NamedTuple):
+    """``get``'s view of a path: what kind of file it is, as lstat (or stat) says, and its owner
+    (to notice a name swapped for something else between listing and opening)."""
+
+    name: str
+    kind: str                  # "file", "dir", "link" or "other" (FIFO, socket, device)
+    size: int
+    mode: int                  # the whole st_mode, type bits included
+    uid: Optional[int] = None
+    gid: Optional[int] = None
+
+
+def kind_of(mode: int) -> str:
+    if _stat.S_ISREG(mode):
+        return "file"
+    if _stat.S_ISDIR(mode):
+        return "dir"
+    if _stat.S_ISLNK(mode):
+        return "link"
+    return "other"
+
+
+def describe_kind(mode: int) -> str:
+    """``a FIFO``, ``a socket``…: what a file that is not a regular file is, for a message."""
+    for test, what in ((_stat.S_ISFIFO, "a FIFO"), (_stat.S_ISSOCK, "a socket"), (_stat.S_ISCHR, "a character device"),
+                       (_stat.S_ISBLK, "a block device"), (_stat.S_ISDIR, "a directory"),
+                       (_stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return what
+    return "not a regular file" if not _stat.S_ISREG(mode) else "a regular file"
+
+
+def _entry_of(name: str, st) -> Entry:
+    mode = getattr(st, "st_mode", None) or 0
+    return Entry(name, kind_of(mode), getattr(st, "st_size", None) or 0, mode,
+                 getattr(st, "st_uid", None), getattr(st, "st_gid", None))
+
+
+def check_opened(path: str, opened: Entry, expect: Optional[Entry]) -> None:
+    """What was opened must be a regular file and, when ``expect`` (the listing's lstat) is
+    given, owned like it: a name swapped for a link to another user's file, a FIFO or a
+    device between listing and opening is refused, not read."""
+    if opened.kind != "file":
+        raise RemoteFileError(errno.EINVAL, f"{path}: not a regular file ({describe_kind(opened.mode)}); not copied")
+    if expect is not None and (expect.kind != "file" or
+                               (None not in (expect.uid, opened.uid) and expect.uid != opened.uid) or
+                               (None not in (expect.gid, opened.gid) and expect.gid != opened.gid)):
+        raise RemoteFileError(errno.EAGAIN, f"{path}: replaced by another file while it was being copied "
+                                            "(a different owner or type); not copied")
 
 
 class FileId(NamedTuple):
@@ -63,7 +114,7 @@ class FileId(NamedTuple):
 def _file_id(st, with_inode: bool = False) -> FileId:
     mode = st.st_mode or 0
     inode = (st.st_dev, st.st_ino) if with_inode else None
-    return FileId(_kind(mode), st.st_size or 0, _stat.S_IMODE(mode), st.st_uid if st.st_uid is not None else -1,
+    return FileId(kind_of(mode), st.st_size or 0, _stat.S_IMODE(mode), st.st_uid if st.st_uid is not None else -1,
                   st.st_gid if st.st_gid is not None else -1, int(st.st_mtime or 0), inode)
 
 
@@ -141,10 +192,6 @@ class FileSystem:
         """The entries of directory ``path``, each as :meth:`identify` sees it (links not followed)."""
         raise NotImplementedError
 
-    def realpath(self, path: str) -> str:
-        """``path`` with every link resolved, as the host sees it now."""
-        raise NotImplementedError
-
     def open_read(self, path: str, size: int = 0) -> IO[bytes]:
         raise NotImplementedError
 
@@ -166,6 +213,29 @@ class FileSystem:
 
     def rmtree(self, path: str) -> None:
         """Remove ``path`` and all below it (links removed, not followed); gone already is fine."""
+        raise NotImplementedError
+
+    # ---- get's side: see what is there without following links, read only regular files
+    def entry(self, path: str, follow: bool = True) -> Optional[Entry]:
+        """stat (``follow``) or lstat of ``path``; None when it does not exist."""
+        raise NotImplementedError
+
+    def scandir(self, path: str) -> List[Entry]:
+        """The entries of a directory as lstat sees them, with the names exactly as the host
+        sent them (the caller checks them: a hostile server can send ``../x``)."""
+        raise NotImplementedError
+
+    def readlink(self, path: str) -> str:
+        raise NotImplementedError
+
+    def realpath(self, path: str) -> str:
+        """``path`` with every link resolved (SFTP's realpath)."""
+        raise NotImplementedError
+
+    def open_regular(self, path: str, expect: Optional[Entry] = None,
+                     wait: Optional[float] = None) -> Tuple[IO[bytes], int]:
+        """Open ``path`` for reading only if it is a regular file (see :func:`check_opened`),
+        waiting at most ``wait`` seconds (default OPEN_WAIT) for the host; (handle, size)."""
         raise NotImplementedError
 
     def command_path(self, path: str) -> str:
@@ -325,7 +395,7 @@ def _quiet_prefetch(fh) -> None:
         try:
             issue(*args, **kw)
         except Exception:
-            if not fh.closed:
+            if not fh.closed and not getattr(fh.sftp.sock, "closed", False):  # closed, or its connection dropped
                 raise
 
     fh._prefetch_thread = run
@@ -361,12 +431,6 @@ class SFTPFileSystem(FileSystem):
         except OSError as exc:
             if isinstance(exc, FileNotFoundError) or getattr(exc, "errno", None) == errno.ENOENT:
                 return None
-            raise _error(exc, path) from None
-
-    def realpath(self, path: str) -> str:
-        try:
-            return self.sftp.normalize(remote_path(path))  # SSH_FXP_REALPATH: realpath(3) on the host
-        except OSError as exc:
             raise _error(exc, path) from None
 
     def identify_all(self, path: str) -> List[Tuple[str, FileId]]:
@@ -447,6 +511,71 @@ class SFTPFileSystem(FileSystem):
         except OSError as exc:
             raise _error(exc, path) from None
 
+    # ---- get's side
+    def entry(self, path: str, follow: bool = True) -> Optional[Entry]:
+        try:
+            st = (self.sftp.stat if follow else self.sftp.lstat)(remote_path(path))
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError) or getattr(exc, "errno", None) == errno.ENOENT:
+                return None
+            raise _error(exc, path) from None
+        return _entry_of(posixpath.basename(path.rstrip("/")), st)
+
+    def scandir(self, path: str) -> List[Entry]:
+        try:
+            return [_entry_of(e.filename, e) for e in self.sftp.listdir_attr(remote_path(path))]
+        except UnicodeDecodeError:
+            raise RemoteFileError(errno.EILSEQ, f"{path}: a name in this directory is not UTF-8; "
+                                                "cannot copy it over SFTP") from None
+        except OSError as exc:
+            raise _error(exc, path) from None
+
+    def readlink(self, path: str) -> str:
+        try:
+            text = self.sftp.readlink(remote_path(path))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _error(exc, path) from None
+        if text is None:
+            raise RemoteFileError(errno.EINVAL, f"{path}: the server did not say where this link points")
+        return text
+
+    def realpath(self, path: str) -> str:
+        try:
+            return self.sftp.normalize(remote_path(path))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _error(exc, path) from None
+
+    def open_regular(self, path: str, expect: Optional[Entry] = None,
+                     wait: Optional[float] = None) -> Tuple[IO[bytes], int]:
+        # sftp-server opens without O_NONBLOCK: a name swapped for a FIFO after the listing
+        # blocks it in open(2) until a writer comes. The reply is awaited at most ``wait`` s.
+        chan = self.sftp.get_channel()
+        before = chan.gettimeout()
+        limit = OPEN_WAIT if wait is None else max(0.1, wait)
+        chan.settimeout(limit)
+        try:
+            fh = self.sftp.open(remote_path(path), "rb")
+            stat_reply = fh.stat()  # fstat of the open handle: what will really be read
+        except TimeoutError:
+            raise RemoteFileError(errno.ETIMEDOUT, f"{path}: no answer to opening it within {limit:g}s (a FIFO, "
+                                                   "or a hung file system?); not copied") from None
+        except OSError as exc:
+            raise _error(exc, path) from None
+        finally:
+            chan.settimeout(before)
+        try:
+            opened = _entry_of(path, stat_reply)
+            check_opened(path, opened, expect)
+            if opened.size:
+                _quiet_prefetch(fh)
+                fh.prefetch(opened.size, max_concurrent_requests=64)  # bounded read-ahead
+        except BaseException as exc:
+            fh.close()
+            if isinstance(exc, OSError) and not isinstance(exc, RemoteFileError):
+                raise _error(exc, path) from None
+            raise
+        return fh, opened.size
+
     def command_path(self, path: str) -> str:
         return remote_path(path)  # commands start in the login directory, as SFTP does
 
@@ -494,9 +623,6 @@ class LocalFileSystem(FileSystem):
             return None
         except OSError as exc:
             raise _error(exc, path) from None
-
-    def realpath(self, path: str) -> str:
-        return os.path.realpath(os.path.expanduser(path))
 
     def identify_all(self, path: str) -> List[Tuple[str, FileId]]:
         out = []
@@ -555,3 +681,58 @@ class LocalFileSystem(FileSystem):
             if info is not None:
                 out.append((name, info._replace(is_link=os.path.islink(os.path.expanduser(full)))))
         return out
+
+    # ---- get's side
+    def entry(self, path: str, follow: bool = True) -> Optional[Entry]:
+        try:
+            st = (os.stat if follow else os.lstat)(os.path.expanduser(path))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _error(exc, path) from None
+        return _entry_of(os.path.basename(path.rstrip("/")), st)
+
+    def scandir(self, path: str) -> List[Entry]:
+        where = os.path.expanduser(path)
+        try:
+            names = os.listdir(where)
+        except OSError as exc:
+            raise _error(exc, path) from None
+        out = []
+        for name in names:
+            try:
+                out.append(_entry_of(name, os.lstat(os.path.join(where, name))))
+            except FileNotFoundError:
+                continue  # removed since the listing
+            except OSError as exc:
+                raise _error(exc, os.path.join(path, name)) from None
+        return out
+
+    def readlink(self, path: str) -> str:
+        try:
+            return os.readlink(os.path.expanduser(path))
+        except OSError as exc:
+            raise _error(exc, path) from None
+
+    def realpath(self, path: str) -> str:
+        where = os.path.expanduser(path)
+        if not os.path.lexists(where):
+            raise _error(FileNotFoundError(errno.ENOENT, "No such file"), path)
+        return os.path.realpath(where)
+
+    def open_regular(self, path: str, expect: Optional[Entry] = None,
+                     wait: Optional[float] = None) -> Tuple[IO[bytes], int]:
+        import fcntl
+
+        try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+            fd = os.open(os.path.expanduser(path), os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _error(exc, path) from None
+        try:
+            opened = _entry_of(path, os.fstat(fd))
+            check_opened(path, opened, expect)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        except BaseException:
+            os.close(fd)
+            raise
+        return os.fdopen(fd, "rb"), opened.size

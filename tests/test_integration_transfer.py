@@ -558,19 +558,22 @@ def test_get_recursive_tree(hostops, inventory, lab_args, tmp_path):
 @pytest.mark.timeout(120)
 def test_get_recursive_does_not_follow_links_to_directories(hostops, inventory, lab_args, tmp_path):
     """A link back up the tree used to be followed until the path was too long (41 copies of
-    one file, reported ok); links to directories are skipped, as sftp does, and said so."""
+    one file, reported ok). Links are recorded as links (rsync -l), never followed, and said so
+    (tests/test_hardening_get.py covers links out of the tree and --follow-links)."""
     src = tmp_path / "tree"
     (src / "sub").mkdir(parents=True)
     write(src / "sub" / "a.txt", b"a\n")
     os.symlink("..", src / "sub" / "up")
-    os.symlink("sub/a.txt", src / "link.txt")  # a link to a file is copied as that file
+    os.symlink("sub/a.txt", src / "link.txt")
     dest = tmp_path / "out"
     run = hostops("get", "-r", str(src), str(dest), *lab_args(inventory(2)), "--json")
     assert run.code == 0, run
     for r in all_statuses(run, 2, "ok").values():
-        assert "received 2 file(s)" in r["stdout"] and "1 symbolic link(s) to directories not followed" in r["stdout"]
+        assert "received 1 file(s)" in r["stdout"] and "2 symbolic link(s) recorded as links" in r["stdout"]
     for h in hosts(2):
-        assert snapshot(dest / h / "tree") == {"sub": None, "sub/a.txt": b"a\n", "link.txt": b"a\n"}
+        assert os.readlink(dest / h / "tree" / "sub" / "up") == ".."
+        assert os.readlink(dest / h / "tree" / "link.txt") == "sub/a.txt"
+        assert (dest / h / "tree" / "sub" / "a.txt").read_bytes() == b"a\n"
 
 
 @pytest.mark.timeout(120)
