@@ -21,6 +21,19 @@ def has_range(name: str) -> bool:
     return "[" in name and ":" in name.split("[", 1)[1]
 
 
+def count(name: str) -> int:
+    """How many names ``expand(name)`` yields, without building them (InventoryError if malformed);
+    lets the inventory bound its total work before expanding anything."""
+    if not has_range(name):
+        return 1
+    _check_brackets(name)
+    total = 1
+    for body in _RANGE_RE.findall(name):
+        if ":" in body:
+            total *= _range_count(body, name)
+    return total
+
+
 def expand(name: str, limit: int = MAX_EXPANSION) -> List[str]:
     """Expand every ``[begin:end[:step]]`` range in ``name``; raise InventoryError if malformed.
 
