@@ -102,13 +102,13 @@ def match_term(inventory: "Inventory", term: str, state_file: Optional[str] = No
             raise SelectionError(f"host pattern {term!r}: {exc.message}") from None
         if any(c in names[0] for c in "*?["):  # a glob too (range values never hold one)
             regex = _glob_with_ranges(term)
-            if regex is not None:
-                return _match(inventory, regex)
+            if regex is None:  # rare globs: the expansions' translations joined, still one compile
+                regex = re.compile("|".join(f"(?:{fnmatch.translate(name)})" for name in names))
+            return _match(inventory, regex)
         wanted = set()
         for name in names:
-            wanted.update(match_term(inventory, name) if any(c in name for c in "*?[") else
-                          ([name] if name in inventory.hosts else inventory.group_hosts(name)
-                           if name in inventory.groups else []))
+            wanted.update([name] if name in inventory.hosts else inventory.group_hosts(name)
+                          if name in inventory.groups else [])
         return [h for h in inventory.hosts if h in wanted]
     if any(c in term for c in "*?["):
         return _match(inventory, re.compile(fnmatch.translate(term)))
