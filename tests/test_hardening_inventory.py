@@ -278,6 +278,15 @@ def test_cycle_of_three_groups_names_them_at_the_closing_link(tmp_path):
     assert_refused_at(proc, "cycle.yml", 9, "a -> b -> c -> a")
 
 
+def test_cycle_across_two_files_is_reported_in_the_second(tmp_path):
+    first = write(tmp_path, "a.yml", "a:\n  children:\n    b:\n")
+    second = write(tmp_path, "b.yml", "b:\n  hosts:\n    h1:\n  children:\n    a:\n")
+    with pytest.raises(InventoryError) as info:
+        Inventory.load([first, second])
+    assert info.value.file == second and info.value.line == 5
+    assert "a -> b -> a" in str(info.value)
+
+
 def test_cycle_at_the_end_of_a_long_chain_is_found_once(tmp_path, monkeypatch):
     """Cycles are looked for once per file, not at every link (quadratic in a long chain)."""
     text = flat_chain(150) + "  children:\n    g0:\n"
