@@ -108,7 +108,7 @@ class Inventory:
         self.warnings: List[str] = []
         self.host_entries = 0  # host entries listed so far (see MAX_HOST_ENTRIES)
         #: where each parent → child link was first made, in order: reports a cycle at its last link
-        self._links: Dict[Tuple[str, str], Tuple[int, Source]] = {}
+        self._links: Dict[Tuple[str, str], Tuple[int, Source]] = {("all", "ungrouped"): (0, Source("<built-in>"))}
         self._depths: Optional[Dict[str, int]] = None  # cache for depth(); None after any change
 
     # ------------------------------------------------------------ loading

@@ -278,6 +278,13 @@ def test_cycle_of_three_groups_names_them_at_the_closing_link(tmp_path):
     assert_refused_at(proc, "cycle.yml", 9, "a -> b -> c -> a")
 
 
+def test_naming_a_link_twice_records_it_once(tmp_path):
+    text = "all:\n  children:\n    ungrouped:\n    web:\n      hosts:\n        h1:\nweb:\n  hosts:\n    h2:\n"
+    inv = Inventory.load([write(tmp_path, "inv.yml", text)])
+    assert inv.groups["all"].children == ["ungrouped", "web"] and inv.groups["web"].parents == ["all"]
+    assert inv.groups["ungrouped"].parents == ["all"] and inv.depth("web") == 1
+
+
 def test_cycle_across_two_files_is_reported_in_the_second(tmp_path):
     first = write(tmp_path, "a.yml", "a:\n  children:\n    b:\n")
     second = write(tmp_path, "b.yml", "b:\n  hosts:\n    h1:\n  children:\n    a:\n")
