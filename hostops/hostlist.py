@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Iterable, List, Tuple
+from typing import Iterable, List, Tuple, Union
 
 from hostops.errors import InventoryError
 
@@ -19,6 +19,38 @@ _RANGE_RE = re.compile(r"\[([^\[\]]*)\]")
 def has_range(name: str) -> bool:
     """True when ``name`` holds a ``[begin:end]`` range (or an attempt at one)."""
     return "[" in name and ":" in name.split("[", 1)[1]
+
+
+def count(name: str) -> int:
+    """How many names ``expand(name)`` yields, without building them (InventoryError if malformed);
+    lets the inventory bound its total work before expanding anything."""
+    if not has_range(name):
+        return 1
+    _check_brackets(name)
+    total = 1
+    for body in _RANGE_RE.findall(name):
+        if ":" in body:
+            total *= _range_count(body, name)
+    return total
+
+
+def parts(name: str) -> List[Union[str, List[str]]]:
+    """``name`` split into its literal text and, for each range, the values it runs over
+    (``web[01:03]x`` → ``['web', ['01', '02', '03'], 'x']``), without multiplying them out;
+    InventoryError if malformed. Lets host patterns match a range structurally."""
+    if not has_range(name):
+        return [name]
+    _check_brackets(name)
+    out: List[Union[str, List[str]]] = []
+    pos = 0
+    for m in _RANGE_RE.finditer(name):
+        if ":" not in m.group(1):
+            continue
+        out.append(name[pos:m.start()])
+        out.append(_range_values(m.group(1), name))
+        pos = m.end()
+    out.append(name[pos:])
+    return out
 
 
 def expand(name: str, limit: int = MAX_EXPANSION) -> List[str]:

@@ -31,6 +31,24 @@ SSH_CONNECTIONS = ("ssh", "paramiko", "smart")
 CONNECTIONS = SSH_CONNECTIONS + ("local",)
 GROUP_KEYS = ("hosts", "vars", "children")
 
+# Bounds on what an inventory may make hostops do. An inventory is code someone else may write
+# (a generated file, a shared repository): a few lines of aliases and ranges must not be able
+# to take minutes or gigabytes. Each limit is checked before the work it bounds, and exceeding
+# one is an InventoryError naming the file and line. (One range: hostlist.MAX_EXPANSION; YAML
+# values and nesting: yamlfile.MAX_NODES and yamlfile.MAX_DEPTH.)
+
+#: The most hosts all inventory sources together may define.
+MAX_HOSTS = 100_000
+#: The most host entries all sources together may list: every host name each group lists,
+#: counted once per name its ranges expand to and once per place it appears (an aliased group
+#: counts each time it is used). Far above 100,000 hosts in a few groups each; it bounds the
+#: work of the ``g0: &G {hosts: {"h[1:99999]":}}`` aliased-300-times bomb before it starts.
+MAX_HOST_ENTRIES = 1_000_000
+#: The longest chain of groups below ``all`` (``all`` → a → b … counts the groups after ``all``).
+#: Real inventories nest a handful; the bound keeps every walk of the tree (variable precedence,
+#: ``--graph``) far from Python's recursion limit.
+MAX_GROUP_DEPTH = 200
+
 
 @dataclasses.dataclass
 class Source:
@@ -88,6 +106,10 @@ class Inventory:
         self.hosts: Dict[str, Host] = {}
         self.sources: List[str] = []
         self.warnings: List[str] = []
+        self.host_entries = 0  # host entries listed so far (see MAX_HOST_ENTRIES)
+        #: where each parent → child link was first made, in order: reports a cycle at its last link
+        self._links: Dict[Tuple[str, str], Tuple[int, Source]] = {("all", "ungrouped"): (0, Source("<built-in>"))}
+        self._depths: Optional[Dict[str, int]] = None  # cache for depth(); None after any change
 
     # ------------------------------------------------------------ loading
     @classmethod
@@ -152,6 +174,7 @@ class Inventory:
             if len(port) > 5 or not 1 <= int(port) <= 65535:
                 raise src.error(f"port {port} of {spec.strip()!r} is out of range (1-65535)")
             hvars["port"] = int(port)
+        self._count_entries(m.group("host"), src)
         for name in self._expand(m.group("host"), src):
             self._add_host(name, "ungrouped", hvars, {k: src for k in hvars}, src)
 
@@ -165,9 +188,54 @@ class Inventory:
         if not isinstance(data, dict):
             raise InventoryError(f"the top level must be a mapping of group names (like 'all:'), "
                                  f"not {_type_name(data)}", path, yamlfile.start_line(text))
+        self._plan_entries(data, path)
         for name, body in data.items():
             self._add_group(str(name), body, "all" if name != "all" else None,
                             Source(path, data.key_lines.get(name)), path)
+        self._check_group_tree()
+
+    def _plan_entries(self, data: Dict[Any, Any], path: str) -> None:
+        """Count the host entries a YAML inventory would add (ranges expanded, aliased groups
+        once per use) and refuse it past MAX_HOST_ENTRIES before expanding anything.
+
+        A walk of the loaded structure, iterative and bounded by yamlfile.MAX_NODES; whatever
+        is malformed is left for the real pass to report.
+        """
+        planned = self.host_entries
+        todo: List[Any] = list(data.values())
+        while todo:
+            body = todo.pop()
+            if not isinstance(body, dict):
+                continue
+            hosts = body.get("hosts")
+            if isinstance(hosts, dict):
+                for hname in hosts:
+                    try:
+                        planned += hostlist.count(str(hname))
+                    except InventoryError:
+                        planned += 1
+                    if planned > MAX_HOST_ENTRIES:
+                        line = hosts.key_lines.get(hname) if isinstance(hosts, _Map) else None
+                        raise InventoryError(self._entries_message(str(hname)), path, line)
+            children = body.get("children")
+            if isinstance(children, dict):
+                todo.extend(children.values())
+
+    @staticmethod
+    def _entries_message(name: str) -> str:
+        shown = name if len(name) < 60 else name[:57] + "..."
+        return (f"with {shown!r} the inventory lists more than {MAX_HOST_ENTRIES} host entries (ranges "
+                f"expanded, aliased groups counted each time they are used); the limit is {MAX_HOST_ENTRIES}")
+
+    def _count_entries(self, name: str, src: Source) -> None:
+        """Account for the host entries ``name`` expands to before expanding it."""
+        try:
+            n = hostlist.count(name)
+        except InventoryError as exc:
+            raise src.error(exc.message) from None
+        if self.host_entries + n > MAX_HOST_ENTRIES:
+            raise src.error(self._entries_message(name))
+        self.host_entries += n
 
     def _add_group(self, name: str, body: Any, parent: Optional[str], src: Source, path: str) -> None:
         if name in self.hosts:
@@ -218,6 +286,7 @@ class Inventory:
                     vsrc = Source(path, hvars.key_lines.get(key) if isinstance(hvars, _Map) else hsrc.line)
                     _check_var(str(key), value, vsrc)
                     sources[str(key)] = vsrc
+                self._count_entries(str(hname), hsrc)
                 for expanded in self._expand(str(hname), hsrc):
                     self._add_host(expanded, name, {str(k): v for k, v in (hvars or {}).items()}, sources, hsrc)
 
@@ -240,29 +309,75 @@ class Inventory:
     def _link(self, parent: str, child: str, src: Source) -> None:
         if child == "all":
             raise src.error("'all' cannot be the child of another group")
+        if child == parent:
+            raise src.error(f"groups form a cycle: {child} -> {child}; a group cannot contain itself")
         pgroup = self.groups[parent]
         cgroup = self.groups[child]
-        if child not in pgroup.children:
+        if (parent, child) not in self._links:
+            self._links[(parent, child)] = (len(self._links), src)
             pgroup.children.append(child)
-        if parent not in cgroup.parents:
             cgroup.parents.append(parent)
-        cycle = self._find_cycle(child)
-        if cycle:
-            raise src.error("groups form a cycle: " + " -> ".join(cycle) + "; a group cannot contain itself")
+            self._depths = None
 
-    def _find_cycle(self, start: str) -> Optional[List[str]]:
-        """Depth-first search from ``start`` through children; a path back to it is a cycle."""
-        stack: List[Tuple[str, List[str]]] = [(start, [start])]
-        seen = set()
-        while stack:
-            name, path = stack.pop()
-            for child in self.groups[name].children:
-                if child == start:
-                    return path + [child]
-                if child not in seen:
-                    seen.add(child)
-                    stack.append((child, path + [child]))
+    def _check_group_tree(self) -> None:
+        """Refuse a cycle of groups (as Ansible does) and a chain deeper than MAX_GROUP_DEPTH.
+
+        Checked once a file is read, in time linear in groups and links (checking at every link
+        was quadratic in a long chain); a cycle is reported at the last of its links to be read.
+        """
+        cycle = self._find_cycle()
+        if cycle:
+            edges = list(zip(cycle, cycle[1:]))
+            last = max(range(len(edges)), key=lambda i: self._links[edges[i]][0])
+            ring = cycle[last + 1:-1] + cycle[:last + 1]  # so the last link read closes it
+            shown = ring + [ring[0]]
+            raise self._links[edges[last]][1].error(
+                "groups form a cycle: " + " -> ".join(shown) + "; a group cannot contain itself")
+        depths = self._all_depths()
+        for name, depth in depths.items():
+            if depth == MAX_GROUP_DEPTH + 1:
+                src = self.groups[name].source or Source(self.sources[-1] if self.sources else "inventory")
+                raise src.error(f"group {name!r} is nested {depth} groups below 'all'; the limit is "
+                                f"{MAX_GROUP_DEPTH} (is the chain of children generated by mistake?)")
+
+    def _find_cycle(self) -> Optional[List[str]]:
+        """A path ``a -> b -> ... -> a`` through children if there is one (iterative DFS)."""
+        state: Dict[str, int] = {}  # 1 on the current path, 2 done
+        for start in self.groups:
+            if start in state:
+                continue
+            path = [start]
+            state[start] = 1
+            iters = [iter(self.groups[start].children)]
+            while iters:
+                child = next(iters[-1], None)
+                if child is None:
+                    state[path.pop()] = 2
+                    iters.pop()
+                elif state.get(child) == 1:
+                    return path[path.index(child):] + [child]
+                elif child not in state:
+                    state[child] = 1
+                    path.append(child)
+                    iters.append(iter(self.groups[child].children))
         return None
+
+    def _all_depths(self) -> Dict[str, int]:
+        """Every group's longest distance from a group without parents (``all``), in one pass in
+        topological order (no recursion, so any depth is fine); groups on a cycle are left out."""
+        if self._depths is None:
+            waiting = {name: len(g.parents) for name, g in self.groups.items()}
+            depths = {name: 0 for name, n in waiting.items() if n == 0}
+            ready = list(depths)
+            while ready:
+                name = ready.pop()
+                for child in self.groups[name].children:
+                    depths[child] = max(depths.get(child, 0), depths[name] + 1)
+                    waiting[child] -= 1
+                    if waiting[child] == 0:
+                        ready.append(child)
+            self._depths = depths
+        return self._depths
 
     def _add_host(self, name: str, group: str, hvars: Dict[str, Any], sources: Dict[str, Source],
                   src: Source) -> None:
@@ -270,6 +385,9 @@ class Inventory:
             raise src.error(f"{name!r} is both a host and a group; rename one of them")
         host = self.hosts.get(name)
         if host is None:
+            if len(self.hosts) >= MAX_HOSTS:
+                raise src.error(f"the inventory defines more than {MAX_HOSTS} hosts (the limit); "
+                                f"split the fleet into several inventories")
             host = self.hosts[name] = Host(name, source=src)
         host.vars.update(hvars)
         host.var_sources.update(sources)
@@ -293,26 +411,20 @@ class Inventory:
     def ancestors(self, group: str) -> List[str]:
         """``group`` and every group above it."""
         out: List[str] = []
+        seen = set()
         todo = [group]
         while todo:
             name = todo.pop()
-            if name in out:
+            if name in seen:
                 continue
+            seen.add(name)
             out.append(name)
             todo.extend(self.groups[name].parents)
         return out
 
     def depth(self, group: str) -> int:
         """Longest distance from ``all``: deeper groups override shallower ones."""
-        memo: Dict[str, int] = {}
-
-        def walk(name: str) -> int:
-            if name not in memo:
-                parents = self.groups[name].parents
-                memo[name] = 0 if not parents else 1 + max(walk(p) for p in parents)
-            return memo[name]
-
-        return walk(group)
+        return self._all_depths().get(group, 0)
 
     def host_groups(self, name: str) -> List[str]:
         """Every group a host belongs to, directly or through parents, ordered as Ansible merges

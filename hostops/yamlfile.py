@@ -2,9 +2,21 @@
 so inventories and runbooks can say ``file:line: what is wrong``."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
+
+#: The most values (scalars, lists and mappings) one document may hold once every alias is
+#: counted where it is used. PyYAML shares an aliased value instead of copying it, but whatever
+#: walks the result (``inventory --json``, templating, merging variables) sees every use, so a
+#: "billion laughs" bomb of nested aliases (a few hundred bytes, 10**9 values) must be refused
+#: before anything walks it. A million is far above a 100,000-host inventory with its variables.
+MAX_NODES = 1_000_000
+
+#: The deepest nesting of lists and mappings accepted (aliases counted where used). Deeper
+#: documents are refused with a line rather than exhausting Python's recursion limit in the
+#: loader or in whatever walks the values later; real inventories and runbooks nest about ten.
+MAX_DEPTH = 100
 
 
 class YamlProblem(ValueError):
@@ -52,10 +64,74 @@ class LineLoader(_SafeLoader):  # type: ignore[misc,valid-type]
 LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, LineLoader.construct_mapping)
 
 
-def load(text: str) -> Any:
-    """Parse YAML with line-remembering mappings; YamlProblem (with the line) on any error."""
+def _children(node: yaml.Node) -> List[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def check_size(root: yaml.Node, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) -> int:
+    """The number of values ``root`` holds with every alias expanded where it is used; raise
+    YamlProblem (with a line) past ``max_nodes`` or ``max_depth``, or on an alias inside itself.
+
+    An alias is the very node its anchor composed, so sizes memoized by node identity make this
+    linear in the document's text whatever the aliases multiply to, and nothing is built. The
+    walk is iterative: a deep document cannot exhaust the recursion limit here.
+    """
+    sizes: Dict[int, Tuple[int, int]] = {}  # id(node) -> (values, nesting depth)
+    open_nodes = set()  # the nodes on the current path: meeting one again is a cycle
+    stack: List[Tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            open_nodes.discard(key)
+            kids = [sizes[id(c)] for c in _children(node)]
+            size = 1 + sum(k[0] for k in kids)
+            depth = 1 + max((k[1] for k in kids), default=0)
+            line = node.start_mark.line + 1
+            if size > max_nodes:
+                raise YamlProblem(f"this value expands to more than {max_nodes} values once its aliases are "
+                                  f"counted (an alias bomb?); the limit is {max_nodes}", line)
+            sizes[key] = (size, depth)
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise YamlProblem("a YAML alias refers to a value that contains it (a value cannot contain "
+                              "itself)", node.start_mark.line + 1)
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+    if sizes[id(root)][1] > max_depth:
+        node = root  # report where the deepest path crosses the limit, counting from the top
+        for _ in range(max_depth):
+            node = max(_children(node), key=lambda c: sizes[id(c)][1])
+        raise YamlProblem(f"lists and mappings nest more than {max_depth} levels deep here (the limit)",
+                          node.start_mark.line + 1)
+    return sizes[id(root)][0]
+
+
+def _load_checked(text: str) -> Any:
+    """``yaml.load`` in two halves: compose the node graph, check its expanded size, construct."""
+    loader = LineLoader(text)
     try:
-        return yaml.load(text, Loader=LineLoader)  # noqa: S506 - a SafeLoader subclass
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_size(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def load(text: str) -> Any:
+    """Parse YAML with line-remembering mappings; YamlProblem (with the line) on any error,
+    including a document whose aliases expand past MAX_NODES or nest past MAX_DEPTH."""
+    try:
+        return _load_checked(text)
     except YamlProblem:
         raise
     except RecursionError:

@@ -331,7 +331,8 @@ def test_connect_deadline_bounds_a_bad_server(launch, inventory, known_hosts, mo
     assert len(hosts) == BAD_HOSTS
     assert {r["status"] for r in hosts.values()} == {"unreachable"}, hosts
     assert all(r["stdout"] == "" and r["error"] for r in hosts.values())
-    assert run.elapsed < 2 + 8, f"{mode}: the run took {run.elapsed:.1f}s with --connect-timeout 2"
+    # bounded by finish(40): a blackhole would otherwise hold the run forever (no tighter bound:
+    # the per-host errors above say the 2 s connect deadline fired)
     assert "Traceback" not in run.errtext, run
     errors = {r["error"] for r in hosts.values()}
     assert all("\n" not in e for e in errors)
@@ -416,8 +417,7 @@ def test_connection_cut_during_handshake_is_unreachable(launch, lab, inventory, 
             assert "ended without an exit status" in r["error"] and "connection dropped" in r["error"], table
     assert all(hosts[f"cut{n:04d}"]["status"] == "unreachable" for n in CUT_POINTS if n <= 1000), table
     assert "Traceback" not in run.errtext, run
-    print({h: v[0] for h, v in sorted(table.items())})
-    assert run.elapsed < 5 + 8
+    print({h: v[0] for h, v in sorted(table.items())}, f"run {run.elapsed:.1f}s")
 
 
 @pytest.mark.timeout(60)
@@ -461,7 +461,9 @@ def test_half_open_peer_mid_command_is_dropped_by_keepalive(launch, lab, invento
     assert "stalled | UNREACHABLE" in run.errtext and "stopped answering" in run.errtext
     assert {records[h]["status"] for h in ("h001", "h002")} == {"ok"}
     assert "h001: fine\n" in run.text and "h002: fine\n" in run.text
-    assert dropped_after < 15, f"dropped {dropped_after:.1f}s after the stall (the command sleeps 60s)"
+    # dropped by the keepalive ("stopped answering", above), within run.finish's 45 s: the
+    # command sleeps 60 s, so nothing waited for it (no tighter wall-clock bound: a loaded
+    # machine must not fail this)
     print(f"half-open peer dropped {dropped_after:.1f}s after the stall (--keepalive 1)")
 
 
@@ -487,7 +489,7 @@ def test_connection_cut_mid_command_reports_that_host_others_finish(launch, lab,
     assert cut["error"] and re.search(r"connection (dropped|closed)|stopped answering", cut["error"]), cut
     assert cut["stdout"] == "started\n"
     assert {records[f"h00{i}"]["status"] for i in range(1, 5)} == {"ok"}, records
-    assert reported_after < 15
+    print(f"cut reported {reported_after:.1f}s after the cut (bounded by run.finish(45); the command sleeps 60s)")
     print(f"cut host reported {cut['status']} {reported_after:.1f}s after the cut: {cut['error']}")
 
 
@@ -506,7 +508,6 @@ def test_timeout_stops_the_remote_command_and_its_children(launch, inventory, kn
         assert "timed out after 2s" in r["error"] and "the remote command was stopped" in r["error"], r
     left = remote.wait_gone(rf"300[123]\.{u}", 5)
     assert left == [], f"still running on the host after the timeout: {left}"
-    assert run.elapsed < 2 + 10
     print(f"-t 2: 3 hosts timeout, remote children gone, run {run.elapsed:.1f}s")
 
 
@@ -536,7 +537,7 @@ def test_timeout_kills_children_that_ignore_term(launch, inventory, known_hosts,
         assert r["status"] == "timeout", r
         assert r["error"].startswith("timed out after 1s (--timeout); "), r
     assert remote.wait_gone(rf"300[45]\.{u}", 5) == []  # KILL after the grace period got them
-    assert run.elapsed < 1 + 1 + 10
+    # the commands sleep 3000 s: finish(40) bounds the run, no wall-clock bound beside it
 
 
 @pytest.mark.timeout(60)
@@ -589,8 +590,7 @@ def test_sigint_to_the_process_group_stops_every_host(launch, remote, inventory,
     os.killpg(run.proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
     run.finish(40)
     took = time.monotonic() - sent
-    assert_interrupted_cleanly(run, remote, marker, SIGNAL_HOSTS)
-    assert took < 20
+    assert_interrupted_cleanly(run, remote, marker, SIGNAL_HOSTS)  # bounded by run.finish(40)
     print(f"{method}: SIGINT -> exit 130 in {took:.1f}s, {SIGNAL_HOSTS} hosts interrupted, no remote leftovers")
 
 
@@ -602,8 +602,7 @@ def test_sigterm_to_the_parent_only_stops_every_host(launch, remote, inventory, 
     os.kill(run.proc.pid, signal.SIGTERM)
     run.finish(40)
     took = time.monotonic() - sent
-    assert_interrupted_cleanly(run, remote, marker, SIGNAL_HOSTS)
-    assert took < 20
+    assert_interrupted_cleanly(run, remote, marker, SIGNAL_HOSTS)  # bounded by run.finish(40)
     print(f"{method}: SIGTERM -> exit 130 in {took:.1f}s, no remote leftovers")
 
 
@@ -611,9 +610,10 @@ def test_sigterm_to_the_parent_only_stops_every_host(launch, remote, inventory, 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_second_sigint_aborts_at_once(launch, remote, inventory, known_hosts, method):
     # Remote commands that ignore TERM keep the first Ctrl-C's cleanup busy for the kill grace
-    # (10 s), so the second one arrives while it runs (a quick cleanup could end the run first).
+    # (60 s), so the second one arrives while it runs (a quick cleanup could end the run first),
+    # and "at once" is run.finish(30) < the grace: no wall-clock bound a loaded machine can miss.
     run, marker = start_sleepers(launch, remote, inventory, known_hosts, SIGNAL_HOSTS, method,
-                                 "--kill-grace", "10", ignore_term=True)
+                                 "--kill-grace", "60", ignore_term=True)
     os.killpg(run.proc.pid, signal.SIGINT)
     time.sleep(0.2)
     sent = time.monotonic()
@@ -621,7 +621,6 @@ def test_second_sigint_aborts_at_once(launch, remote, inventory, known_hosts, me
     run.finish(30)
     took = time.monotonic() - sent
     assert run.code == 130, run
-    assert took < 10, f"exit {took:.1f}s after the second SIGINT"
     # Every host was running: each is reported interrupted (stopped, or abandoned mid-cleanup),
     # none as "not started"; whatever finished first was printed as valid JSON lines.
     assert f"interrupted while running ({SIGNAL_HOSTS}): h[001-{SIGNAL_HOSTS:03d}]" in run.errtext, run
@@ -869,18 +868,19 @@ def test_a_stuck_worker_is_reported_overdue_and_logged(monkeypatch, tmp_path):
     from hostops.settings import Options, Target
 
     monkeypatch.setattr(pool_module, "PARENT_SLACK", 1.0)  # overdue after 0.5 + 0.5 + 0 + 1 = 2 s
+    # the stuck host sleeps 600 s: the run can only end within this test's timeout (a hang
+    # guard) if the parent gives up on it, so no wall-clock bound is needed
     log = tmp_path / "run.jsonl"
     targets = [Target(n, "localhost", connection="local") for n in ("stuck", "fast1", "fast2")]
     options = Options(timeout=0.5, connect_timeout=0.5, kill_grace=0, forks=3, processes=1,
                       start_method="fork", log=str(log))
     t0 = time.monotonic()
-    results = {r.host: r for r in run(targets, SleepAction({"stuck": 12.0}), options)}
+    results = {r.host: r for r in run(targets, SleepAction({"stuck": 600.0}), options)}
     elapsed = time.monotonic() - t0
     assert sorted(results) == ["fast1", "fast2", "stuck"]
     assert results["fast1"].ok and results["fast2"].ok
     assert results["stuck"].status == "timeout", results["stuck"]
     assert "past every deadline" in results["stuck"].error
-    assert elapsed < 12, f"the run waited {elapsed:.1f}s for the stuck worker"
     records = log_records(log)
     assert [r["event"] for r in records][0] == "start" and records[-1]["event"] == "end"
     assert sorted(r["host"] for r in records if r["event"] == "host") == ["fast1", "fast2", "stuck"]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import re
 import textwrap
-import time
+from unittest import mock
 
 import pytest
 import yaml
@@ -20,16 +21,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT
-from hostops import hostlist
+from hostops import hostlist, inventory as inventory_module
 from hostops.errors import HostopsError, InventoryError
 from hostops.inventory import Inventory
+from hostops.selection import split_pattern
 
 pytestmark = pytest.mark.timeout(120)
 
 PROPS = settings(derandomize=True, database=None, deadline=None, max_examples=150,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                         HealthCheck.filter_too_much])
-FAST = 5.0  # seconds any one load/select may take (a bound against hangs and blow-ups, not a benchmark)
+# No wall-clock bounds (a loaded machine made a 5 s bound fail): hangs are caught by the timeout
+# above, blow-ups by bounds on the work done (hosts made, regexes compiled, memory allocated).
 
 
 def load_text(directory: str, text: str, suffix: str) -> Inventory:
@@ -47,7 +50,6 @@ def foreign(exc: BaseException) -> str:
 
 
 def loads_or_inventory_error(directory: str, text: str, suffix: str) -> None:
-    t0 = time.monotonic()
     escaped = None
     try:
         inv = load_text(directory, text, suffix)
@@ -57,10 +59,11 @@ def loads_or_inventory_error(directory: str, text: str, suffix: str) -> None:
         escaped = foreign(exc)
     else:
         assert isinstance(inv.hosts, dict)
+        assert len(inv.hosts) <= inventory_module.MAX_HOSTS
+        assert inv.host_entries <= inventory_module.MAX_HOST_ENTRIES
         assert inv.select("all") == list(inv.hosts)
     if escaped:
         pytest.fail(f"{escaped} (input {text[:80]!r}, suffix {suffix!r})", pytrace=False)
-    assert time.monotonic() - t0 < FAST
 
 
 # ---------------------------------------------------------------- strategies
@@ -127,10 +130,12 @@ PATTERN_TOKENS = st.sampled_from(["all", "*", "web", "db", "prod", "solo", "web0
 @PROPS
 @given(pattern=st.text(TEXT, max_size=60) | st.lists(PATTERN_TOKENS, max_size=8).map("".join))
 def test_select_returns_hosts_or_raises_hostops_error(fleet, pattern):
-    t0 = time.monotonic()
+    """...and compiles at most one regex per term (a glob with ranges such as
+    '*db[1:99]db[1:99]all' once compiled one per expanded name: 9,801)."""
     escaped = None
     try:
-        chosen = fleet.select(pattern)
+        with mock.patch.object(re, "compile", wraps=re.compile) as compiles:
+            chosen = fleet.select(pattern)
     except HostopsError as exc:
         assert str(exc)
     except Exception as exc:
@@ -138,9 +143,17 @@ def test_select_returns_hosts_or_raises_hostops_error(fleet, pattern):
     else:
         assert isinstance(chosen, list)
         assert set(chosen) <= set(fleet.hosts) and len(set(chosen)) == len(chosen)
+        assert compiles.call_count <= len(split_pattern(pattern)), (pattern, compiles.call_count)
     if escaped:
         pytest.fail(f"{escaped} (pattern {pattern[:80]!r})", pytrace=False)
-    assert time.monotonic() - t0 < FAST
+
+
+@pytest.mark.parametrize("pattern", ["*db[1:99]db[1:99]all", "web[01:20]*", "*[1:99]*[1:99]*", "w?b[01:20]:&*[1:3]"])
+def test_glob_with_ranges_compiles_one_regex_per_term(fleet, pattern):
+    """The pattern that made the wall-clock bound above fail on a loaded machine, as a work bound."""
+    with mock.patch.object(re, "compile", wraps=re.compile) as compiles:
+        fleet.select(pattern)
+    assert compiles.call_count <= len(split_pattern(pattern))
 
 
 # ---------------------------------------------------------------- host-name ranges
@@ -149,14 +162,13 @@ def test_select_returns_hosts_or_raises_hostops_error(fleet, pattern):
                                 st.integers(1, 10 ** 6)), min_size=1, max_size=3))
 def test_range_expansion_is_bounded(parts):
     name = "".join(f"{prefix}[{a}:{b}:{step}]" for prefix, a, b, step in parts)
-    t0 = time.monotonic()
     try:
         names = hostlist.expand(name)
     except InventoryError:
         pass
     else:
         assert 1 <= len(names) <= hostlist.MAX_EXPANSION
-    assert time.monotonic() - t0 < FAST
+        assert len(names) == hostlist.count(name)
 
 
 @pytest.mark.parametrize("name", ["h[1:999999999]", "h[0:99999999999999999999]", "web[001:999999999]",
@@ -165,34 +177,31 @@ def test_one_huge_range_fails_at_once(name):
     import tracemalloc
 
     tracemalloc.start()
-    t0 = time.monotonic()
     try:
         with pytest.raises(InventoryError, match="expands to"):
             hostlist.expand(name)
-        took = time.monotonic() - t0
         _current, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert took < 0.5 and peak < 1024 * 1024, (took, peak)
+    assert peak < 1024 * 1024, peak  # refused before building the names
 
 
-def expand_in_child(name: str, wall: float = 4.0) -> dict:
-    """Expand ``name`` in a fresh interpreter (bounded by ``wall`` seconds and a 1 GiB address
-    space) with tracemalloc on: its outcome, seconds taken and peak bytes allocated."""
+def expand_in_child(name: str, wall: float = 50.0) -> dict:
+    """Expand ``name`` in a fresh interpreter (a 1 GiB address space; ``wall`` seconds only
+    against a hang, generous for a loaded machine) with tracemalloc on: its outcome and the
+    peak bytes allocated."""
     code = textwrap.dedent("""
-        import json, sys, time, tracemalloc
+        import json, sys, tracemalloc
         from hostops import hostlist
         from hostops.errors import InventoryError
         tracemalloc.start()
-        t0 = time.monotonic()
         try:
             hostlist.expand(sys.argv[1])
             outcome = "expanded"
         except InventoryError as exc:
             outcome = "InventoryError: " + str(exc)
-        took = time.monotonic() - t0
         peak = tracemalloc.get_traced_memory()[1]
-        print(json.dumps({"outcome": outcome, "seconds": took, "peak_mb": peak / 1048576}))
+        print(json.dumps({"outcome": outcome, "peak_mb": peak / 1048576}))
     """)
 
     def limit_memory() -> None:
@@ -205,27 +214,28 @@ def expand_in_child(name: str, wall: float = 4.0) -> dict:
         proc = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, timeout=wall,
                               env=env, preexec_fn=limit_memory)
     except subprocess.TimeoutExpired:
-        return {"outcome": f"still expanding after {wall}s", "seconds": wall, "peak_mb": None}
+        return {"outcome": f"still expanding after {wall}s", "peak_mb": None}
     if proc.returncode != 0:
-        return {"outcome": f"crashed: {proc.stderr.strip().splitlines()[-1:]}", "seconds": None, "peak_mb": None}
+        return {"outcome": f"crashed: {proc.stderr.strip().splitlines()[-1:]}", "peak_mb": None}
     import json
 
     return json.loads(proc.stdout)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("name", ["h[1:99999]x[1:99999]y[1:99999]", "h" + "[1:99999]" * 40])
 def test_several_huge_ranges_fail_without_expanding(name):
     result = expand_in_child(name)
     assert result["outcome"].startswith("InventoryError"), result
-    assert result["peak_mb"] < 4 and result["seconds"] < 1, result
+    assert result["peak_mb"] < 4, result
 
 
-def test_one_huge_range_in_child_is_fast_and_small():
+@pytest.mark.timeout(120)
+def test_one_huge_range_in_child_is_refused_small():
     """The same measurement on a single huge range, which is refused before expanding."""
     result = expand_in_child("h[1:999999999]")
     assert result["outcome"].startswith("InventoryError") and "expands to 999999999 names" in result["outcome"]
-    assert result["peak_mb"] < 4 and result["seconds"] < 1, result
+    assert result["peak_mb"] < 4, result
 
 
 # ---------------------------------------------------------------- known breakers (bugs)
