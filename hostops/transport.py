@@ -930,6 +930,9 @@ def kill_note(code: Optional[int], refused: bool, errtext: str, grace: float) ->
         return "the remote command may still be running (it survived TERM and KILL)"
     if code is None:
         return "the remote command may still be running (cleanup did not finish)"
+    if code < 0:
+        return ("not stopped: the kill ended without an exit status (connection lost?); the remote command "
+                "may still be running")
     if code == KILL_FORBIDDEN:
         return ("not stopped: the kill was not permitted (the command runs as another user; use the same "
                 "--sudo); the remote command may still be running")
@@ -1046,13 +1049,15 @@ def _kill_group(proc: subprocess.Popen, grace: float = 5.0) -> str:
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            break
+            return "the command was stopped"
+        except PermissionError:
+            return "not stopped: the kill was not permitted; the command may still be running"
         try:
             proc.wait(wait)
             return "the command was stopped (TERM)" if sig == signal.SIGTERM else "the command was killed (KILL)"
         except subprocess.TimeoutExpired:
             continue
-    return "the command was stopped"
+    return "the command may still be running (it survived TERM and KILL)"
 
 
 __all__ = ["connect", "Connection", "CommandOutcome", "WorkerContext", "wrap_command", "HostKeyError",
