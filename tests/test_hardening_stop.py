@@ -275,14 +275,22 @@ def test_two_sigints_at_once_are_one_ctrl_c(launch, remote, inventory, known_hos
     (Back to back, Python may run the handler once for both; ``gap`` makes it run twice,
     still well inside the one-second window.)"""
     count = 10
-    run, marker = start_sleepers(launch, remote, inventory, known_hosts, count, method)
+    # The commands ignore TERM, so the clean stop lasts the 2 s kill grace: the second signal
+    # comes while it runs, as it does under GNU timeout.
+    run, marker = start_sleepers(launch, remote, inventory, known_hosts, count, method, "--kill-grace", "2",
+                                 ignore_term=True)
     os.kill(run.proc.pid, signal.SIGINT)
     if gap:
         time.sleep(gap)
     os.killpg(run.proc.pid, signal.SIGINT)
     run.finish(60)
+    assert run.code == 130, run
     assert "aborted while running" not in run.text + run.errtext, run
-    assert_interrupted_cleanly(run, remote, marker, count)
+    records = run.json_lines()
+    assert len(records) == count and {r["status"] for r in records} == {"interrupted"}, run
+    assert all("the remote command was killed (KILL after 2s)" in r["error"] for r in records), records[:3]
+    assert f"interrupted while running ({count}): h[001-{count:03d}]" in run.errtext, run
+    assert remote.wait_gone(re.escape(marker), 10) == []
 
 
 @pytest.mark.timeout(120)
