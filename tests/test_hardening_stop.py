@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import textwrap
 import time
@@ -23,8 +24,9 @@ from typing import List, Optional
 
 import pytest
 
+from conftest import ROOT
 from sshlab import SSHD
-from test_faults import (Live, Remote, _stat, alive, assert_interrupted_cleanly, cmdline, launch,  # noqa: F401
+from test_faults import (Live, Remote, _stat, alive, cmdline, launch,  # noqa: F401
                          log_records, remote, start_sleepers, unique, wait_until)
 
 STOP_USER = "hostopsstop"  # not test_trust's user: both files may run at once, each owns its sudoers rule
@@ -298,9 +300,6 @@ def test_timeout_s_int_stops_every_remote_command(remote, inventory, known_hosts
     """The real GNU timeout(1) in front of hostops."""
     if not shutil.which("timeout"):
         pytest.skip("needs GNU timeout")
-    from conftest import ROOT
-    import sys
-
     marker = remote.track(f"30.{unique()}")
     env = dict(os.environ, HOME=str(isolated_home), PYTHONPATH=ROOT)
     env.pop("SSH_AUTH_SOCK", None)
