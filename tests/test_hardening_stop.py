@@ -108,6 +108,30 @@ def test_timeout_with_a_sudo_password_stops_the_root_command(launch, remote, sud
 
 
 @pytest.mark.timeout(120)
+def test_a_kill_that_sudo_refuses_says_not_stopped_and_why(launch, remote, sudo_lab):
+    """The password changes while the command runs: the kill's sudo refuses it. The host says
+    'not stopped: sudo refused the password', and it is true: the root command still runs."""
+    server, inv, kh = sudo_lab
+    sudo_rule(nopasswd=False)
+    marker = remote.track(f"600.{unique()}")
+    run = launch("exec", f"sleep {marker}", "--sudo", "--sudo-pass-env", "STOP_PW", "-i", inv, "--known-hosts", kh,
+                 "--kill-grace", "1", "--json", env={"STOP_PW": STOP_PASSWORD})
+    try:
+        assert remote.wait_running(rf"^sleep {re.escape(marker)}$", 2, 30) == 2, run
+        subprocess.run(["chpasswd"], input=f"{STOP_USER}:changed-{unique()}\n", text=True, check=True, timeout=30)
+        os.kill(run.proc.pid, signal.SIGINT)
+        run.finish(60)
+    finally:
+        subprocess.run(["chpasswd"], input=f"{STOP_USER}:{STOP_PASSWORD}\n", text=True, check=True, timeout=30)
+    assert run.code == 130, run
+    for r in run.json_lines():
+        assert r["status"] == "interrupted", r
+        assert "not stopped: sudo refused the password" in r["error"], r
+        assert "may still be running" in r["error"] and "TERM" not in r["error"], r
+    assert remote.count(rf"^sleep {re.escape(marker)}$") == 2  # still there, as reported
+
+
+@pytest.mark.timeout(120)
 def test_a_runbook_steps_own_sudo_governs_its_kill(launch, remote, sudo_lab, tmp_path):
     """A step with ``sudo: true`` in a run without --sudo: its timeout kills it as root."""
     server, inv, kh = sudo_lab
