@@ -413,7 +413,8 @@ def test_connection_cut_during_handshake_is_unreachable(launch, lab, inventory, 
             assert r["stdout"] == "ran\n" and r["exit_code"] == 0, table
         else:  # cut after the command ran: it is not reported ok, and why is said
             assert r["status"] == "failed" and r["exit_code"] is None, table
-            assert "ended without an exit status" in r["error"] and "connection dropped" in r["error"], table
+            assert "no exit status" in r["error"] and "connection dropped" in r["error"], table
+            assert "may still be running" in r["error"], table  # nothing says it ended
     assert all(hosts[f"cut{n:04d}"]["status"] == "unreachable" for n in CUT_POINTS if n <= 1000), table
     assert "Traceback" not in run.errtext, run
     print({h: v[0] for h, v in sorted(table.items())})
