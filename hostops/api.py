@@ -26,19 +26,32 @@ OnStart = Callable[[str], None]
 OnOutput = Callable[[str, str, bytes], None]
 
 
+#: A second interrupt within this many seconds of the first is the same one, delivered twice:
+#: GNU ``timeout -s INT`` signals hostops and then its process group, a terminal's Ctrl-C may
+#: reach hostops and a wrapper that forwards it. pdsh uses the same one-second window.
+ABORT_WINDOW = 1.0
+
+
 class _Interrupts:
     """SIGINT/SIGTERM while a run is under way: the first asks for a clean stop (running
-    commands are stopped on their hosts, finished results kept), the second aborts at once."""
+    commands are stopped on their hosts, finished results kept); another one, more than
+    :data:`ABORT_WINDOW` later, aborts at once."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.first = 0.0
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.write_fd, False)
         self._previous: dict = {}
 
     def __call__(self, signum: int, frame: Any) -> None:
+        now = time.monotonic()
+        if self.count and now - self.first < ABORT_WINDOW:
+            return  # the first interrupt again: the clean stop is already under way
         self.count += 1
-        if self.count > 1:
+        if self.count == 1:
+            self.first = now
+        else:
             raise KeyboardInterrupt()
         try:
             os.write(self.write_fd, b"!")
@@ -65,7 +78,8 @@ class Session:
 
     With ``handle_signals`` (the CLI's choice), SIGINT and SIGTERM stop the run cleanly:
     no new host starts, running commands are stopped on their hosts and reported
-    ``interrupted``; a second signal aborts at once (KeyboardInterrupt).
+    ``interrupted``; a second signal, more than ABORT_WINDOW later, aborts at once
+    (KeyboardInterrupt).
     """
 
     def __init__(self, options: Options, host_count: int, *, handle_signals: bool = False,

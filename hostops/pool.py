@@ -38,10 +38,23 @@ class PoolError(RuntimeError):
     pass
 
 
+def _proc_start(pid: int) -> Optional[str]:
+    """The start time of live process ``pid`` (not a zombie), or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = data[data.rfind(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
 class _Worker:
-    def __init__(self, wid: int, process, inbox, results, slots: int):
+    def __init__(self, wid: int, process, inbox, results, slots: int, forkserver: bool = False):
         self.id = wid
         self.process = process
+        self.forkserver = forkserver
+        self.orphan_start: Optional[str] = None  # set once its fork server died under it
         self.inbox = inbox            # parent → worker: Job, ABORT or STOP
         self.results = results        # worker → parent: the multiprocessing.Queue of its events
         self.slots = slots
@@ -51,6 +64,44 @@ class _Worker:
     @property
     def free(self) -> int:
         return self.slots - len(self.assigned)
+
+    def alive(self) -> bool:
+        """Is the worker process still running? Under forkserver, multiprocessing learns a
+        worker's end from the fork server, and reports every worker dead (exit code 255) when
+        the fork server itself dies: the worker's own /proc entry says what is true."""
+        if self.orphan_start is None:
+            if self.process.is_alive():
+                return True
+            if not self.forkserver or self.process.exitcode != 255:
+                return False
+            start = _proc_start(self.process.pid)
+            if start is None:
+                return False
+            self.orphan_start = start  # still running, its fork server gone: watch the pid itself
+            return True
+        return _proc_start(self.process.pid) == self.orphan_start
+
+    @property
+    def sentinel(self) -> Optional[int]:
+        """What to wait on for its end (an orphan's end shows as its results pipe's EOF)."""
+        return None if self.orphan_start is not None else self.process.sentinel
+
+    def exit_how(self) -> str:
+        code = None if self.orphan_start is not None else self.process.exitcode
+        if code is None:
+            return "exit status unknown: its fork server had died"
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+    def signal(self, kill: bool) -> None:
+        if self.orphan_start is None:
+            (self.process.kill if kill else self.process.terminate)()
+        elif self.alive():
+            import signal
+
+            try:
+                os.kill(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            except OSError:
+                pass
 
 
 class Pool:
@@ -72,10 +123,7 @@ class Pool:
         self.not_started: List[Job] = []
         base, extra = divmod(self.forks, self.processes)
         self._slot_plan = [base + (1 if i < extra else 0) for i in range(self.processes)]
-        limit = None
-        if options.timeout:
-            limit = options.connect_timeout + options.timeout + options.kill_grace + PARENT_SLACK
-        self._overdue_after = limit
+        self._limits: Dict[int, Optional[float]] = {}  # job id → seconds after its start it is overdue
         self._given_up: Set[int] = set()
         self._home: Dict[str, int] = {}  # host → the worker holding its kept connection
 
@@ -90,7 +138,7 @@ class Pool:
         process.start()
         inbox_r.close()
         results._writer.close()  # type: ignore[attr-defined]  # EOF reaches us when the worker dies
-        worker = _Worker(wid, process, inbox_w, results, slots)
+        worker = _Worker(wid, process, inbox_w, results, slots, self.ctx.get_start_method() == "forkserver")
         self.workers[wid] = worker
         return worker
 
@@ -126,17 +174,22 @@ class Pool:
     def terminate(self, now: bool = False) -> None:
         """SIGTERM the workers (they stop remote commands first); ``now``: SIGKILL at once."""
         for w in self.workers.values():
-            if w.process.is_alive():
-                (w.process.kill if now else w.process.terminate)()
+            if w.alive():
+                w.signal(kill=now)
         self._reap(0.5 if now else self.options.kill_grace + 15)
 
     def _reap(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for w in self.workers.values():
             w.process.join(max(0.0, deadline - time.monotonic()))
-            if w.process.is_alive():
-                w.process.kill()
+            while w.orphan_start is not None and w.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)  # not our child: no join, poll its /proc entry
+            if w.alive():
+                w.signal(kill=True)
                 w.process.join(2.0)
+                limit = time.monotonic() + 2.0
+                while w.orphan_start is not None and w.alive() and time.monotonic() < limit:
+                    time.sleep(0.05)
             for conn in (w.inbox, w.results._reader):  # type: ignore[attr-defined]
                 try:
                     conn.close()
@@ -231,9 +284,8 @@ class Pool:
         times = []
         if drain_deadline is not None:
             times.append(drain_deadline)
-        if self._overdue_after is not None:
-            times += [t + self._overdue_after for w in self.workers.values() for jid, t in w.started.items()
-                      if jid not in self._given_up]
+        times += [t + self._limits[jid] for w in self.workers.values() for jid, t in w.started.items()
+                  if jid not in self._given_up and self._limits.get(jid) is not None]
         if not times:
             return None
         return max(0.0, min(times) - time.monotonic()) + 0.05
@@ -241,7 +293,7 @@ class Pool:
     def _wait(self, by_id: Dict[int, Job], wake_fd: Optional[int], drain_deadline: Optional[float]
               ) -> Iterator[tuple]:
         readers = {w.results._reader: w for w in self.workers.values()}  # type: ignore[attr-defined]
-        sentinels = [w.process.sentinel for w in self.workers.values()]
+        sentinels = [w.sentinel for w in self.workers.values() if w.sentinel is not None]
         extra = [wake_fd] if wake_fd is not None and not self.aborting else []
         ready = multiprocessing.connection.wait(list(readers) + sentinels + extra,
                                                 self._wait_timeout(drain_deadline))
@@ -265,6 +317,7 @@ class Pool:
             kind = msg[0]
             if kind == MSG_STARTED:
                 w.started[msg[2]] = time.monotonic()
+                self._limits[msg[2]] = self.overdue_after(by_id[msg[2]])
                 yield ("started", by_id[msg[2]])
             elif kind == MSG_OUTPUT:
                 yield ("output", by_id[msg[2]], msg[3], msg[4])
@@ -278,14 +331,26 @@ class Pool:
             elif kind == MSG_FATAL:
                 raise PoolError(msg[2])
 
+    def overdue_after(self, job: Job) -> Optional[float]:
+        """Seconds after its start when ``job`` is past every deadline: its own action's timeout
+        (a runbook step's ``timeout:``; the run's -t when it has none), each retry's, the connect timeout
+        and the kill grace, plus slack. None: the action has no time limit, so no watchdog."""
+        o = self.options
+        timeout = getattr(job.action, "timeout", None) or o.timeout  # actions without one: the run's -t
+        if not timeout:
+            return None
+        attempts = 1 + int(getattr(job.action, "retries", 0) or 0)
+        delay = float(getattr(job.action, "delay", 0) or 0)
+        connect = max(job.target.connect_timeout or 0, o.connect_timeout)
+        return connect + attempts * (timeout + o.kill_grace) + (attempts - 1) * delay + PARENT_SLACK
+
     def _check_overdue(self, by_id: Dict[int, Job]) -> Iterator[tuple]:
         """The parent's last resort: a host past every deadline is reported, not waited for."""
-        if self._overdue_after is None:
-            return
         now = time.monotonic()
         for w in self.workers.values():
             for jid, began in list(w.started.items()):
-                if jid not in self._given_up and now - began > self._overdue_after:
+                limit = self._limits.get(jid)
+                if jid not in self._given_up and limit is not None and now - began > limit:
                     self._given_up.add(jid)
                     job = by_id[jid]
                     yield ("done", job, HostResult(job.target.name, TIMEOUT, start=time.time() - (now - began),
@@ -311,11 +376,10 @@ class Pool:
         """A dead worker's started hosts fail (the command may have run: never retried);
         hosts it had not started go back to the queue; a new worker takes its place."""
         for wid, w in list(self.workers.items()):
-            if w.process.is_alive() or w.process.exitcode is None:
+            if w.alive() or (w.orphan_start is None and w.process.exitcode is None):
                 continue
             yield from self._drain(w, by_id)  # what it sent before dying counts
-            code = w.process.exitcode
-            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            how = w.exit_how()
             for jid in sorted(w.assigned):
                 job = by_id[jid]
                 if jid in self._given_up:

@@ -527,38 +527,32 @@ class SSHConnection(Connection):
         return self.transport.is_active()
 
     def kill_remote(self, pgid: Optional[int], sudo: bool = False) -> str:
-        """TERM the command's process group, KILL it after the grace period; say how it went."""
+        """TERM the command's process group, KILL it after the grace period; say how it went.
+
+        With ``sudo`` the kill runs as root through the same sudo exchange as the command
+        (``sudo -S`` answered with the sudo password when there is one, else ``sudo -n``): a
+        root command cannot be stopped by the login user. When the kill itself cannot run,
+        the note says "not stopped" and why, never what was not tried."""
         if pgid is None:
             return "the remote command may still be running (its process id is unknown)"
         grace = self.ctx.options.kill_grace
-        steps = max(1, int(grace * 10))
-        # "alive" skips zombies (ps), which a slow init may take a while to reap
-        script = (
-            "alive() { if command -v ps >/dev/null 2>&1; then ps -eo pgid=,stat= | "
-            "awk -v p=\"$1\" '$1==p && $2 !~ /^Z/ {f=1} END {exit !f}'; "
-            "else kill -0 -- -\"$1\" 2>/dev/null; fi; }; "
-            f"p={pgid}; kill -TERM -- -$p 2>/dev/null || exit 0; i=0; "
-            f"while alive $p; do i=$((i+1)); if [ $i -ge {steps} ]; then kill -KILL -- -$p 2>/dev/null; j=0; "
-            "while alive $p; do j=$((j+1)); [ $j -ge 30 ] && exit 3; sleep 0.1; done; exit 2; fi; "
-            "sleep 0.1; done; exit 0")
-        if sudo:
-            script = wrap_command(script, True)
+        password = self.ctx.options.secrets.sudo_password if sudo else None
+        prompt = new_prompt() if password else None
         try:
             if not self.transport.is_active():
                 raise EOFError("connection closed")
             chan = self.transport.open_session(timeout=5)
-            chan.exec_command(script)
-            chan.shutdown_write()
-            if not chan.status_event.wait(grace + 10):
+            try:
+                chan.exec_command(kill_command(pgid, grace, sudo, prompt))
+                if prompt is None:
+                    chan.shutdown_write()
+                code, refused, errtext = _wait_kill(chan, grace + 10, prompt, password)
+            finally:
                 chan.close()
-                return "the remote command may still be running (cleanup did not finish)"
-            code = chan.recv_exit_status()
-            chan.close()
         except Exception as exc:  # the connection may be the thing that failed
-            return f"the remote command may still be running (cleanup failed: {exc or type(exc).__name__})"
-        return {0: "the remote command was stopped (TERM)",
-                2: f"the remote command was killed (KILL after {grace:g}s)"}.get(
-            code, "the remote command may still be running (it survived TERM and KILL)")
+            return (f"not stopped: the kill could not be sent ({exc or type(exc).__name__}); the remote command "
+                    "may still be running")
+        return kill_note(code, refused, errtext, grace)
 
     def files(self):
         if self._fs is None:
@@ -814,7 +808,7 @@ def _read_channel(conn: SSHConnection, chan, timeout: Optional[float], on_output
                 out.add(chan.recv(READ_SIZE))
             else:
                 poller.poll(100)
-        note = conn.kill_remote(err.pid, opts.sudo)
+        note = conn.kill_remote(err.pid, sudo)
         raise exc_type(out.getvalue(), err.getvalue(), f"{note_prefix}; {note}")
 
     try:
@@ -880,8 +874,15 @@ def _read_channel(conn: SSHConnection, chan, timeout: Optional[float], on_output
         return CommandOutcome(status if status is not None and status >= 0 else None, out.getvalue(),
                               err.getvalue(), SUDO_AUTH_FAILED)
     if status is None or status < 0:
-        return CommandOutcome(None, out.getvalue(), err.getvalue(), "the command ended without an exit status "
-                              "(killed by a signal, or the connection dropped)")
+        if conn.transport.is_active():
+            # paramiko closes the channels a moment before it marks a dropped transport inactive
+            conn.transport.join(0.5)
+        if not conn.transport.is_active():
+            # sshd (or the network) went away: nothing says the command ended with it
+            return CommandOutcome(None, out.getvalue(), err.getvalue(), "the connection dropped during the "
+                                  "command (no exit status); the remote command may still be running")
+        return CommandOutcome(None, out.getvalue(), err.getvalue(), "the command was killed by a signal (sshd "
+                              "reported no exit status)")
     return CommandOutcome(status, out.getvalue(), err.getvalue())
 
 
@@ -896,6 +897,91 @@ def _send_keepalive(transport, paramiko) -> None:
         transport._send_user_message(m)
     except Exception:
         pass
+
+
+#: Exit codes of the kill script (see :func:`kill_command`); sudo itself fails with 1.
+KILL_TERM, KILL_KILL, KILL_SURVIVED, KILL_FORBIDDEN = 0, 2, 3, 4
+
+
+def kill_command(pgid: int, grace: float, sudo: bool, prompt: Optional[str] = None) -> str:
+    """The shell script that TERMs process group ``pgid``, KILLs it after ``grace`` seconds,
+    and says by its exit code what happened: 0 gone after TERM (or already gone), 2 gone
+    after KILL, 3 still there after KILL, 4 the signals were not permitted (another user's
+    processes). ``sudo``: run it as root, through ``sudo -S -p prompt`` when ``prompt``.
+
+    ``kill -s SIG -- -PGID`` is the POSIX form, which dash (Debian's sh: it runs the script
+    under sudo, and for users whose login shell it is) accepts too; dash refuses
+    ``kill -TERM -- -PGID`` ("Illegal number"), which made every such kill fail unseen."""
+    steps = max(1, int(grace * 10))
+    # "alive" skips zombies (ps), which a slow init may take a while to reap
+    script = (
+        "alive() { if command -v ps >/dev/null 2>&1; then ps -eo pgid=,stat= | "
+        "awk -v p=\"$1\" '$1==p && $2 !~ /^Z/ {f=1} END {exit !f}'; "
+        "else kill -s 0 -- -\"$1\" 2>/dev/null; fi; }; "
+        "foreign() { command -v ps >/dev/null 2>&1 && ps -eo pgid=,uid=,stat= | "
+        "awk -v p=\"$1\" -v u=\"$(id -u)\" '$1==p && $2!=u && $3 !~ /^Z/ {f=1} END {exit !f}'; }; "
+        f"p={pgid}; if ! kill -s TERM -- -$p 2>/dev/null; then alive $p && exit {KILL_FORBIDDEN}; exit 0; fi; i=0; "
+        f"while alive $p; do i=$((i+1)); if [ $i -ge {steps} ]; then kill -s KILL -- -$p 2>/dev/null; j=0; "
+        f"while alive $p; do j=$((j+1)); if [ $j -ge 30 ]; then foreign $p && exit {KILL_FORBIDDEN}; "
+        f"exit {KILL_SURVIVED}; fi; sleep 0.1; done; exit {KILL_KILL}; fi; "
+        "sleep 0.1; done; exit 0")
+    if not sudo:
+        return script
+    if prompt is None:
+        return wrap_command(script, True)
+    return f"sudo -S -p {shlex.quote(prompt)} -- sh -c {shlex.quote(script)}"
+
+
+def _wait_kill(chan, limit: float, prompt: Optional[str], password: Optional[str]) -> Tuple[Optional[int], bool, str]:
+    """Wait (at most ``limit`` seconds) for the kill script, answering sudo's prompt once with
+    the password (stdin is then closed: a second prompt fails at once). (exit code or None if
+    it did not finish, whether sudo refused the password, its stderr)."""
+    watch = PromptWatch(prompt.encode()) if prompt else None
+    refused = False
+    err = b""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        while chan.recv_stderr_ready():
+            data = chan.recv_stderr(READ_SIZE)
+            if watch is not None:
+                data, prompts = watch.feed(data)
+                if prompts and watch.count == 1:
+                    chan.sendall(((password or "") + "\n").encode())
+                    chan.shutdown_write()
+                elif prompts:
+                    refused = True
+            err = (err + data)[-4096:]
+        if chan.exit_status_ready() and not chan.recv_stderr_ready():
+            return chan.recv_exit_status(), refused, err.decode(errors="replace")
+        chan.status_event.wait(0.1)
+    return None, refused, err.decode(errors="replace")
+
+
+def kill_note(code: Optional[int], refused: bool, errtext: str, grace: float) -> str:
+    """What stopping the remote command achieved, in words that claim only what happened."""
+    if code == KILL_TERM:
+        return "the remote command was stopped (TERM)"
+    if code == KILL_KILL:
+        return f"the remote command was killed (KILL after {grace:g}s)"
+    if code == KILL_SURVIVED:
+        return "the remote command may still be running (it survived TERM and KILL)"
+    if code is None:
+        return "the remote command may still be running (cleanup did not finish)"
+    if code < 0:
+        return ("not stopped: the kill ended without an exit status (connection lost?); the remote command "
+                "may still be running")
+    if code == KILL_FORBIDDEN:
+        return ("not stopped: the kill was not permitted (the command runs as another user; use the same "
+                "--sudo); the remote command may still be running")
+    lowered = errtext.lower()
+    if refused or "incorrect password" in lowered or "no password was provided" in lowered:
+        why = "sudo refused the password"
+    elif "password is required" in lowered:
+        why = "sudo needs a password (--ask-sudo-pass, --sudo-pass-file or --sudo-pass-env)"
+    else:
+        last = errtext.strip().splitlines()[-1:] or [""]
+        why = f"the kill failed (exit {code}{': ' + last[0][:200] if last[0] else ''})"
+    return f"not stopped: {why}; the remote command may still be running"
 
 
 # ---------------------------------------------------------------------------- local
@@ -1000,13 +1086,15 @@ def _kill_group(proc: subprocess.Popen, grace: float = 5.0) -> str:
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            break
+            return "the command was stopped"
+        except PermissionError:
+            return "not stopped: the kill was not permitted; the command may still be running"
         try:
             proc.wait(wait)
             return "the command was stopped (TERM)" if sig == signal.SIGTERM else "the command was killed (KILL)"
         except subprocess.TimeoutExpired:
             continue
-    return "the command was stopped"
+    return "the command may still be running (it survived TERM and KILL)"
 
 
 __all__ = ["connect", "Connection", "CommandOutcome", "WorkerContext", "wrap_command", "HostKeyError",

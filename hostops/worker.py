@@ -173,7 +173,20 @@ class _Terminated(BaseException):
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """Linux: SIGTERM this worker when the parent dies, so none outlives a SIGKILLed parent."""
+    """Linux: SIGTERM this worker when the parent dies, so none outlives a SIGKILLed parent.
+
+    Only when the hostops process is our parent (fork, spawn). Under forkserver our parent
+    is the fork server, whose death says nothing about the run: PDEATHSIG would stop every
+    host when it dies. There the inbox pipe, whose only writer is the hostops process,
+    says when hostops is gone (end-of-file: the main loop aborts the running hosts)."""
+    if os.getppid() != parent_pid:
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:  # hostops died before we started
+            os.kill(os.getpid(), signal.SIGTERM)
+        except OSError:
+            pass
+        return
     try:
         import ctypes
 
@@ -181,10 +194,8 @@ def _die_with_parent(parent_pid: int) -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:
         pass
-    # The parent died before prctl took effect: we were handed to init. (Under forkserver
-    # our parent is the fork server, which exits with the main process; the inbox pipe's
-    # end-of-file tells us too.)
-    if os.getppid() == 1 and parent_pid != 1:
+    # The parent died before prctl took effect: we were handed to init (or a subreaper).
+    if os.getppid() != parent_pid:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
