@@ -29,7 +29,7 @@ class RunLock:
                 return os.open(self.path, flags | os.O_CREAT, 0o600)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise UsageError(f"--lock {self.path} is a symbolic link; refusing to follow it") from None
+                raise UsageError(f"--lock {self.path}: cannot open it: it is a symbolic link (not followed)") from None
             raise UsageError(f"--lock {self.path}: cannot open it: {exc.strerror}") from None
 
     def acquire(self) -> "RunLock":
