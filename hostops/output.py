@@ -447,6 +447,8 @@ def guard_std_streams() -> None:
         if name in _GUARDS:
             continue
         old = getattr(sys, name)
+        if old is not None and old is not getattr(sys, f"__{name}__"):
+            continue  # redirected in-process (a test's capture, an embedding program): theirs to handle
         try:
             if old is not None:
                 old.flush()
