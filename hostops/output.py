@@ -176,12 +176,12 @@ class Renderer:
         if summary.interrupted and summary.not_finished:
             self.err.write(f"interrupted; not started ({len(summary.not_finished)}): "
                            f"{compact(summary.not_finished)}\n")
-        unlogged = [r.host for r in summary.results if r.error and "could not write log" in r.error]
+        unlogged = list(dict.fromkeys(r.host for r in summary.results if r.error and "could not write log" in r.error))
         if unlogged:
             self.err.write(f"could not write log ({len(unlogged)}): {sanitize(compact(unlogged).encode())}\n")
         if self.outdir_failed:
-            self.err.write(f"could not write -o files ({len(self.outdir_failed)}): "
-                           f"{sanitize(compact(self.outdir_failed).encode())}\n")
+            failed = list(dict.fromkeys(self.outdir_failed))  # a runbook reports a host once per step
+            self.err.write(f"could not write -o files ({len(failed)}): {sanitize(compact(failed).encode())}\n")
         self.err.write((line or summary.line()) + "\n")
         self.err.flush()
 
