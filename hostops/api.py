@@ -86,6 +86,7 @@ class Session:
                  warn: Optional[Callable[[str], None]] = None, keep_connections: bool = False,
                  summary: Optional[Summary] = None):
         self.options = fit_forks(options, host_count, warn or (lambda message: None))
+        self._warn = warn or (lambda message: None)
         self.host_count = host_count
         self.keep_connections = keep_connections
         self.summary = summary if summary is not None else Summary()
@@ -102,6 +103,25 @@ class Session:
         signalled = self._interrupts is not None and self._interrupts.count > 0
         return signalled or bool(self.pool is not None and self.pool.aborting) or self.summary.interrupted
 
+    def request_stop(self) -> None:
+        """Stop as a first Ctrl-C does (the CLI calls this when its output's reader went away):
+        no new host starts, running commands are stopped on their hosts and reported."""
+        interrupts = self._interrupts
+        if interrupts is not None and interrupts.count == 0:
+            interrupts(signal.SIGPIPE, None)
+        elif interrupts is None:
+            self.summary.interrupted = True
+
+    def _write_log(self, record: dict, what: str) -> None:
+        """A run record that cannot be written (full disk) is named on stderr; the run goes on."""
+        if self.log is None:
+            return
+        try:
+            self.log.write(record)
+        except OSError as exc:
+            self._warn(f"could not write log: the {what} record is missing from {self.log.path} "
+                       f"({exc.strerror or exc})")
+
     def wait_interrupt(self, seconds: float) -> bool:
         """Sleep up to ``seconds`` (between batches); True at once if the run is interrupted."""
         if self._interrupts is None:
@@ -115,9 +135,8 @@ class Session:
     def start(self, what: Any, hosts: Sequence[str]) -> "Session":
         self._hosts = list(hosts)
         self.log = maybe_open(self.options.log, self.options.secrets)
-        if self.log is not None:
-            self.log.write({"event": "start", "pid": os.getpid(), "action": what, "hosts": list(hosts),
-                            "options": _loggable(self.options)})
+        self._write_log({"event": "start", "pid": os.getpid(), "action": what, "hosts": list(hosts),
+                         "options": _loggable(self.options)}, "start")
         if self.handle_signals:
             self._interrupts = _Interrupts().install()
         self.pool = Pool(self.options, self.host_count)
@@ -157,7 +176,8 @@ class Session:
                     try:
                         self.log.write({"event": "host", **result.to_json()})
                     except OSError as exc:
-                        result.error = (result.error + "; " if result.error else "") + f"could not write log: {exc}"
+                        note = f"could not write log: {exc.strerror or exc}"
+                        result.error = (result.error + "; " if result.error else "") + note
                 self.summary.add(result)
                 self.summary.elapsed = time.monotonic() - self._t0
                 yield result
@@ -206,7 +226,8 @@ class Session:
                     if not self.summary.not_finished:  # the caller may fill it in only later
                         done = {r.host for r in self.summary.results}
                         self.summary.not_finished = [h for h in getattr(self, "_hosts", []) if h not in done]
-                    self.log.write({"event": "end", "summary": end if end is not None else self.summary.to_json()})
+                    self._write_log({"event": "end", "summary": end if end is not None else self.summary.to_json()},
+                                    "end")
                 finally:
                     self.log.close()
                     self.log = None

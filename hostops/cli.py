@@ -307,6 +307,7 @@ def run_action(targets, action, options, kw: dict, *, steps=None, spec=None, wha
         session = Session(options, len(targets), handle_signals=True, warn=_warn, keep_connections=keep_connections)
         report = None
         error: Optional[BaseException] = None
+        unwatch = _watch_stdout(session)
         try:
             session.start(what or steps[0].name, [t.name for t in targets])
             report = rollout(session, targets, steps, spec, on_step=on_step, on_result=show,
@@ -316,7 +317,10 @@ def run_action(targets, action, options, kw: dict, *, steps=None, spec=None, wha
             error = exc
             session.summary.interrupted = True
         finally:
+            unwatch()
             end = end_record(report, session.summary.elapsed) if (report is not None and multi) else None
+            if end is not None and session.summary.output_closed:
+                end["output_closed"] = True
             session.close(error, end)
         summary = session.summary
         for result in summary.results:  # reported while closing (abandoned after a second Ctrl-C)
@@ -364,6 +368,30 @@ def _warn_unchecked_keys(targets, options) -> None:
         _warn(f"host key checking is off for {compact_names(list(dict.fromkeys(off)))} (StrictHostKeyChecking no "
               "in ssh_config): a man in the middle would go unnoticed; no password is sent to a host whose key "
               "differs from known_hosts")
+
+
+def _watch_stdout(session) -> Callable[[], None]:
+    """Standard output's reader went away (``| head -1``, ``| true``): stop the run as a first
+    Ctrl-C does (no new host starts, running commands are stopped on their hosts, every host
+    is logged and recorded for @failed), like a tool stopped by SIGPIPE but with the record
+    kept; main() then exits 141. Any other write error (a full disk under ``> file``) only
+    stops the output: the run goes on, its hosts' outcome in --log, -o and the state file."""
+    from hostops.output import reader_gone, stream_error, when_broken
+
+    def broken(exc: OSError) -> None:
+        if reader_gone(exc):
+            session.summary.output_closed = True
+            _warn("standard output was closed (its reader went away); stopping the run as an interrupt "
+                  "does: running commands are stopped on their hosts, and each host is still logged")
+            session.request_stop()
+        else:
+            _warn(f"could not write standard output ({exc.strerror or exc}); output is dropped from here "
+                  "on, the run goes on (see --log, -o)")
+
+    if stream_error("stdout") is not None:
+        broken(stream_error("stdout"))  # type: ignore[arg-type]
+        return lambda: None
+    return when_broken("stdout", broken)
 
 
 def compact_names(names) -> str:
@@ -696,7 +724,15 @@ from hostops import cli_keys  # noqa: E402,F401  (registers 'hostops keys')
 
 # ------------------------------------------------------------------ entry point
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Console entry point: every error becomes one line on stderr and a documented exit code."""
+    """Console entry point: every error becomes one line on stderr and a documented exit code.
+    stdout and stderr are guarded first: a closed pipe or a full disk under them never
+    becomes an internal error (see _watch_stdout); a reader gone from stdout exits 141."""
+    from hostops.output import guard_std_streams, reader_gone, stream_error
+
+    try:
+        guard_std_streams()
+    except (OSError, ValueError):  # pragma: no cover - an odd environment: run unguarded
+        pass
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="hostops", standalone_mode=False)
     except click.exceptions.Abort:
@@ -713,10 +749,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except KeyboardInterrupt:
         click.echo("hostops: interrupted", err=True)
         code = ExitCode.INTERRUPTED
-    except BrokenPipeError:
-        code = ExitCode.OK
+    except BrokenPipeError:  # an unguarded stream (should not happen): the reader went away
+        code = ExitCode.OUTPUT_CLOSED
         try:
-            sys.stdout = open(os.devnull, "w")
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
         except OSError:
             pass
     except Exception as exc:  # a bug: say so in one line, keep the traceback for whoever debugs
@@ -725,7 +761,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         click.echo(f"hostops: internal error: {type(exc).__name__}: {exc} "
                    "(set HOSTOPS_DEBUG=1 for the traceback, and please report it)", err=True)
         code = ExitCode.INTERNAL
+    if reader_gone(stream_error("stdout")) and int(code or 0) in _OUTCOME_CODES:
+        code = ExitCode.OUTPUT_CLOSED  # like a tool stopped by SIGPIPE (128 + 13); the log has the rest
     sys.exit(int(code or 0))
+
+
+#: Exit codes that describe the hosts' outcome: a closed stdout turns them into 141.
+_OUTCOME_CODES = {int(c) for c in (ExitCode.OK, ExitCode.TIMEOUT, ExitCode.UNREACHABLE, ExitCode.FAILED,
+                                   ExitCode.INTERRUPTED)}
 
 
 if __name__ == "__main__":  # pragma: no cover

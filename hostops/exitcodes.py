@@ -2,7 +2,9 @@
 
 0 all ok · 1 internal error · 2 usage/inventory/selection/runbook error (nothing ran) ·
 3 some host timed out · 4 some host unreachable · 5 some remote command failed ·
-6 another run holds the --lock file (nothing ran) · 130 interrupted. With several, the first of 3, 4, 5 that applies wins, as in pssh.
+6 another run holds the --lock file (nothing ran) · 130 interrupted · 141 standard output's reader
+went away (``| head -1``): the run was stopped as an interrupt would stop it, every host logged.
+With several, the first of 3, 4, 5 that applies wins, as in pssh.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ class ExitCode(enum.IntEnum):
     FAILED = 5
     LOCKED = 6
     INTERRUPTED = 130
+    OUTPUT_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
 
 
 #: Host status → the exit code it contributes; order is pssh's priority (first wins).
@@ -40,6 +43,7 @@ HELP_TEXT = (
     "Exit codes: 0 all hosts ok; 1 internal error; 2 usage, inventory, selection or runbook error "
     "(nothing ran); 3 some host timed out; 4 some host unreachable (DNS, connect, banner, "
     "auth, host key); 5 some remote command exited non-zero; 6 another run holds the --lock file "
-    "(nothing ran); 130 interrupted. "
+    "(nothing ran); 130 interrupted; 141 standard output's reader went away (| head): the run stopped "
+    "as on Ctrl-C, every host still logged. "
     "With several, the first of 3, 4, 5 that applies wins."
 )

@@ -1,7 +1,8 @@
 """The JSON-lines run log, shared by the parent and every worker process.
 
 Each record is one ``write()`` of one line, made while holding :class:`LogLock`, so lines
-from many processes never interleave or tear. The lock is an ``fcntl`` lock on the log
+from many processes never interleave or tear; a record the disk has no room for is cut
+back out, so the file only ever holds whole lines. The lock is an ``fcntl`` lock on the log
 file itself: the kernel releases it if its holder dies (a SIGKILLed worker cannot wedge
 the run), and it also keeps two hostops runs writing the same log apart. A thread lock
 inside the lock object orders the threads of one process.
@@ -90,10 +91,21 @@ class RunLog:
         # so a record is always exactly one line.
         data = (json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
         with self.lock:
+            # Under the lock the file ends where this record will begin (every writer appends
+            # only under it). A write cut short (ENOSPC, EDQUOT, EIO) is cut back to there:
+            # the file holds whole lines only, and the caller marks the host.
+            before = os.fstat(self._fd).st_size
             view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            try:
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+            except OSError:
+                try:
+                    os.ftruncate(self._fd, before)
+                except OSError:
+                    pass
+                raise
 
     def close(self) -> None:
         if self._fd >= 0:

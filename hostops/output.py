@@ -6,12 +6,15 @@ cursor, retitle the terminal, write to the clipboard or fake another host's head
 """
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import re
+import stat
 import sys
 import time
-from typing import IO, Dict, List, Optional, Tuple
+from typing import IO, Callable, Dict, List, Optional, Tuple
 
 from hostops.hostlist import compact
 from hostops.results import (FAILED, INTERRUPTED, OK, TIMEOUT, UNCHANGED, UNREACHABLE, HostResult, Summary,
@@ -129,14 +132,17 @@ class Progress:
 class Renderer:
     """Base renderer: the CLI calls started/output/result as events arrive, then finish."""
 
-    def __init__(self, out: IO = sys.stdout, err: IO = sys.stderr, progress: Optional[Progress] = None,
+    def __init__(self, out: Optional[IO] = None, err: Optional[IO] = None, progress: Optional[Progress] = None,
                  outdir: Optional[str] = None, raw: bool = False):
-        self.out = out
-        self.err = err
+        # Resolved now, not at import: the CLI puts guarded streams in place first, and a
+        # closed descriptor (sys.stdout None) must not crash a run.
+        self.out = _or_null(out if out is not None else sys.stdout)
+        self.err = _or_null(err if err is not None else sys.stderr)
         self.raw = raw
         self.progress = progress or Progress(err, 0, False)
         self.outdir = outdir
-        self.color = use_color(out)
+        self.outdir_failed: List[str] = []  # hosts whose -o files could not be written
+        self.color = use_color(self.out)
         if outdir:
             from hostops.secrets import private_makedirs
 
@@ -153,7 +159,12 @@ class Renderer:
         self.progress.running = max(0, self.progress.running - 1)
         self.progress.done += 1
         if self.outdir:
-            write_outdir(self.outdir, result)
+            try:
+                write_outdir(self.outdir, result)
+            except OSError as exc:  # this host is marked; the others go on
+                self.outdir_failed.append(result.host)
+                note = f"could not write -o file: {exc.strerror or exc}"
+                result.error = (result.error + "; " if result.error else "") + note
         self.progress.clear()
         self.show(result)
         self.progress.update(force=True)
@@ -180,6 +191,12 @@ class Renderer:
         if summary.interrupted and summary.not_finished:
             self.err.write(f"interrupted; not started ({len(summary.not_finished)}): "
                            f"{one_line(compact(summary.not_finished))}\n")
+        unlogged = list(dict.fromkeys(r.host for r in summary.results if r.error and "could not write log" in r.error))
+        if unlogged:
+            self.err.write(f"could not write log ({len(unlogged)}): {sanitize(compact(unlogged).encode())}\n")
+        if self.outdir_failed:
+            failed = list(dict.fromkeys(self.outdir_failed))  # a runbook reports a host once per step
+            self.err.write(f"could not write -o files ({len(failed)}): {sanitize(compact(failed).encode())}\n")
         self.err.write((line or summary.line()) + "\n")
         self.err.flush()
 
@@ -278,17 +295,63 @@ def safe_filename(host: str) -> str:
 
 
 def write_outdir(outdir: str, result: HostResult) -> None:
-    """pssh's -o/-e: ``DIR/<host>.out`` and ``DIR/<host>.err`` (0600: output may hold secrets)."""
+    """pssh's -o/-e: ``DIR/<host>.out`` and ``DIR/<host>.err`` (0600: output may hold secrets).
+
+    Never follows a link planted at either name (O_NOFOLLOW), never blocks on a FIFO
+    (O_NONBLOCK), and only empties a regular file of ours with no other hard link: a name
+    someone else prepared is refused, its target untouched. A write cut short (full disk)
+    removes the half-written file. Raises OSError saying which file and why."""
     base = os.path.join(outdir, safe_filename(result.host))
     for suffix, data in ((".out", result.stdout), (".err", result.stderr)):
-        fd = os.open(base + suffix, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o600)  # the mode above only applies to new files; tighten old ones too
-            fh.write(data)
+        _write_private(base + suffix, data)
 
 
-def make_renderer(mode: str, *, out: IO = sys.stdout, err: IO = sys.stderr, total: int = 0,
+def _write_private(path: str, data: bytes) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(exc.errno, f"{path} is a symbolic link; not followed") from None
+        if exc.errno == errno.ENXIO:  # a FIFO nobody reads (O_NONBLOCK: refused, not waited on)
+            raise OSError(exc.errno, f"{path} is not a regular file; left alone") from None
+        raise OSError(exc.errno, f"{path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file; left alone")
+        if st.st_uid != os.geteuid():
+            raise OSError(errno.EPERM, f"{path} belongs to another user (uid {st.st_uid}); left alone")
+        if st.st_nlink != 1:
+            raise OSError(errno.EMLINK, f"{path} has other hard links; left alone")
+        os.set_blocking(fd, True)
+        os.ftruncate(fd, 0)
+        os.fchmod(fd, 0o600)  # the mode above only applies to new files; tighten old ones too
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as exc:
+            _remove_if_same(path, st)
+            raise OSError(exc.errno, f"{path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _remove_if_same(path: str, st: os.stat_result) -> None:
+    """Remove a half-written file, if the name still is the file we wrote."""
+    try:
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def make_renderer(mode: str, *, out: Optional[IO] = None, err: Optional[IO] = None, total: int = 0,
                   progress: bool = True, outdir: Optional[str] = None, raw: bool = False) -> Renderer:
+    out = _or_null(out if out is not None else sys.stdout)
+    err = _or_null(err if err is not None else sys.stderr)
     prog = Progress(err, total, progress and mode != "stream")
     kinds = {"blocks": BlockRenderer, "quiet": BlockRenderer, "gather": GatherRenderer,
              "stream": StreamRenderer, "json": JsonRenderer}
@@ -299,3 +362,145 @@ def make_renderer(mode: str, *, out: IO = sys.stdout, err: IO = sys.stderr, tota
     if mode == "quiet":
         return BlockRenderer(out, err, prog, outdir, quiet=True, raw=raw)
     return kinds[mode](out, err, prog, outdir, raw=raw)
+
+
+# ------------------------------------------------------------------ standard streams that may go away
+class _Null(io.TextIOBase):
+    """Where output goes when there is no stream at all (a descriptor closed by the caller)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+def _or_null(stream: Optional[IO]) -> IO:
+    return stream if stream is not None else _Null()
+
+
+class GuardedRaw(io.RawIOBase):
+    """fd 1 or 2 behind a guard. A failed write (EPIPE: the reader went away; ENOSPC, EIO)
+    never raises into the run: the stream is marked broken, ``/dev/null`` takes the
+    descriptor's place (so Python's own flush at exit stays quiet, as the Python docs advise
+    for SIGPIPE), the listeners are told once, and later writes are dropped."""
+
+    def __init__(self, fd: int, name: str):
+        super().__init__()
+        self.fd = fd
+        self.name = name
+        self.error: Optional[OSError] = None
+        self.listeners: List[Callable[[OSError], None]] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def isatty(self) -> bool:
+        try:
+            return self.error is None and os.isatty(self.fd)
+        except OSError:
+            return False
+
+    def write(self, data) -> int:  # type: ignore[override]
+        size = memoryview(data).nbytes
+        if self.error is not None:
+            return size
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            self._broke(exc)
+            return size
+
+    def close(self) -> None:  # the descriptor is the process's, not ours: never closed here
+        super().close()
+
+    def _broke(self, exc: OSError) -> None:
+        self.error = exc
+        try:
+            null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            os.dup2(null, self.fd, inheritable=True)
+            os.close(null)
+        except OSError:
+            pass
+        for listener in list(self.listeners):
+            try:
+                listener(exc)
+            except Exception:
+                pass
+
+
+_GUARDS: Dict[str, GuardedRaw] = {}
+
+
+def _sanitise_std_fds() -> None:
+    """Open /dev/null on fds 0-2 if the caller closed them (``>&-``), as OpenSSH's
+    sanitise_stdfd() does: otherwise the next file or socket opened would become "stdout",
+    and a worker's stray print could land in the log or on the wire."""
+    import fcntl
+
+    for fd in (0, 1, 2):
+        try:
+            fcntl.fcntl(fd, fcntl.F_GETFD)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd, inheritable=True)
+                os.close(null)
+            else:
+                os.set_inheritable(fd, True)
+
+
+def guard_std_streams() -> None:
+    """Give sys.stdout and sys.stderr a :class:`GuardedRaw` underneath (the CLI's entry point
+    calls this first): a closed pipe or a full disk under hostops's output stops the output,
+    never the run."""
+    _sanitise_std_fds()
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if name in _GUARDS:
+            continue
+        old = getattr(sys, name)
+        if old is not None and old is not getattr(sys, f"__{name}__"):
+            continue  # redirected in-process (a test's capture, an embedding program): theirs to handle
+        try:
+            if old is not None:
+                old.flush()
+        except (OSError, ValueError):
+            pass
+        raw = GuardedRaw(fd, name)
+        encoding = getattr(old, "encoding", None) or "utf-8"
+        errors = getattr(old, "errors", None) or ("backslashreplace" if name == "stderr" else "strict")
+        line = bool(getattr(old, "line_buffering", name == "stderr"))
+        setattr(sys, name, io.TextIOWrapper(io.BufferedWriter(raw), encoding=encoding, errors=errors,
+                                            line_buffering=line, write_through=name == "stderr"))
+        _GUARDS[name] = raw
+
+
+def stream_error(name: str) -> Optional[OSError]:
+    """Why writing to ``stdout``/``stderr`` failed, or None (also None when not guarded)."""
+    guard = _GUARDS.get(name)
+    return guard.error if guard is not None else None
+
+
+def when_broken(name: str, listener: Callable[[OSError], None]) -> Callable[[], None]:
+    """Call ``listener(error)`` once if writing to ``stdout``/``stderr`` fails; returns the
+    function that unregisters it. Nothing happens for an unguarded stream."""
+    guard = _GUARDS.get(name)
+    if guard is None:
+        return lambda: None
+    guard.listeners.append(listener)
+
+    def remove() -> None:
+        if listener in guard.listeners:
+            guard.listeners.remove(listener)
+
+    return remove
+
+
+def reader_gone(error: Optional[OSError]) -> bool:
+    """The error means the reader went away (EPIPE), not that writing failed otherwise."""
+    return error is not None and error.errno == errno.EPIPE

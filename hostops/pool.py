@@ -24,7 +24,7 @@ from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Se
 from hostops.results import FAILED, INTERRUPTED, TIMEOUT, HostResult
 from hostops.settings import Options
 from hostops.worker import (ABORT, MSG_DONE, MSG_FATAL, MSG_OUTPUT, MSG_STARTED, MSG_UNSTARTED, RELEASE, STOP,
-                            Job, worker_main)
+                            STREAM_CREDIT, Job, worker_main)
 
 START_METHODS = ("fork", "spawn", "forkserver")
 #: Beyond connect-timeout + timeout + kill-grace, the parent stops waiting for a host's
@@ -60,6 +60,7 @@ class _Worker:
         self.slots = slots
         self.assigned: Set[int] = set()   # job ids sent, not yet done
         self.started: Dict[int, float] = {}  # of those, the ones begun, with when
+        self.credit = None  # --stream: released once each output piece has been shown
 
     @property
     def free(self) -> int:
@@ -133,12 +134,15 @@ class Pool:
         self._next_id += 1
         inbox_r, inbox_w = self.ctx.Pipe(duplex=False)
         results = self.ctx.Queue()
+        credit = self.ctx.Semaphore(STREAM_CREDIT) if self.options.stream_output else None
         process = self.ctx.Process(target=worker_main, name=f"hostops-worker-{wid}",
-                                   args=(wid, inbox_r, results, self.options, slots, os.getpid()), daemon=True)
+                                   args=(wid, inbox_r, results, self.options, slots, os.getpid()), daemon=True,
+                                   kwargs={"credit": credit})
         process.start()
         inbox_r.close()
         results._writer.close()  # type: ignore[attr-defined]  # EOF reaches us when the worker dies
         worker = _Worker(wid, process, inbox_w, results, slots, self.ctx.get_start_method() == "forkserver")
+        worker.credit = credit
         self.workers[wid] = worker
         return worker
 
@@ -320,7 +324,11 @@ class Pool:
                 self._limits[msg[2]] = self.overdue_after(by_id[msg[2]])
                 yield ("started", by_id[msg[2]])
             elif kind == MSG_OUTPUT:
-                yield ("output", by_id[msg[2]], msg[3], msg[4])
+                try:
+                    yield ("output", by_id[msg[2]], msg[3], msg[4])
+                finally:  # shown (or the run is over): the worker may send one more piece
+                    if w.credit is not None:
+                        w.credit.release()
             elif kind == MSG_DONE:
                 w.assigned.discard(msg[2])
                 w.started.pop(msg[2], None)

@@ -77,6 +77,7 @@ class Summary:
     elapsed: float = 0.0
     interrupted: bool = False
     not_finished: List[str] = dataclasses.field(default_factory=list)
+    output_closed: bool = False  # stdout's reader went away, which stopped the run: exit 141
 
     def add(self, result: HostResult) -> None:
         self.results.append(result)
@@ -98,6 +99,8 @@ class Summary:
 
     @property
     def exit_code(self) -> exitcodes.ExitCode:
+        if self.output_closed:
+            return exitcodes.ExitCode.OUTPUT_CLOSED
         return exitcodes.for_statuses((r.status for r in self.results), self.interrupted)
 
     def line(self) -> str:
@@ -115,9 +118,12 @@ class Summary:
         return text + (" (interrupted)" if self.interrupted else "")
 
     def to_json(self) -> Dict[str, Any]:
-        return {"hosts": len(self.results) + len(self.not_finished), **self.counts,
+        data = {"hosts": len(self.results) + len(self.not_finished), **self.counts,
                 "not_finished": self.not_finished, "elapsed": round(self.elapsed, 3),
                 "interrupted": self.interrupted, "exit_code": int(self.exit_code)}
+        if self.output_closed:
+            data["output_closed"] = True
+        return data
 
 
 def summarize(results: Iterable[HostResult], elapsed: float = 0.0) -> Summary:

@@ -41,9 +41,16 @@ def write_state(path: str, what: str, statuses: Dict[str, str], untouched: Itera
     private_makedirs(directory)
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: the old state stays, and no temporary file is left
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def hosts_with(path: str, which: str) -> List[str]:

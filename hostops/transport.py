@@ -762,6 +762,18 @@ def _authenticate(transport, target: Target, ctx: WorkerContext, remaining: Call
                        f"Check the user (-u) and that the public key is in its authorized_keys", "auth")
 
 
+def _silence_clock_waits(on_output: OutputCallback, guard: GuardedSocket) -> OutputCallback:
+    """--stream back-pressure: while ``on_output`` waits for a slow reader we do not read the
+    channel, so the peer (its window full) rightly says nothing: that silence is ours, and
+    must not count against the keepalive (a paused ``| less`` would drop the connection)."""
+    def call(stream: str, data: bytes) -> None:
+        began = time.monotonic()
+        on_output(stream, data)
+        if time.monotonic() - began > 0.5:
+            guard.last_recv = max(guard.last_recv, time.monotonic())
+    return call
+
+
 def _read_channel(conn: SSHConnection, chan, timeout: Optional[float], on_output: Optional[OutputCallback],
                   prompt: Optional[str] = None, sudo: bool = False) -> CommandOutcome:
     """Read stdout and stderr together (neither can fill up and stall the other) until the
@@ -792,6 +804,8 @@ def _read_channel(conn: SSHConnection, chan, timeout: Optional[float], on_output
         return visible
 
     keepalive = conn.target.keepalive or opts.keepalive or None
+    if on_output is not None:
+        on_output = _silence_clock_waits(on_output, conn.guard)
     last_probe = time.monotonic()
     poller = select.poll()
     poller.register(chan.fileno(), select.POLLIN)
@@ -828,8 +842,8 @@ def _read_channel(conn: SSHConnection, chan, timeout: Optional[float], on_output
                     shown = stderr_piece(data)
                     if on_output and shown:
                         on_output("stderr", shown)
-            if got:
-                continue
+            if got and not ctx.abort.is_set() and (deadline is None or time.monotonic() < deadline):
+                continue  # (a host that never stops printing still meets its deadline and Ctrl-C)
             now = time.monotonic()
             if ctx.abort.is_set():
                 stop(CommandAborted, "interrupted")

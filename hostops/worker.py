@@ -168,6 +168,51 @@ class _MaskedStreams:
         self._splitter.flush()
 
 
+#: --stream pieces a worker may have on their way to the parent, not yet shown. Past this the
+#: host's thread waits for the parent (so it stops reading the channel, and SSH flow control
+#: slows the remote command), as pdsh waits on a slow stdout: memory stays bounded however
+#: fast a host prints and however slow the reader of hostops's output is.
+STREAM_CREDIT = 256
+
+
+class _StreamSender:
+    """Sends one host's --stream pieces under the worker's credit (a semaphore the parent
+    releases once it has shown a piece). It waits for credit, but never past the host's
+    timeout or an abort, so -t and Ctrl-C still work under a stalled reader; from then on
+    pieces are dropped and counted (the host's result keeps its output within --max-output)."""
+
+    def __init__(self, send: Callable[[str, bytes], None], credit, abort: threading.Event,
+                 timeout: Optional[float]):
+        self._send = send
+        self._credit = credit
+        self._abort = abort
+        self._deadline = time.monotonic() + timeout if timeout else None
+        self.dropped = 0
+
+    def _late(self) -> bool:
+        return self._abort.is_set() or (self._deadline is not None and time.monotonic() >= self._deadline)
+
+    def _take(self) -> bool:
+        if self._credit is None:
+            return True
+        while not self._late():
+            if self._credit.acquire(timeout=0.2):
+                return True
+        return self._credit.acquire(False)
+
+    def __call__(self, stream: str, data: bytes) -> None:
+        if self._take():
+            self._send(stream, data)
+        else:
+            self.dropped += len(data)
+
+    def note(self) -> Optional[str]:
+        if not self.dropped:
+            return None
+        return (f"{self.dropped} bytes of output were not streamed (the output had fallen behind when the "
+                "host was stopped); the result keeps them within --max-output")
+
+
 class _Terminated(BaseException):
     """Raised in a worker's main thread by SIGTERM (the parent's terminate, or its death)."""
 
@@ -199,8 +244,10 @@ def _die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def worker_main(worker_id: int, inbox, results, options: Options, threads: int, parent_pid: int) -> None:
-    """Entry point of a worker process (must stay importable under spawn)."""
+def worker_main(worker_id: int, inbox, results, options: Options, threads: int, parent_pid: int,
+                credit=None) -> None:
+    """Entry point of a worker process (must stay importable under spawn). ``credit``: the
+    semaphore bounding --stream pieces in flight (see STREAM_CREDIT)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
 
     def on_term(signum, frame):
@@ -243,22 +290,26 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int, 
                 results.put((MSG_UNSTARTED, worker_id, job.id))
                 continue
             results.put((MSG_STARTED, worker_id, job.id))
-            splitter = None
+            splitter = sender = None
             if options.stream_output:
-                splitter = _MaskedStreams(options.secrets, _LineSplitter(lambda s, d, j=job.id: results.put(
-                    (MSG_OUTPUT, worker_id, j, s, options.secrets.redact(d)))))
+                sender = _StreamSender(lambda s, d, j=job.id: results.put(
+                    (MSG_OUTPUT, worker_id, j, s, options.secrets.redact(d))), credit, ctx.abort,
+                    getattr(job.action, "timeout", None))
+                splitter = _MaskedStreams(options.secrets, _LineSplitter(sender))
             try:
                 res = execute(job, ctx, splitter)
             except BaseException as exc:  # last resort: a result must always come back
                 res = HostResult(job.target.name, FAILED, error=f"internal error: {exc!r}", step=job.step)
             if splitter:
                 splitter.flush()
+            if sender is not None and sender.note():
+                res.error = (res.error + "; " if res.error else "") + str(sender.note())
             redact_result(res, options.secrets)  # before it is logged or leaves this process
             if log is not None:
                 try:
                     log.write({"event": "host", **res.to_json()})
                 except OSError as exc:
-                    res.error = (res.error + "; " if res.error else "") + f"could not write log: {exc}"
+                    res.error = (res.error + "; " if res.error else "") + f"could not write log: {exc.strerror or exc}"
             results.put((MSG_DONE, worker_id, job.id, res))
 
     pool: List[threading.Thread] = [threading.Thread(target=serve, name=f"host-{i}", daemon=True)

@@ -18,7 +18,7 @@ from hostops.results import HostResult, Summary
 def test_exit_code_values_follow_pssh():
     assert {c.name: int(c) for c in ExitCode} == {
         "OK": 0, "INTERNAL": 1, "USAGE": 2, "TIMEOUT": 3, "UNREACHABLE": 4, "FAILED": 5, "LOCKED": 6,
-        "INTERRUPTED": 130,
+        "INTERRUPTED": 130, "OUTPUT_CLOSED": 141,
     }
 
 
