@@ -163,7 +163,8 @@ def sudo_lab(tmp_path_factory):
     inv = server.write_inventory(str(base / "inv.yml"), 3)
     yield server, inv, kh
     server.stop()
-    os.remove(rule)
+    if os.path.exists(rule):  # another test module using this fixture may have removed it
+        os.remove(rule)
     shutil.rmtree(base, ignore_errors=True)
 
 
