@@ -97,7 +97,7 @@ class HostKeyChecker:
         if v.state == CHANGED:
             raise changed_error(v, self.files[0])
         if v.state == UNVERIFIABLE:
-            raise unverifiable_error(v, self.files[0])
+            raise unverifiable_error(v)
         if self.policy == "strict":
             raise HostKeyError(
                 f"host key unknown for {name} ({v.key_type} {v.fingerprint}); not in "
@@ -116,7 +116,7 @@ class HostKeyChecker:
         (another worker or run may have written it a moment ago)."""
         path = self.files[0]
         if self.hash_known_hosts is not None:
-            def hashed(n: str) -> bool:
+            def hashed(n: str) -> bool:  # noqa: ARG001  (record_keys' per-name callback; the flag decides for all)
                 return bool(self.hash_known_hosts)
         else:
             def hashed(n: str) -> bool:
@@ -162,7 +162,7 @@ def revoked_error(v: Verdict) -> HostKeyError:
         "@revoked; refused (under every --host-key-policy)", "hostkey-revoked")
 
 
-def unverifiable_error(v: Verdict, path: str) -> HostKeyError:
+def unverifiable_error(v: Verdict) -> HostKeyError:
     return HostKeyError(
         f"host key unverifiable for {v.name} ({v.key_type} {v.fingerprint}): {knownhosts.unverifiable_reason(v)}. "
         f"Refused; once you have checked the fingerprint, record the key with hostops keys accept "

@@ -191,7 +191,7 @@ class Inventory:
         self._plan_entries(data, path)
         for name, body in data.items():
             self._add_group(str(name), body, "all" if name != "all" else None,
-                            Source(path, data.key_lines.get(name)), path)
+                            Source(path, data.key_lines.get(name) if isinstance(data, _Map) else None), path)
         self._check_group_tree()
 
     def _plan_entries(self, data: Dict[Any, Any], path: str) -> None:
@@ -260,36 +260,8 @@ class Inventory:
         def line_of(key: str) -> Source:
             return Source(path, body.key_lines.get(key) if isinstance(body, _Map) else src.line)
 
-        gvars = body.get("vars")
-        if gvars is not None:
-            if not isinstance(gvars, dict):
-                raise line_of("vars").error(f"vars of group {name!r} must be a mapping, not {_type_name(gvars)}")
-            for key, value in gvars.items():
-                vsrc = Source(path, gvars.key_lines.get(key) if isinstance(gvars, _Map) else None)
-                _check_var(str(key), value, vsrc)
-                group.vars[str(key)] = value
-                group.var_sources[str(key)] = vsrc
-
-        hosts = body.get("hosts")
-        if hosts is not None:
-            if not isinstance(hosts, dict):
-                raise line_of("hosts").error(
-                    f"hosts of group {name!r} must be a mapping (host name followed by ':'), not {_type_name(hosts)}")
-            for hname, hvars in hosts.items():
-                hsrc = Source(path, hosts.key_lines.get(hname) if isinstance(hosts, _Map) else None)
-                if hname is None or isinstance(hname, (bool, float)):
-                    raise hsrc.error(f"{hname!r} is not a valid host name")
-                if hvars is not None and not isinstance(hvars, dict):
-                    raise hsrc.error(f"variables of host {hname!r} must be a mapping, not {_type_name(hvars)}")
-                sources = {}
-                for key, value in (hvars or {}).items():
-                    vsrc = Source(path, hvars.key_lines.get(key) if isinstance(hvars, _Map) else hsrc.line)
-                    _check_var(str(key), value, vsrc)
-                    sources[str(key)] = vsrc
-                self._count_entries(str(hname), hsrc)
-                for expanded in self._expand(str(hname), hsrc):
-                    self._add_host(expanded, name, {str(k): v for k, v in (hvars or {}).items()}, sources, hsrc)
-
+        self._add_group_vars(group, body.get("vars"), line_of("vars"), path)
+        self._add_group_hosts(name, body.get("hosts"), line_of("hosts"), path)
         children = body.get("children")
         if children is not None:
             if not isinstance(children, dict):
@@ -298,6 +270,39 @@ class Inventory:
             for cname, cbody in children.items():
                 csrc = Source(path, children.key_lines.get(cname) if isinstance(children, _Map) else None)
                 self._add_group(str(cname), cbody, name, csrc, path)
+
+    @staticmethod
+    def _add_group_vars(group: "Group", gvars: Any, src: Source, path: str) -> None:
+        if gvars is None:
+            return
+        if not isinstance(gvars, dict):
+            raise src.error(f"vars of group {group.name!r} must be a mapping, not {_type_name(gvars)}")
+        for key, value in gvars.items():
+            vsrc = Source(path, gvars.key_lines.get(key) if isinstance(gvars, _Map) else None)
+            _check_var(str(key), value, vsrc)
+            group.vars[str(key)] = value
+            group.var_sources[str(key)] = vsrc
+
+    def _add_group_hosts(self, name: str, hosts: Any, src: Source, path: str) -> None:
+        if hosts is None:
+            return
+        if not isinstance(hosts, dict):
+            raise src.error(
+                f"hosts of group {name!r} must be a mapping (host name followed by ':'), not {_type_name(hosts)}")
+        for hname, hvars in hosts.items():
+            hsrc = Source(path, hosts.key_lines.get(hname) if isinstance(hosts, _Map) else None)
+            if hname is None or isinstance(hname, (bool, float)):
+                raise hsrc.error(f"{hname!r} is not a valid host name")
+            if hvars is not None and not isinstance(hvars, dict):
+                raise hsrc.error(f"variables of host {hname!r} must be a mapping, not {_type_name(hvars)}")
+            sources = {}
+            for key, value in (hvars or {}).items():
+                vsrc = Source(path, hvars.key_lines.get(key) if isinstance(hvars, _Map) else hsrc.line)
+                _check_var(str(key), value, vsrc)
+                sources[str(key)] = vsrc
+            self._count_entries(str(hname), hsrc)
+            for expanded in self._expand(str(hname), hsrc):
+                self._add_host(expanded, name, {str(k): v for k, v in (hvars or {}).items()}, sources, hsrc)
 
     @staticmethod
     def _expand(name: str, src: Source) -> List[str]:

@@ -122,7 +122,7 @@ def _check_key(key_type: str, blob: bytes) -> None:
     problem = None
     try:
         paramiko.PKey.from_type_string(key_type, blob)
-    except Exception as exc:  # paramiko and cryptography raise many types for bad key data
+    except Exception as exc:  # noqa: BLE001  paramiko and cryptography raise many types for bad key data
         problem = f"the {key_type} key data is malformed ({type(exc).__name__})"
     with _KEY_CACHE_LOCK:
         if len(_KEY_CACHE) > 200_000:
@@ -538,7 +538,7 @@ def _hash_from_file(path: str, host: str) -> bool:
         from paramiko import SSHConfig
 
         return str(SSHConfig.from_path(path).lookup(host).get("hashknownhosts", "no")).lower() == "yes"
-    except Exception:  # a config paramiko cannot read: look for the bare line
+    except Exception:  # noqa: BLE001  a config paramiko cannot read (any error): look for the bare line
         try:
             with open(path, errors="replace") as fh:
                 for line in fh:
@@ -622,7 +622,7 @@ class Recorded:
 
 
 def record_keys(path: str, keys: Sequence[Tuple[str, str, bytes]],
-                hashed: Callable[[str], bool] = lambda name: False) -> List[Recorded]:
+                hashed: Callable[[str], bool] = lambda name: False) -> List[Recorded]:  # noqa: ARG005
     """Append ``(name, key_type, blob)`` keys to known_hosts ``path`` under its lock, after
     re-reading it: a key already there is not written again, and a name with another key of
     the same type (changed) or a revoked key is refused, never replaced."""

@@ -636,7 +636,7 @@ class LocalFileSystem(FileSystem):
                 out.append((name, found))
         return out
 
-    def open_read(self, path: str, size: int = 0) -> IO[bytes]:
+    def open_read(self, path: str, size: int = 0) -> IO[bytes]:  # noqa: ARG002  (SFTP prefetches by size)
         try:
             return open(os.path.expanduser(path), "rb")
         except OSError as exc:
@@ -721,7 +721,7 @@ class LocalFileSystem(FileSystem):
         return os.path.realpath(where)
 
     def open_regular(self, path: str, expect: Optional[Entry] = None,
-                     wait: Optional[float] = None) -> Tuple[IO[bytes], int]:
+                     wait: Optional[float] = None) -> Tuple[IO[bytes], int]:  # noqa: ARG002  (O_NONBLOCK: no wait)
         import fcntl
 
         try:  # O_NONBLOCK: opening a FIFO must not wait for a writer

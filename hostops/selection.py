@@ -96,23 +96,29 @@ def match_term(inventory: "Inventory", term: str, state_file: Optional[str] = No
     if m and m.group(1) in inventory.groups and not any(_padded(b) for b in m.groups()[1:]):
         return _subscript(inventory.group_hosts(m.group(1)), m.group(2), m.group(3), term)
     if hostlist.has_range(term):
-        try:
-            names = hostlist.expand(term)
-        except InventoryError as exc:
-            raise SelectionError(f"host pattern {term!r}: {exc.message}") from None
-        if any(c in names[0] for c in "*?["):  # a glob too (range values never hold one)
-            regex = _glob_with_ranges(term)
-            if regex is None:  # rare globs: the expansions' translations joined, still one compile
-                regex = re.compile("|".join(f"(?:{fnmatch.translate(name)})" for name in names))
-            return _match(inventory, regex)
-        wanted = set()
-        for name in names:
-            wanted.update([name] if name in inventory.hosts else inventory.group_hosts(name)
-                          if name in inventory.groups else [])
-        return [h for h in inventory.hosts if h in wanted]
+        return _match_range(inventory, term)
     if any(c in term for c in "*?["):
         return _match(inventory, re.compile(fnmatch.translate(term)))
     return []
+
+
+def _match_range(inventory: "Inventory", term: str) -> List[str]:
+    """A term with host ranges (``web[01:05]``, ``*db[1:9]``): the hosts and groups it names,
+    or, when it is a glob too, the hosts matching any of its expansions (one compile)."""
+    try:
+        names = hostlist.expand(term)
+    except InventoryError as exc:
+        raise SelectionError(f"host pattern {term!r}: {exc.message}") from None
+    if any(c in names[0] for c in "*?["):  # a glob too (range values never hold one)
+        regex = _glob_with_ranges(term)
+        if regex is None:  # rare globs: the expansions' translations joined, still one compile
+            regex = re.compile("|".join(f"(?:{fnmatch.translate(name)})" for name in names))
+        return _match(inventory, regex)
+    wanted: set = set()
+    for name in names:
+        wanted.update([name] if name in inventory.hosts else inventory.group_hosts(name)
+                      if name in inventory.groups else [])
+    return [h for h in inventory.hosts if h in wanted]
 
 
 def _glob_with_ranges(term: str) -> "Optional[re.Pattern[str]]":

@@ -90,7 +90,8 @@ class Resolver:
 
     # ---------------------------------------------------------------- ssh -G
     def _ssh_g(self, host: str, port: Optional[int], user: Optional[str]) -> HostConfig:
-        argv = [self.ssh, "-G", "-F", self.path]
+        assert self.ssh is not None, "ssh -G is only asked when the ssh client was found"
+        argv: List[str] = [self.ssh, "-G", "-F", self.path]
         if port:
             argv += ["-p", str(port)]
         if user:
@@ -125,7 +126,7 @@ class Resolver:
 
         try:
             return SSHConfig.from_path(path)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  paramiko's parser raises many types: each is the file's fault
             raise UsageError(f"cannot read ssh config {path}: {exc}") from None
 
     def _from_paramiko(self, host: str) -> HostConfig:

@@ -104,7 +104,7 @@ class PutAction:
     def describe(self) -> str:
         return f"put {self.src} {self.dest}"
 
-    def run(self, conn, target, ctx, on_output) -> CommandOutcome:
+    def run(self, conn, target, ctx, on_output) -> CommandOutcome:  # noqa: ARG002  (the Action protocol)
         deadline = _Deadline(self.timeout, ctx)
         fs = conn.files()
         info = fs.stat(self.dest)
@@ -208,12 +208,12 @@ class PutAction:
         except BaseException:
             try:
                 fh.close()
-            except Exception:
+            except Exception:  # noqa: BLE001  cleanup after a failure: the first error is the one to report
                 pass
             if not renamed:
                 try:
                     fs.remove(tmp)  # the name only: a link planted there is removed, its target untouched
-                except Exception:
+                except Exception:  # noqa: BLE001  as above: the connection may be gone already
                     pass
             raise
         return True
@@ -419,7 +419,7 @@ def _sudo_ok(conn, script: str, what: str) -> CommandOutcome:
 def _run_quiet(conn, command: str) -> bool:
     try:
         return conn.run(command, 30).exit_code == 0
-    except Exception:
+    except Exception:  # noqa: BLE001  a best-effort cleanup command: any failure means 'fall back'
         return False
 
 
@@ -430,7 +430,7 @@ def _remove_tree(conn, fs: FileSystem, path: str, ctx=None) -> bool:
             not _run_quiet(conn, f"rm -rf -- {shlex.quote(fs.command_path(path))}"):
         try:
             fs.rmtree(path)
-        except Exception:
+        except Exception:  # noqa: BLE001  best effort: the caller reports what was left
             return False
     return True
 
@@ -628,7 +628,7 @@ class GetAction:
         finally:
             os.close(host_fd)
 
-    def run(self, conn, target, ctx, on_output) -> CommandOutcome:
+    def run(self, conn, target, ctx, on_output) -> CommandOutcome:  # noqa: ARG002  (the Action protocol)
         from hostops.localnames import local_name
 
         deadline = _Deadline(self.timeout, ctx)
@@ -823,7 +823,7 @@ def _download(fs: FileSystem, remote: str, expect: Optional[Entry], staging_fd: 
                     deadline.check()
                     try:
                         block = fh.read(CHUNK)
-                    except Exception as exc:
+                    except Exception as exc:  # noqa: BLE001  paramiko raises SSHException, EOFError, OSError…: sorted below
                         channel = getattr(getattr(fh, "sftp", None), "sock", None)
                         if isinstance(exc, OSError) and getattr(exc, "errno", None) and \
                                 not getattr(channel, "closed", False):  # the host's own error
@@ -892,7 +892,7 @@ class ScriptAction:
     def describe(self) -> str:
         return " ".join([f"script {self.path}"] + [shlex.quote(a) for a in self.args])
 
-    def run(self, conn, target, ctx, on_output) -> CommandOutcome:
+    def run(self, conn, target, ctx, on_output) -> CommandOutcome:  # noqa: ARG002  (the Action protocol)
         fs = conn.files()
         try:
             tmpdir = _mktemp_dir(conn)

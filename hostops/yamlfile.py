@@ -44,7 +44,7 @@ _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class LineLoader(_SafeLoader):  # type: ignore[misc,valid-type]
-    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]  # noqa: ARG002  (PyYAML's signature)
         self.flatten_mapping(node)
         result = LineMap()
         result.line = node.start_mark.line + 1
