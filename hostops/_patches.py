@@ -101,7 +101,7 @@ def send_keepalive(transport: Any) -> None:
         m.add_string("keepalive@openssh.com")
         m.add_boolean(True)
         send(m)
-    except Exception:  # a dead transport: the silence check drops it
+    except Exception:  # noqa: BLE001 - a dead transport: the silence check drops it
         pass
 
 

@@ -7,7 +7,7 @@ at run time (the context is only a type here), nor paramiko at import time.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 from hostops.errors import ConnectError
 from hostops.settings import Target
@@ -35,7 +35,9 @@ def read_key(path: str) -> Tuple[Optional[object], Optional[str]]:
         return None, f"{path}: {exc}"
 
 
-def _authenticate(transport, target: Target, ctx: WorkerContext, remaining: Callable[[], float],
+# One piece (~75 lines): the order of the tries (agent, identity files, default keys, then
+# the password, each within what the connect timeout left) is the contract, read top to bottom.
+def _authenticate(transport, target: Target, ctx: WorkerContext, remaining: Callable[[], float],  # noqa: C901
                   password_withheld: Optional[str] = None) -> None:
     """Public keys, then the --ask-pass password, never a prompt: ssh-agent, then identity
     files, then default keys. ``password_withheld``: why the password must not be sent

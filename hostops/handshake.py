@@ -97,7 +97,7 @@ class Handshake:
         self.timeout = target.connect_timeout or ctx.options.connect_timeout
         self.deadline = time.monotonic() + self.timeout
         self.where = f"{target.hostname}:{target.port}"
-        self.transport = None
+        self.transport: Any = None  # paramiko.Transport once negotiate() started
         raw = _tcp_connect(target, ctx, self.deadline) if via is None else _tunnel(via, target, self.remaining)
         self.guard = GuardedSocket(raw, self.deadline)
         self._left = self.deadline - time.monotonic()

@@ -31,7 +31,8 @@ class LocalConnection(Connection):
             stdin: Optional[str] = None, sudo: bool = False) -> CommandOutcome:
         opts = self.ctx.options if self.ctx else Options()
         command, prompt = sudo_prelude(command, opts, sudo, stdin)
-        stdin_file: Any = open(stdin, "rb") if stdin is not None else (subprocess.PIPE if prompt else subprocess.DEVNULL)
+        stdin_file: Any = (open(stdin, "rb") if stdin is not None  # noqa: SIM115 - closed once Popen has it
+                           else subprocess.PIPE if prompt else subprocess.DEVNULL)
         try:
             proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=stdin_file, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True)
@@ -49,7 +50,7 @@ class LocalConnection(Connection):
                 if f is not None and not f.closed:
                     f.close()
 
-    def kill(self, pid: Optional[int], sudo: bool = False) -> str:
+    def kill(self, pid: Optional[int], sudo: bool = False) -> str:  # noqa: ARG002 - the interface's
         """Stop the group of this connection's running command ``pid`` (it runs in its own
         session). ``sudo`` changes nothing here: the group is signalled from this process."""
         proc = self._running.get(pid) if pid is not None else None
@@ -70,7 +71,8 @@ class _ProcessIO(CommandIO):
     def __init__(self, conn: LocalConnection, proc: subprocess.Popen):
         self.conn = conn
         self.proc = proc
-        self.streams: Dict[int, str] = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}  # type: ignore[union-attr]
+        self.streams: Dict[int, str] = {
+            proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}  # type: ignore[union-attr]
         self.poller: Any = None
 
     def register(self, poller: Any) -> None:
@@ -126,7 +128,7 @@ class _ProcessIO(CommandIO):
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             self.proc.stdin.close()
 
-    def kill(self, pid: Optional[int], sudo: bool) -> str:
+    def kill(self, pid: Optional[int], sudo: bool) -> str:  # noqa: ARG002 - the pid is proc's (no report)
         return self.conn.kill(self.proc.pid, sudo)
 
 

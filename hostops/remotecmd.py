@@ -273,7 +273,7 @@ class CommandRun:
         if watch is not None:
             visible, prompts = watch.feed(visible)
             if prompts and watch.count == 1:
-                self.io.send_stdin((self.options.secrets.sudo_password + "\n").encode())
+                self.io.send_stdin(((self.options.secrets.sudo_password or "") + "\n").encode())
             elif prompts and not self.auth_failed:
                 self.auth_failed = True
                 self.io.close_stdin()
@@ -285,7 +285,7 @@ class CommandRun:
         return self.abort is not None and self.abort.is_set()
 
     # -- the loop
-    def run(self) -> CommandOutcome:
+    def run(self) -> CommandOutcome:  # noqa: C901 - one loop: see the docstring
         """The state machine. One piece (~40 lines) because every branch shares the deadline,
         the poll result and the keepalive clock; each step is a line or a method call."""
         io, deadline = self.io, self.deadline

@@ -25,8 +25,18 @@ from hostops.capture import PromptWatch
 from hostops.connection import CommandOutcome, Connection, OutputCallback
 from hostops.errors import ConnectError
 from hostops.handshake import GuardedSocket, Handshake
-from hostops.remotecmd import (KEEPALIVE_COUNT, READ_SIZE, CommandIO, CommandRun, PollResult, kill_command, kill_note, new_prompt,
-                               sudo_prelude, with_pid_report)
+from hostops.remotecmd import (
+    KEEPALIVE_COUNT,
+    READ_SIZE,
+    CommandIO,
+    CommandRun,
+    PollResult,
+    kill_command,
+    kill_note,
+    new_prompt,
+    sudo_prelude,
+    with_pid_report,
+)
 from hostops.settings import Target
 
 if TYPE_CHECKING:
@@ -39,7 +49,7 @@ class SSHConnection(Connection):
         self.target = target
         self.guard = guard
         self.ctx = ctx
-        self._fs = None
+        self._fs: Any = None
         #: Why no password may be sent to this host (its key differs from known_hosts and
         #: was accepted under --host-key-policy off), or None.
         self.password_withheld: Optional[str] = None
@@ -154,7 +164,7 @@ class SSHConnection(Connection):
                 code, refused, errtext = _wait_kill(chan, grace + 10, prompt, password)
             finally:
                 chan.close()
-        except Exception as exc:  # the connection may be the thing that failed
+        except Exception as exc:  # noqa: BLE001 - the connection may be the thing that failed
             return (f"not stopped: the kill could not be sent ({exc or type(exc).__name__}); the remote command "
                     "may still be running")
         return kill_note(code, refused, errtext, grace)
@@ -165,7 +175,7 @@ class SSHConnection(Connection):
 
             try:
                 self._fs = SFTPFileSystem(self.transport.open_sftp_client())
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure to open SFTP is said, per host
                 raise ConnectError(f"cannot open SFTP on {self.target.hostname}: {exc} (is the sftp "
                                    "subsystem enabled in its sshd_config?)", "sftp") from None
         return self._fs
@@ -174,7 +184,7 @@ class SSHConnection(Connection):
         if self._fs is not None:
             try:
                 self._fs.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - closing: the transport closes next anyway
                 pass
         self.transport.close()
 
@@ -196,7 +206,7 @@ class _ChannelIO(CommandIO):
     def register(self, poller: Any) -> None:
         poller.register(self.chan.fileno(), select.POLLIN)
 
-    def pump(self, ready: PollResult, run: CommandRun) -> bool:
+    def pump(self, ready: PollResult, run: CommandRun) -> bool:  # noqa: ARG002 - paramiko buffers: no fds
         chan = self.chan
         got = False
         if chan.recv_ready():
@@ -224,14 +234,15 @@ class _ChannelIO(CommandIO):
         status: Optional[int] = self.chan.exit_status
         return status
 
-    def no_status(self, status: Optional[int]) -> str:
+    def no_status(self, status: Optional[int]) -> str:  # noqa: ARG002 - sshd gave none
         transport = self.conn.transport
         if transport.is_active():
             # paramiko closes the channels a moment before it marks a dropped transport inactive
             transport.join(0.5)
         if not transport.is_active():
             # sshd (or the network) went away: nothing says the command ended with it
-            return "the connection dropped during the command (no exit status); the remote command may still be running"
+            return ("the connection dropped during the command (no exit status); the remote command may still "
+                    "be running")
         return "the command was killed by a signal (sshd reported no exit status)"
 
     def failed(self, exc: BaseException) -> str:
@@ -274,7 +285,7 @@ def _feed_stdin(chan, path: str) -> threading.Thread:
             for chunk in chunk_cache().iter_file(path):
                 chan.sendall(chunk)
             chan.shutdown_write()
-        except Exception:  # the command exited without reading it all
+        except Exception:  # noqa: BLE001 - the command exited without reading it all
             pass
 
     t = threading.Thread(target=feed, name="stdin-feeder", daemon=True)

@@ -20,7 +20,7 @@ import contextlib
 import os
 import socket
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from hostops.auth import read_key
 from hostops.connection import Connection
@@ -145,7 +145,7 @@ class WorkerContext:
         for conn in list(self._jumps.values())[::-1]:
             try:
                 conn.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - closing at exit: one bad jump must not keep the rest open
                 pass
         self._jumps.clear()
 

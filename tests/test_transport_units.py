@@ -209,3 +209,96 @@ def test_accept_new_from_many_threads_and_checkers_writes_one_line(tmp_path):
         t.join(30)
     assert kh.read_text() == f"[127.0.0.1]:2200 {k.get_name()} {k.get_base64()}\n"
     assert (kh.stat().st_mode & 0o777) == 0o600
+
+
+# ------------------------------------------------------------------ one command loop, the step's sudo
+class _SilentChannel:
+    """A channel whose command reports its pid, then says nothing (until killed)."""
+
+    def __init__(self):
+        import os
+
+        self._r, self._w = os.pipe()
+        self._stderr = [b"\x1eHOSTOPS-PID 4242\n"]
+        self.closed = False
+        self.eof_received = False
+        self.exit_status = None
+        self.status_event = threading.Event()
+
+    def fileno(self):
+        return self._r
+
+    def exec_command(self, command):
+        self.command = command
+
+    def shutdown_write(self):
+        pass
+
+    def recv_ready(self):
+        return False
+
+    def recv_stderr_ready(self):
+        return bool(self._stderr)
+
+    def recv_stderr(self, n):
+        return self._stderr.pop(0)
+
+    def close(self):
+        import os
+
+        if not self.closed:
+            self.closed = True
+            os.close(self._r)
+            os.close(self._w)
+
+
+@pytest.mark.parametrize("run_sudo, step_sudo", [(False, True), (True, False)])
+def test_ssh_timeout_kills_with_the_steps_sudo_not_the_runs(mocker, run_sudo, step_sudo):
+    """issue 12: the SSH loop once killed with the run's --sudo; the one CommandRun passes the
+    step's own ``sudo`` (the command's) to the kill."""
+    import time
+
+    chan = _SilentChannel()
+    transport = mocker.MagicMock()
+    transport.open_session.return_value = chan
+    ctx = workerctx.WorkerContext(Options(sudo=run_sudo, keepalive=0))
+    guard = mocker.MagicMock(last_recv=time.monotonic())
+    conn = ssh.SSHConnection(transport, TARGET, guard, ctx)
+    kill = mocker.patch.object(ssh.SSHConnection, "kill_remote", return_value="the remote command was stopped (TERM)")
+    with pytest.raises(CommandTimeout) as info:
+        conn.run("sleep 60", timeout=0.2, sudo=step_sudo)
+    kill.assert_called_once_with(4242, step_sudo)
+    assert "timed out after 0.2s" in str(info.value) and "stopped (TERM)" in str(info.value)
+    assert chan.command.count("sudo -n") == int(step_sudo)
+
+
+@pytest.mark.parametrize("run_sudo, step_sudo", [(False, True), (True, False)])
+def test_local_timeout_kills_with_the_steps_sudo_not_the_runs(mocker, run_sudo, step_sudo):
+    """The same CommandRun for ``connection: local``: its kill gets the step's sudo too."""
+    from hostops import local
+
+    mocker.patch("hostops.local.sudo_prelude", side_effect=lambda cmd, *_a: (cmd, None))  # no real sudo here
+    ctx = workerctx.WorkerContext(Options(sudo=run_sudo))
+    conn = local.LocalConnection(ctx)
+    kill = mocker.spy(local.LocalConnection, "kill")
+    with pytest.raises(CommandTimeout) as info:
+        conn.run("sleep 60", timeout=0.2, sudo=step_sudo)
+    assert kill.call_count == 1 and kill.call_args.args[2] == step_sudo
+    assert "timed out after 0.2s" in str(info.value) and "stopped (TERM)" in str(info.value)
+
+
+def test_local_answers_sudos_prompt_once_and_streams_what_it_held(mocker):
+    """Local runs through the same prompt answering as SSH: the password once on stdin, the
+    prompt taken out of stderr."""
+    from hostops import local
+    from hostops.secrets import Secrets
+
+    prompt = "[hostops-sudo-feedc0de]"
+    script = f"printf '{prompt}' >&2; read pw; echo got=$pw; printf 'tail[' >&2"
+    mocker.patch("hostops.local.sudo_prelude", return_value=(script, prompt))
+    ctx = workerctx.WorkerContext(Options(secrets=Secrets(sudo_password="s3cret")))
+    seen = []
+    out = local.LocalConnection(ctx).run("ignored", timeout=30, on_output=lambda s, d: seen.append((s, d)), sudo=True)
+    assert out.exit_code == 0 and out.error is None
+    assert b"got=" in out.stdout and prompt.encode() not in out.stderr
+    assert b"".join(d for s, d in seen if s == "stderr") == out.stderr == b"tail["
