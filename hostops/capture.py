@@ -17,7 +17,7 @@ from hostops.secrets import Secrets, StreamMasker
 DEFAULT_MAX_OUTPUT = 4 * 1024 * 1024
 
 # The wrapper around every remote command reports the command's process-group id as the
-# first line on stderr; hostops strips it before anyone sees the output (see transport).
+# first line on stderr; hostops strips it before anyone sees the output (see hostops.remotecmd.with_pid_report).
 PID_MARKER = b"\x1eHOSTOPS-PID "
 _PID_LINE = re.compile(rb"\x1eHOSTOPS-PID (\d+)\n")
 
@@ -121,12 +121,6 @@ class StderrWithPid(OutputBuffer):
 
 def _size(n: int) -> str:
     return f"{n / 1048576:.1f} MiB" if n >= 1048576 else f"{n // 1024} KiB"
-
-
-def split_pid(data: bytes) -> Tuple[Optional[int], bytes]:
-    """(pid, rest) of a complete stderr text."""
-    m = _PID_LINE.match(data)
-    return (int(m.group(1)), data[m.end():]) if m else (None, data)
 
 
 class PromptWatch:

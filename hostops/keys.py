@@ -54,7 +54,7 @@ class ScanAction:
         return "keys scan"
 
     def run(self, conn, target: Target, ctx, on_output):
-        from hostops.transport import CommandOutcome
+        from hostops.connection import CommandOutcome
 
         key = fetch_host_key(target, ctx)
         data = {"address": target.known_hosts_name, "key_type": key.get_name(), "key": key.get_base64()}
@@ -65,7 +65,7 @@ def fetch_host_key(target: Target, ctx):
     """The key ``target`` presents, bounded by ``--connect-timeout``; raises ConnectError.
     Key types already on record for the host are preferred, as a real connection does.
     The handshake stops before authentication: no key or password is ever offered."""
-    from hostops.transport import Handshake
+    from hostops.handshake import Handshake
 
     with ctx.connection_slot():
         hs = Handshake(target, ctx, checker=ctx.hostkeys)

@@ -16,6 +16,8 @@ import stat as _stat
 import threading
 from typing import IO, Iterator, List, NamedTuple, Optional, Tuple
 
+from hostops import _patches
+
 CHUNK = 256 * 1024
 CACHE_CHUNKS = 32            # 8 MiB per worker process at most
 
@@ -318,8 +320,7 @@ class _CheckedWriter(NewFile):
         fh = self._fh
         try:
             fh.flush()
-            while fh._reqs:  # the write requests still unanswered (paramiko's own queue)
-                fh.sftp._read_response(fh._reqs.popleft())  # raises on an error status
+            _patches.collect_write_replies(fh)  # raises on an error status
         except OSError as exc:
             raise _error(exc, self._path) from None
 
@@ -389,16 +390,7 @@ def _quiet_prefetch(fh) -> None:
     download is cut (--timeout, a file that shrank) and the connection closed under it, the
     thread died with a traceback on the worker's stderr, one per host. Once the file is
     closed, its failures are expected and are not printed."""
-    issue = fh._prefetch_thread
-
-    def run(*args, **kw):
-        try:
-            issue(*args, **kw)
-        except Exception:
-            if not fh.closed and not getattr(fh.sftp.sock, "closed", False):  # closed, or its connection dropped
-                raise
-
-    fh._prefetch_thread = run
+    _patches.quiet_prefetch(fh, lambda: fh.closed or getattr(fh.sftp.sock, "closed", False))
 
 
 class SFTPFileSystem(FileSystem):

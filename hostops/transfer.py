@@ -23,7 +23,7 @@ from hostops.errors import CommandAborted, CommandTimeout, ConnectError, UsageEr
 from hostops.remotefs import CHUNK, Entry, FileSystem, RemoteFileError, chunk_cache, describe_kind
 from hostops.secrets import private_makedirs
 from hostops.results import UNCHANGED
-from hostops.transport import CommandOutcome
+from hostops.connection import CommandOutcome
 
 
 @dataclasses.dataclass

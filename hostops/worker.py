@@ -66,7 +66,7 @@ class Job:
 
 def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = None) -> HostResult:
     """Run a job to its HostResult. Never raises for a host's failure."""
-    from hostops.transport import connect
+    from hostops.workerctx import connect
 
     start = time.time()
     t0 = time.monotonic()
@@ -112,7 +112,7 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
     status = outcome.status or (OK if outcome.exit_code == 0 and not outcome.error else FAILED)
     error = outcome.error
     if status == FAILED and error is None and b"sudo: a password is required" in outcome.stderr:
-        from hostops.transport import SUDO_NO_PASSWORD
+        from hostops.remotecmd import SUDO_NO_PASSWORD
 
         error = SUDO_NO_PASSWORD
     return result(status, exit_code=outcome.exit_code, stdout=outcome.stdout, stderr=outcome.stderr, error=error)
@@ -257,7 +257,7 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int, 
     _die_with_parent(parent_pid)
     try:
         from hostops.log import maybe_open
-        from hostops.transport import WorkerContext
+        from hostops.workerctx import WorkerContext
 
         # paramiko imports Fabric's invoke, when installed, for ssh_config "Match exec", which a
         # worker never evaluates (ssh_config is resolved in the parent): ~0.1 s per worker.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Dict
 
-from hostops.transport import CommandOutcome
+from hostops.connection import CommandOutcome
 
 
 class SleepAction:

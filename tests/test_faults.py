@@ -918,7 +918,7 @@ def test_ssh_error_mid_output_keeps_what_was_read(lab, known_hosts, monkeypatch)
     import paramiko
 
     from hostops.settings import Options, Target
-    from hostops.transport import WorkerContext
+    from hostops.workerctx import WorkerContext
     from hostops.worker import ExecAction, Job, execute
 
     real_recv = paramiko.Channel.recv
@@ -949,7 +949,7 @@ def test_the_client_leaves_key_re_exchange_to_the_server(lab, known_hosts, monke
     import paramiko
 
     from hostops.settings import Options, Target
-    from hostops.transport import WorkerContext
+    from hostops.workerctx import WorkerContext
     from hostops.worker import ExecAction, Job, execute
 
     monkeypatch.setattr(paramiko.packet.Packetizer, "REKEY_BYTES", 1 << 20)

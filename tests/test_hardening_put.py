@@ -78,7 +78,7 @@ def lab_args(inventory_path: str, known_hosts: str) -> List[str]:
 def run_in_process(lab, known_hosts, action):
     """One host, in this process, so a test can patch the exact step where the swap happens."""
     from hostops.settings import Options, Target
-    from hostops.transport import WorkerContext
+    from hostops.workerctx import WorkerContext
     from hostops.worker import Job, execute
 
     ctx = WorkerContext(Options(known_hosts=(known_hosts,), connect_timeout=20))
@@ -367,7 +367,7 @@ def test_local_connection_put_checks_the_inode_too(tmp_path, victim, mocker):
     the same swap right after the write is refused, the victim untouched; unswapped, it works."""
     import hostops.transfer as transfer
     from hostops.settings import Options, Target
-    from hostops.transport import WorkerContext
+    from hostops.workerctx import WorkerContext
     from hostops.worker import Job, execute
 
     vdir, vfile = victim

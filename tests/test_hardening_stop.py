@@ -241,7 +241,8 @@ class _FakeChannel:
 
 
 def test_a_refused_kill_says_not_stopped_and_why():
-    from hostops.transport import _wait_kill, kill_note
+    from hostops.remotecmd import kill_note
+    from hostops.ssh import _wait_kill
 
     prompt = "[hostops-sudo-0123]"
     chan = _FakeChannel([prompt.encode(), b"Sorry, try again.\n" + prompt.encode(),

@@ -176,7 +176,7 @@ def test_changed_key_under_off_never_tries_the_password(mocker, tmp_path):
     the --ask-pass password is never offered (auth_password not called)."""
     import paramiko
 
-    from hostops import transport
+    from hostops import ssh, workerctx
     from hostops.errors import ConnectError
     from hostops.hostkeys import HostKeyChecker
     from hostops.secrets import Secrets
@@ -190,7 +190,7 @@ def test_changed_key_under_off_never_tries_the_password(mocker, tmp_path):
     user_key = tmp_path / "user"
     keygen(str(user_key))
     checker = HostKeyChecker([str(kh)], "off", global_files=[])
-    ctx = transport.WorkerContext(Options(secrets=Secrets(ssh_password="hunter2-pw")))
+    ctx = workerctx.WorkerContext(Options(secrets=Secrets(ssh_password="hunter2-pw")))
     hs = mocker.MagicMock()
     hs.deadline = time.monotonic() + 60
     hs.remaining.return_value = 5.0
@@ -201,13 +201,13 @@ def test_changed_key_under_off_never_tries_the_password(mocker, tmp_path):
     hs.transport.is_active.return_value = True
     target = Target("web1", "10.9.9.9", 2222, "deploy", (str(user_key),), identities_only=True)
     with pytest.raises(ConnectError) as info:
-        transport.SSHConnection._login(hs, target, ctx, checker)
+        ssh.SSHConnection._login(hs, target, ctx, checker)
     hs.transport.auth_password.assert_not_called()
     assert "man-in-the-middle" in str(info.value) and "web1" in str(info.value)
     # the same host with its key on record: the password is tried, after the key
     kh.write_text("[10.9.9.9]:2222 " + " ".join(presented.get_name().split()) + " " + presented.get_base64() + "\n")
     with pytest.raises(ConnectError):
-        transport.SSHConnection._login(hs, target, ctx, HostKeyChecker([str(kh)], "off", global_files=[]))
+        ssh.SSHConnection._login(hs, target, ctx, HostKeyChecker([str(kh)], "off", global_files=[]))
     hs.transport.auth_password.assert_called_once_with("deploy", "hunter2-pw")
 
 

@@ -17,7 +17,7 @@ from hostops.results import HostResult
 from hostops.rollout import SKIPPED, UNTOUCHED, RolloutSpec, StepRun, make_batches, rollout
 from hostops.settings import Options
 from hostops.transfer import GetAction, PutAction, ScriptAction
-from hostops.transport import CommandOutcome
+from hostops.connection import CommandOutcome
 from hostops.worker import ExecAction
 
 pytestmark = pytest.mark.timeout(30)
