@@ -153,7 +153,7 @@ class Renderer:
         self.out = _or_null(out if out is not None else sys.stdout)
         self.err = _or_null(err if err is not None else sys.stderr)
         self.raw = raw
-        self.progress = progress or Progress(err, 0, False)
+        self.progress = progress or Progress(self.err, 0, False)
         self.outdir = outdir
         self.outdir_failed: List[str] = []  # hosts whose -o files could not be written
         self.color = use_color(self.out)
@@ -230,7 +230,7 @@ class Renderer:
 class BlockRenderer(Renderer):
     """Default: one block per host as it finishes. ``quiet`` shows only failed hosts."""
 
-    def __init__(self, *a, quiet: bool = False, **kw):
+    def __init__(self, *a: Any, quiet: bool = False, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.quiet = quiet
 
@@ -245,7 +245,7 @@ class BlockRenderer(Renderer):
 class GatherRenderer(Renderer):
     """-b/--gather: hosts with identical results printed once, under a compact host list."""
 
-    def __init__(self, *a, **kw):
+    def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.groups: Dict[Tuple, List[HostResult]] = {}
 
@@ -298,7 +298,7 @@ class StreamRenderer(Renderer):
 class JsonRenderer(Renderer):
     """--json: one JSON object per host per line on stdout, nothing else there."""
 
-    def __init__(self, *a, **kw):
+    def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.color = False
 

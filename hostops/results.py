@@ -154,8 +154,9 @@ class RunReport:
 
     @property
     def per_host(self) -> bool:
-        """A runbook of several steps: counted per host, with a table at the end."""
-        return len(self.steps) > 1
+        """A runbook of several steps that ran to its end: counted per host, with a table at the
+        end (aborted at once, it counts the results it has)."""
+        return len(self.steps) > 1 and self.completed
 
     def statuses(self) -> Dict[str, str]:
         """Each host that ran: its outcome (what the state file records, with the untouched)."""
@@ -224,7 +225,7 @@ class RunReport:
 
     def to_json(self) -> Dict[str, Any]:
         """The log's end record ("summary"): counts per result, or per host for a runbook."""
-        if self.per_host and self.completed:
+        if self.per_host:
             data: Dict[str, Any] = {"hosts": len(self.hosts), **self.host_counts(), "steps": self.steps,
                                     "stopped": self.stopped, "untouched": self.untouched,
                                     "elapsed": round(self.elapsed, 3), "interrupted": self.interrupted}

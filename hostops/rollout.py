@@ -86,7 +86,11 @@ def rollout(session: Any, targets: Sequence[Any], steps: Sequence[StepRun], spec
             on_stop: Optional[Callable[[str], None]] = None, report: Optional[RunReport] = None) -> RunReport:
     """Run ``steps`` over ``targets`` through ``session`` (an :class:`hostops.api.Session`,
     which tells its own events handler about starts and output); fill ``report`` (or a new
-    one) with each host's status per step, the batches, and why the rollout stopped early."""
+    one) with each host's status per step, the batches, and why the rollout stopped early.
+
+    One piece on purpose (~65 lines): batch → step → hosts, with the stop conditions (Ctrl-C,
+    max_fail, canary) checked between each level; split up, the bookkeeping they share
+    (failed_here, failed_total, report.stopped) would be spread over several functions."""
     by_name = {t.name: t for t in targets}
     names = [t.name for t in targets]
     batches = make_batches(names, spec.batch, spec.canary)

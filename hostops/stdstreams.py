@@ -11,7 +11,7 @@ import errno
 import io
 import os
 import sys
-from typing import IO, Callable, Dict, List, Optional
+from typing import IO, Callable, Dict, List, Optional, cast
 
 
 class _Null(io.TextIOBase):
@@ -25,7 +25,7 @@ class _Null(io.TextIOBase):
 
 
 def _or_null(stream: Optional[IO]) -> IO:
-    return stream if stream is not None else _Null()
+    return stream if stream is not None else cast(IO, _Null())
 
 
 class GuardedRaw(io.RawIOBase):
