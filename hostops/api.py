@@ -25,7 +25,8 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional, Protocol, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 from hostops.hostlist import compact
 from hostops.log import maybe_open
@@ -62,8 +63,8 @@ class NoEvents:
     """Events nobody watches (a library caller that only wants the report), or those given
     as the old callbacks (``on_start``, ``on_output``, ``warn``)."""
 
-    def __init__(self, on_start: Optional[OnStart] = None, on_output: Optional[OnOutput] = None,
-                 warn: Optional[Callable[[str], None]] = None):
+    def __init__(self, on_start: OnStart | None = None, on_output: OnOutput | None = None,
+                 warn: Callable[[str], None] | None = None):
         self._on_start, self._on_output, self._warn = on_start, on_output, warn
 
     def started(self, host: str) -> None:
@@ -120,7 +121,7 @@ class _Interrupts:
         except OSError:
             pass
 
-    def install(self) -> "_Interrupts":
+    def install(self) -> _Interrupts:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self)
@@ -145,9 +146,9 @@ class Session:
     (KeyboardInterrupt).
     """
 
-    def __init__(self, options: Options, host_count: int, *, events: Optional[Events] = None,
+    def __init__(self, options: Options, host_count: int, *, events: Events | None = None,
                  handle_signals: bool = False, keep_connections: bool = False,
-                 report: Optional[RunReport] = None):
+                 report: RunReport | None = None):
         self.events: Events = events if events is not None else NoEvents()
         self.options = fit_forks(options, host_count, self.events.warning)
         self.host_count = host_count
@@ -155,10 +156,10 @@ class Session:
         self.report = report if report is not None else RunReport()
         self.handle_signals = handle_signals
         self.log: Any = None
-        self.pool: Optional[Pool] = None
-        self._interrupts: Optional[_Interrupts] = None
-        self._hosts: List[str] = []
-        self.not_started: List[str] = []
+        self.pool: Pool | None = None
+        self._interrupts: _Interrupts | None = None
+        self._hosts: list[str] = []
+        self.not_started: list[str] = []
         self._ids = itertools.count()
         self._t0 = time.monotonic()
 
@@ -196,7 +197,7 @@ class Session:
         select.select([self._interrupts.read_fd], [], [], max(0.0, seconds))
         return self.interrupted
 
-    def start(self, what: Any, hosts: Sequence[str]) -> "Session":
+    def start(self, what: Any, hosts: Sequence[str]) -> Session:
         self._hosts = list(hosts)
         self.log = maybe_open(self.options.log, self.options.secrets)
         self._write_log({"event": "start", "pid": os.getpid(), "action": what, "hosts": list(hosts),
@@ -207,7 +208,7 @@ class Session:
         self.pool.start()
         return self
 
-    def run(self, targets: Sequence[Target], action: Any, *, step: Optional[str] = None) -> Iterator[HostResult]:
+    def run(self, targets: Sequence[Target], action: Any, *, step: str | None = None) -> Iterator[HostResult]:
         """Run one step: ``action`` (or ``action.for_target(target)`` when it has one) on every
         target; yield each HostResult as its host finishes. Hosts never started because the
         run was interrupted end up in ``self.not_started`` (names)."""
@@ -271,7 +272,7 @@ class Session:
         if self.keep_connections and self.pool is not None:
             self.pool.release(hosts)
 
-    def close(self, error: Optional[BaseException] = None) -> None:
+    def close(self, error: BaseException | None = None) -> None:
         """Stop the workers and write the log's end record (:meth:`RunReport.to_json`)."""
         self.report.elapsed = time.monotonic() - self._t0
         try:
@@ -303,13 +304,13 @@ def _discard_partial(job: Job) -> None:
     if discard is not None:
         try:
             discard(job.target)
-        except Exception:  # cleanup is best effort; the host is reported failed either way
+        except Exception:  # noqa: BLE001, S110 - cleanup is best effort; the host is reported failed either way
             pass
 
 
-def run(targets: Sequence[Target], action: Any, options: Options, *, on_start: Optional[OnStart] = None,
-        on_output: Optional[OnOutput] = None, report: Optional[RunReport] = None,
-        handle_signals: bool = False, warn: Optional[Callable[[str], None]] = None) -> Iterator[HostResult]:
+def run(targets: Sequence[Target], action: Any, options: Options, *, on_start: OnStart | None = None,
+        on_output: OnOutput | None = None, report: RunReport | None = None,
+        handle_signals: bool = False, warn: Callable[[str], None] | None = None) -> Iterator[HostResult]:
     """Run ``action`` on every target through the worker pool; yield each HostResult as its
     host finishes. ``report`` (if given) is filled as results arrive, so a caller that is
     interrupted still knows what finished and what did not (``report.not_finished``).
@@ -322,7 +323,7 @@ def run(targets: Sequence[Target], action: Any, options: Options, *, on_start: O
                       handle_signals=handle_signals, report=report)
     session.report.not_finished = [t.name for t in targets]
     finished = set()
-    error: Optional[BaseException] = None
+    error: BaseException | None = None
     try:
         session.start(_describe(action), [t.name for t in targets])
         for result in session.run(targets, action):
@@ -360,8 +361,8 @@ def _loggable(options: Options) -> dict:
 
 # ------------------------------------------------------------------ the whole rollout
 def run_rollout(targets: Sequence[Target], steps: Sequence[StepRun], options: Options,
-                spec: Optional[RolloutSpec] = None, events: Optional[Events] = None, *,
-                lock: Optional[str] = None, state_file: Optional[str] = None, what: Optional[str] = None,
+                spec: RolloutSpec | None = None, events: Events | None = None, *,
+                lock: str | None = None, state_file: str | None = None, what: str | None = None,
                 keep_connections: bool = False, handle_signals: bool = True,
                 warn_unchecked_keys: bool = True) -> RunReport:
     """Run ``steps`` over ``targets``, rolled out per ``spec`` (batches, max_fail, canary,
@@ -410,13 +411,13 @@ def run_rollout(targets: Sequence[Target], steps: Sequence[StepRun], options: Op
 
 
 def _drive(session: Session, targets: Sequence[Target], steps: Sequence[StepRun], spec: RolloutSpec,
-           what: Optional[str]) -> set:
+           what: str | None) -> set:
     """Start the session, roll the steps out, close it; the ids of the results shown."""
     events, report = session.events, session.report
     multi = len(steps) > 1
     shown: set = set()
 
-    def on_step(b: int, nb: int, s: int, step: StepRun, hosts: List[str]) -> None:
+    def on_step(b: int, nb: int, s: int, step: StepRun, hosts: list[str]) -> None:
         if multi or nb > 1:
             where = f"batch {b + 1}/{nb}" + (f" · step {s + 1}/{len(steps)}: {step.name}" if multi else "")
             events.section(f"== {where} ({len(hosts)} host{'s' if len(hosts) != 1 else ''}) ==", len(hosts))
@@ -425,7 +426,7 @@ def _drive(session: Session, targets: Sequence[Target], steps: Sequence[StepRun]
         shown.add(id(result))
         events.result(result)
 
-    error: Optional[BaseException] = None
+    error: BaseException | None = None
     unwatch = _watch_stdout(session)
     try:
         session.start(what or steps[0].name, [t.name for t in targets])
@@ -448,7 +449,7 @@ def _warn_unchecked_keys(targets: Sequence[Target], options: Options, warn: Call
         warn("host key checking is off (--host-key-policy off): a man in the middle would go unnoticed; "
              "no password is sent to a host whose key differs from known_hosts")
         return
-    off: List[str] = []
+    off: list[str] = []
     for t in targets:
         if t.connection != "local" and t.host_key_policy == "off":
             off.append(t.name)

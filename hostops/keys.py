@@ -4,7 +4,11 @@ record the new ones, forget old ones.
 A scan is an ordinary action run through the worker pool: its :meth:`ScanAction.run`
 opens its own TCP connection and does the SSH key exchange only (no authentication, so
 no credential is ever offered), and returns the key the host presented. The parent then
-judges every key against known_hosts once (:func:`judge`).
+judges every key against known_hosts once (:func:`judge`), and renders the
+reports (:func:`render`, :func:`summary_line`; colours from :data:`hostops.output.PALETTE`).
+
+Owns: scanning, judging, accepting host keys, and rendering key reports.
+Must not import: the CLI, the API (the CLI drives a scan through :func:`hostops.api.run_rollout`).
 """
 from __future__ import annotations
 

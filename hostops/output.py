@@ -18,12 +18,28 @@ import re
 import stat
 import sys
 import time
-from typing import IO, Any, Dict, Iterable, List, Optional, Tuple
+from collections.abc import Iterable
+from typing import IO, Any
 
 from hostops.hostlist import compact
-from hostops.results import FAILED, INTERRUPTED, OK, TIMEOUT, UNCHANGED, UNREACHABLE, HostResult, RunReport, decode
+from hostops.results import (
+    FAILED,
+    INTERRUPTED,
+    OK,
+    TIMEOUT,
+    UNCHANGED,
+    UNREACHABLE,
+    HostResult,
+    RunReport,
+    decode,
+)
 from hostops.stdstreams import (  # noqa: F401  (re-exported: their old home)
-    GuardedRaw, _or_null, guard_std_streams, reader_gone, stream_error, when_broken,
+    GuardedRaw,
+    _or_null,
+    guard_std_streams,
+    reader_gone,
+    stream_error,
+    when_broken,
 )
 
 # C0 controls but \t and \n, DEL, C1 controls, bidi marks/overrides/isolates, zero-width marks, line/para separators.
@@ -38,7 +54,7 @@ def sanitize(data: bytes) -> str:
 
 # "host | OK …" (blocks) and "hosts (N) | OK …" (--gather)
 _HEADER_LIKE = re.compile(r"^(\S+(?: \(\d+\))? \| (?:OK|UNCHANGED|FAILED|UNREACHABLE|TIMEOUT|INTERRUPTED)\b)",
-                          re.M)
+                          re.MULTILINE)
 
 
 def unforgeable(text: str) -> str:
@@ -62,7 +78,7 @@ def raw_text(data: bytes) -> str:
     return data.decode("utf-8", errors="surrogateescape")
 
 
-def _escape(m: "re.Match[str]") -> str:
+def _escape(m: re.Match[str]) -> str:
     return _escape_char(m.group(0))
 
 
@@ -77,7 +93,7 @@ def use_color(stream: IO) -> bool:
 
 
 #: The one colour palette: host statuses, and host key states (hostops keys).
-PALETTE: Dict[str, str] = {
+PALETTE: dict[str, str] = {
     OK: "32", UNCHANGED: "36", FAILED: "31", UNREACHABLE: "35", TIMEOUT: "33", INTERRUPTED: "33",
     "known": "32", "new": "36", "unverifiable": "35", "revoked": "1;31", "changed": "1;31", "error": "35",
 }
@@ -90,7 +106,7 @@ def paint(text: str, name: str, color: bool) -> str:
 
 
 
-def header(result: HostResult, color: bool = False, host: Optional[str] = None) -> str:
+def header(result: HostResult, color: bool = False, host: str | None = None) -> str:
     """``host | OK | rc=0 | 0.41s``."""
     parts = [one_line(host or result.host), paint(result.status.upper(), result.status, color)]
     if result.exit_code is not None:
@@ -101,7 +117,7 @@ def header(result: HostResult, color: bool = False, host: Optional[str] = None) 
 
 def _body(result: HostResult, raw: bool = False) -> str:
     show = raw_text if raw else (lambda data: unforgeable(sanitize(data)))
-    lines: List[str] = []
+    lines: list[str] = []
     if result.stdout:
         lines.append(show(result.stdout).rstrip("\n"))
     if result.stderr:
@@ -146,8 +162,8 @@ class Renderer:
     """Base renderer, an :class:`hostops.api.Events` handler: started/output/result as events
     arrive, section for a new batch or step, warning, then finish with the run's report."""
 
-    def __init__(self, out: Optional[IO] = None, err: Optional[IO] = None, progress: Optional[Progress] = None,
-                 outdir: Optional[str] = None, raw: bool = False):
+    def __init__(self, out: IO | None = None, err: IO | None = None, progress: Progress | None = None,
+                 outdir: str | None = None, raw: bool = False):
         # Resolved now, not at import: the CLI puts guarded streams in place first, and a
         # closed descriptor (sys.stdout None) must not crash a run.
         self.out = _or_null(out if out is not None else sys.stdout)
@@ -155,7 +171,7 @@ class Renderer:
         self.raw = raw
         self.progress = progress or Progress(self.err, 0, False)
         self.outdir = outdir
-        self.outdir_failed: List[str] = []  # hosts whose -o files could not be written
+        self.outdir_failed: list[str] = []  # hosts whose -o files could not be written
         self.color = use_color(self.out)
         if outdir:
             from hostops.secrets import private_makedirs
@@ -247,7 +263,7 @@ class GatherRenderer(Renderer):
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
-        self.groups: Dict[Tuple, List[HostResult]] = {}
+        self.groups: dict[tuple, list[HostResult]] = {}
 
     def show(self, result: HostResult) -> None:
         key = (result.status, result.exit_code, result.stdout, result.stderr, result.error)
@@ -374,8 +390,8 @@ def _remove_if_same(path: str, st: os.stat_result) -> None:
         pass
 
 
-def make_renderer(mode: str, *, out: Optional[IO] = None, err: Optional[IO] = None, total: int = 0,
-                  progress: bool = True, outdir: Optional[str] = None, raw: bool = False) -> Renderer:
+def make_renderer(mode: str, *, out: IO | None = None, err: IO | None = None, total: int = 0,
+                  progress: bool = True, outdir: str | None = None, raw: bool = False) -> Renderer:
     out = _or_null(out if out is not None else sys.stdout)
     err = _or_null(err if err is not None else sys.stderr)
     prog = Progress(err, total, progress and mode != "stream")
@@ -391,7 +407,7 @@ def make_renderer(mode: str, *, out: Optional[IO] = None, err: Optional[IO] = No
 
 
 # ------------------------------------------------------------------ the inventory
-def inventory_lines(targets: Iterable[Any]) -> List[str]:
+def inventory_lines(targets: Iterable[Any]) -> list[str]:
     """``hostops inventory``: one line per host, its resolved connection (names escaped)."""
     targets = list(targets)
     shown = {t.name: one_line(t.name) for t in targets}  # names may hold controls: escaped
@@ -430,7 +446,7 @@ def inventory_json(inv: Any, targets: Iterable[Any]) -> dict:
 def inventory_graph(inv: Any, selected: set) -> str:
     """``hostops inventory --graph``: the group tree, like ansible-inventory --graph
     (group and host names may hold controls: escaped)."""
-    lines: List[str] = []
+    lines: list[str] = []
 
     def walk(group: str, prefix: str) -> None:
         lines.append(f"{prefix}@{one_line(group)}:")

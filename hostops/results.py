@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
-from typing import Any, Dict, Iterable, List, Optional
+from collections.abc import Iterable
+from typing import Any
 
 from hostops import exitcodes
 
@@ -46,7 +47,7 @@ STATUSES = (OK, UNCHANGED, FAILED, UNREACHABLE, TIMEOUT, INTERRUPTED)  # what on
 SUCCESS = (OK, UNCHANGED)
 
 #: What ``@ok``, ``@failed``, ``@unreachable`` and ``@untouched`` select from the last run's state.
-STATE_PATTERNS: Dict[str, frozenset] = {
+STATE_PATTERNS: dict[str, frozenset] = {
     "ok": frozenset({OK, UNCHANGED}),
     "failed": frozenset({FAILED, UNREACHABLE, TIMEOUT, INTERRUPTED, INCOMPLETE}),  # tried and did not succeed
     "unreachable": frozenset({UNREACHABLE}),
@@ -62,13 +63,13 @@ class HostResult:
 
     host: str
     status: str
-    exit_code: Optional[int] = None
+    exit_code: int | None = None
     stdout: bytes = b""
     stderr: bytes = b""
-    error: Optional[str] = None
+    error: str | None = None
     start: float = 0.0
     duration: float = 0.0
-    step: Optional[str] = None  # the runbook step this result belongs to
+    step: str | None = None  # the runbook step this result belongs to
 
     @property
     def ok(self) -> bool:
@@ -86,7 +87,7 @@ class HostResult:
         err = f" error={self.error!r}" if self.error else ""
         return f"<HostResult {self.host} {self.status}{rc} {self.duration:.2f}s{err}>"
 
-    def to_json(self) -> Dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; output bytes decoded as UTF-8 with undecodable bytes escaped."""
         data = {
             "host": self.host,
@@ -95,7 +96,7 @@ class HostResult:
             "stdout": decode(self.stdout),
             "stderr": decode(self.stderr),
             "error": self.error,
-            "start": _dt.datetime.fromtimestamp(self.start, _dt.timezone.utc).isoformat(timespec="milliseconds")
+            "start": _dt.datetime.fromtimestamp(self.start, _dt.UTC).isoformat(timespec="milliseconds")
             if self.start else None,
             "duration": round(self.duration, 3),
         }
@@ -118,20 +119,20 @@ class RunReport:
     A run of one step (exec, put, get, script, keys scan) counts results; a runbook of
     several steps counts hosts by their final status (:meth:`final_status`)."""
 
-    results: List[HostResult] = dataclasses.field(default_factory=list)
+    results: list[HostResult] = dataclasses.field(default_factory=list)
     elapsed: float = 0.0
     interrupted: bool = False
-    not_finished: List[str] = dataclasses.field(default_factory=list)  # never started, or never touched
+    not_finished: list[str] = dataclasses.field(default_factory=list)  # never started, or never touched
     output_closed: bool = False  # stdout's reader went away, which stopped the run: exit 141
     # the rollout's view (filled by hostops.rollout)
-    hosts: List[str] = dataclasses.field(default_factory=list)
-    steps: List[str] = dataclasses.field(default_factory=list)
-    outcome: Dict[str, Dict[str, str]] = dataclasses.field(default_factory=dict)  # host → step → status
-    batches: List[List[str]] = dataclasses.field(default_factory=list)
-    failed: List[str] = dataclasses.field(default_factory=list)    # hosts counted against max_fail
-    untouched: List[str] = dataclasses.field(default_factory=list)
-    stopped: Optional[str] = None                                   # why the rollout stopped early
-    main_steps: List[str] = dataclasses.field(default_factory=list)  # steps that are not when_failed
+    hosts: list[str] = dataclasses.field(default_factory=list)
+    steps: list[str] = dataclasses.field(default_factory=list)
+    outcome: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # host → step → status
+    batches: list[list[str]] = dataclasses.field(default_factory=list)
+    failed: list[str] = dataclasses.field(default_factory=list)    # hosts counted against max_fail
+    untouched: list[str] = dataclasses.field(default_factory=list)
+    stopped: str | None = None                                   # why the rollout stopped early
+    main_steps: list[str] = dataclasses.field(default_factory=list)  # steps that are not when_failed
     completed: bool = False  # the rollout ran to its end (not aborted by a second interrupt)
 
     def add(self, result: HostResult) -> None:
@@ -158,13 +159,13 @@ class RunReport:
         end (aborted at once, it counts the results it has)."""
         return len(self.steps) > 1 and self.completed
 
-    def statuses(self) -> Dict[str, str]:
+    def statuses(self) -> dict[str, str]:
         """Each host that ran: its outcome (what the state file records, with the untouched)."""
         if self.completed:
             return {h: self.final_status(h) for h in self.hosts if h not in self.untouched}
         return {r.host: r.status for r in self.results}  # aborted at once: what finished
 
-    def state_hosts(self) -> Dict[str, str]:
+    def state_hosts(self) -> dict[str, str]:
         """The state file's ``hosts``: every host's outcome, ``untouched`` for those never run."""
         hosts = dict(self.statuses())
         for name in self.not_finished:
@@ -176,18 +177,18 @@ class RunReport:
         return sum(1 for r in self.results if r.status == status)
 
     @property
-    def counts(self) -> Dict[str, int]:
+    def counts(self) -> dict[str, int]:
         return {str(s): self.count(s) for s in STATUSES}
 
-    def host_counts(self) -> Dict[str, int]:
-        counts: Dict[str, int] = {}
+    def host_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
         for host in self.hosts:
             status = str(self.final_status(host))
             counts[status] = counts.get(status, 0) + 1
         return counts
 
     @property
-    def ok(self) -> List[HostResult]:
+    def ok(self) -> list[HostResult]:
         return [r for r in self.results if r.ok]
 
     @property
@@ -223,10 +224,10 @@ class RunReport:
         text = f"{n} host{'s' if n != 1 else ''}: {', '.join(parts)} in {self.elapsed:.1f}s"
         return text + (" (interrupted)" if self.interrupted else "")
 
-    def to_json(self) -> Dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         """The log's end record ("summary"): counts per result, or per host for a runbook."""
         if self.per_host:
-            data: Dict[str, Any] = {"hosts": len(self.hosts), **self.host_counts(), "steps": self.steps,
+            data: dict[str, Any] = {"hosts": len(self.hosts), **self.host_counts(), "steps": self.steps,
                                     "stopped": self.stopped, "untouched": self.untouched,
                                     "elapsed": round(self.elapsed, 3), "interrupted": self.interrupted}
         else:
@@ -247,7 +248,7 @@ class RunReport:
         lines = ["host".ljust(width) + "  " + "  ".join(s.ljust(c) for s, c in zip(steps, cols, strict=True))]
         for host in self.hosts:
             row = self.outcome.get(host, {})
-            cells = [str(row.get(s, UNTOUCHED)).ljust(c) for s, c in zip(steps, cols)]
+            cells = [str(row.get(s, UNTOUCHED)).ljust(c) for s, c in zip(steps, cols, strict=True)]
             lines.append(shown[host].ljust(width) + "  " + "  ".join(cells))
         return "\n".join(line.rstrip() for line in lines)
 

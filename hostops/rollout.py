@@ -18,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from hostops.errors import UsageError
 from hostops.hostlist import compact
 from hostops.results import INTERRUPTED, SKIPPED, UNTOUCHED, RunReport
 
-__all__ = ["RolloutSpec", "StepRun", "count_of", "make_batches", "rollout", "SKIPPED", "UNTOUCHED"]
+__all__ = ["SKIPPED", "UNTOUCHED", "RolloutSpec", "StepRun", "count_of", "make_batches", "rollout"]
 
 
 def count_of(text: Any, total: int, what: str, allow_zero: bool = False) -> int:
@@ -45,8 +46,8 @@ def count_of(text: Any, total: int, what: str, allow_zero: bool = False) -> int:
 
 @dataclasses.dataclass
 class RolloutSpec:
-    batch: Optional[str] = None      # N or N%; None: all hosts at once
-    max_fail: Optional[str] = None   # N or N%; None: never stop early
+    batch: str | None = None      # N or N%; None: all hosts at once
+    max_fail: str | None = None   # N or N%; None: never stop early
     canary: int = 0                  # run this many hosts first; stop unless all succeed
     pause: float = 0.0               # seconds between batches
 
@@ -68,9 +69,9 @@ class StepRun:
         return self.action_for(target)
 
 
-def make_batches(hosts: Sequence[str], batch: Optional[str], canary: int = 0) -> List[List[str]]:
+def make_batches(hosts: Sequence[str], batch: str | None, canary: int = 0) -> list[list[str]]:
     hosts = list(hosts)
-    batches: List[List[str]] = []
+    batches: list[list[str]] = []
     if canary:
         batches.append(hosts[:canary])
         hosts = hosts[canary:]
@@ -81,9 +82,9 @@ def make_batches(hosts: Sequence[str], batch: Optional[str], canary: int = 0) ->
 
 
 def rollout(session: Any, targets: Sequence[Any], steps: Sequence[StepRun], spec: RolloutSpec, *,
-            on_step: Optional[Callable[[int, int, int, StepRun, List[str]], None]] = None,
-            on_result: Optional[Callable[[Any], None]] = None,
-            on_stop: Optional[Callable[[str], None]] = None, report: Optional[RunReport] = None) -> RunReport:
+            on_step: Callable[[int, int, int, StepRun, list[str]], None] | None = None,
+            on_result: Callable[[Any], None] | None = None,
+            on_stop: Callable[[str], None] | None = None, report: RunReport | None = None) -> RunReport:
     """Run ``steps`` over ``targets`` through ``session`` (an :class:`hostops.api.Session`,
     which tells its own events handler about starts and output); fill ``report`` (or a new
     one) with each host's status per step, the batches, and why the rollout stopped early.
@@ -99,15 +100,14 @@ def rollout(session: Any, targets: Sequence[Any], steps: Sequence[StepRun], spec
     report.hosts, report.steps, report.outcome, report.batches = names, [s.name for s in steps], \
         {h: {} for h in names}, batches
     report.main_steps = [s.name for s in steps if not s.when_failed]
-    failed_total: List[str] = []
+    failed_total: list[str] = []
     for b_index, batch in enumerate(batches):
-        if b_index and spec.pause:
-            if _pause(session, spec.pause):
-                report.interrupted = True
+        if b_index and spec.pause and _pause(session, spec.pause):
+            report.interrupted = True
         if report.interrupted or session.interrupted:
             report.interrupted = True
             break
-        failed_here: Dict[str, str] = {}
+        failed_here: dict[str, str] = {}
         for s_index, step in enumerate(steps):
             if report.stopped and not step.when_failed:
                 continue  # past max_fail: only the when_failed steps (collect logs…) still run

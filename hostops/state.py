@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Dict, Iterable, List, Optional
+from collections.abc import Iterable
 
 from hostops import results
 from hostops.errors import SelectionError
@@ -26,20 +26,20 @@ from hostops.secrets import Secrets, private_makedirs
 STATE_PATTERNS = tuple(results.STATE_PATTERNS)  # "ok", "failed", "unreachable", "untouched"
 
 
-def state_path(log_path: Optional[str] = None) -> str:
+def state_path(log_path: str | None = None) -> str:
     if log_path:
         return log_path + ".last-run.json"
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "hostops", "last-run.json")
 
 
-def write_report(path: str, what: str, report: "results.RunReport", secrets: Optional[Secrets] = None) -> None:
+def write_report(path: str, what: str, report: results.RunReport, secrets: Secrets | None = None) -> None:
     """Record a run's outcome (:meth:`RunReport.state_hosts`) for the next run's @failed, @ok…"""
     write_state(path, what, report.state_hosts(), (), secrets)
 
 
-def write_state(path: str, what: str, statuses: Dict[str, str], untouched: Iterable[str] = (),
-                secrets: Optional[Secrets] = None) -> None:
+def write_state(path: str, what: str, statuses: dict[str, str], untouched: Iterable[str] = (),
+                secrets: Secrets | None = None) -> None:
     """Record each host's outcome (atomically: a reader sees the old or the new file), with
     ``secrets`` masked in what is stored."""
     hosts = {name: str(status) for name, status in statuses.items()}
@@ -64,7 +64,7 @@ def write_state(path: str, what: str, statuses: Dict[str, str], untouched: Itera
         raise
 
 
-def hosts_with(path: str, which: str) -> List[str]:
+def hosts_with(path: str, which: str) -> list[str]:
     """Host names of the last run matching ``@which``."""
     try:
         with open(path, encoding="utf-8") as fh:

@@ -11,7 +11,8 @@ import errno
 import io
 import os
 import sys
-from typing import IO, Callable, Dict, List, Optional, cast
+from collections.abc import Callable
+from typing import IO, cast
 
 
 class _Null(io.TextIOBase):
@@ -24,7 +25,7 @@ class _Null(io.TextIOBase):
         return len(text)
 
 
-def _or_null(stream: Optional[IO]) -> IO:
+def _or_null(stream: IO | None) -> IO:
     return stream if stream is not None else cast(IO, _Null())
 
 
@@ -38,8 +39,8 @@ class GuardedRaw(io.RawIOBase):
         super().__init__()
         self.fd = fd
         self.name = name
-        self.error: Optional[OSError] = None
-        self.listeners: List[Callable[[OSError], None]] = []
+        self.error: OSError | None = None
+        self.listeners: list[Callable[[OSError], None]] = []
 
     def writable(self) -> bool:
         return True
@@ -79,11 +80,11 @@ class GuardedRaw(io.RawIOBase):
         for listener in list(self.listeners):
             try:
                 listener(exc)
-            except Exception:
+            except Exception:  # noqa: BLE001, S110 - one listener's failure must not stop the others or the run
                 pass
 
 
-_GUARDS: Dict[str, GuardedRaw] = {}
+_GUARDS: dict[str, GuardedRaw] = {}
 
 
 def _sanitise_std_fds() -> None:
@@ -129,7 +130,7 @@ def guard_std_streams() -> None:
         _GUARDS[name] = raw
 
 
-def stream_error(name: str) -> Optional[OSError]:
+def stream_error(name: str) -> OSError | None:
     """Why writing to ``stdout``/``stderr`` failed, or None (also None when not guarded)."""
     guard = _GUARDS.get(name)
     return guard.error if guard is not None else None
@@ -150,6 +151,6 @@ def when_broken(name: str, listener: Callable[[OSError], None]) -> Callable[[], 
     return remove
 
 
-def reader_gone(error: Optional[OSError]) -> bool:
+def reader_gone(error: OSError | None) -> bool:
     """The error means the reader went away (EPIPE), not that writing failed otherwise."""
     return error is not None and error.errno == errno.EPIPE

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import click
 
@@ -42,7 +42,7 @@ for _command in (commands.exec_cmd, commands.put_cmd, commands.get_cmd, commands
 
 
 # ------------------------------------------------------------------ entry point
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: every error becomes one line on stderr and a documented exit code.
     stdout and stderr are guarded first: a closed pipe or a full disk under them never
     becomes an internal error (see _watch_stdout); a reader gone from stdout exits 141."""

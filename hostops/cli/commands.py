@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -30,9 +31,8 @@ from hostops.errors import SelectionError, UsageError
 from hostops.exitcodes import HELP_TEXT
 
 
-
-def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, steps: Optional[List[Any]] = None,
-             spec: Any = None, what: Optional[str] = None, keep_connections: bool = False) -> int:
+def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, steps: list[Any] | None = None,
+             spec: Any = None, what: str | None = None, keep_connections: bool = False) -> int:
     """Run an action (or a runbook's steps) through :func:`hostops.api.run_rollout`, rolled out
     per --batch/--max-fail/--canary, with the chosen renderer; the run's exit code."""
     from hostops.api import run_rollout

@@ -10,7 +10,8 @@ Must not import: hostops.cli.commands or hostops.cli's ``__init__`` (no cycle), 
 from __future__ import annotations
 
 import sys
-from typing import Any, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -62,7 +63,7 @@ class _Judge:
         self.by_name = {t.name: t for t in targets}
         self.known = known
         self.progress = Progress(sys.stderr, len(targets), progress)
-        self.reports: List[Any] = []
+        self.reports: list[Any] = []
 
     def started(self, host: str) -> None:
         self.progress.running += 1
@@ -90,7 +91,7 @@ class _Judge:
         self.progress.clear()
 
 
-def _scan(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str, kw: dict) -> Tuple[Any, Any, Any]:
+def _scan(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str, kw: dict) -> tuple[Any, Any, Any]:
     """Fetch the selected hosts' keys through the worker pool and judge them:
     (key reports, the run's report, options)."""
     from hostops.api import run_rollout
@@ -218,7 +219,7 @@ def forget_cmd(names: Sequence[str], inventories, adhoc_hosts, pattern, known_ho
     """
     from hostops.knownhosts import KnownHosts, forget_names, read_files, user_files
 
-    wanted: List[str] = [n.strip() for n in names if n.strip()]
+    wanted: list[str] = [n.strip() for n in names if n.strip()]
     if inventories or adhoc_hosts:
         from hostops.keys import names_of
         from hostops.settings import Options, resolve

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -32,7 +33,7 @@ def warn(message: str) -> None:
     click.echo(f"hostops: warning: {one_line(message)}", err=True)
 
 
-def _apply(func: Callable, options: List[Callable]) -> Callable:
+def _apply(func: Callable, options: list[Callable]) -> Callable:
     for opt in reversed(options):
         func = opt(func)
     return func
@@ -52,7 +53,7 @@ def inventory_options(func: Callable) -> Callable:
 
 
 def load_selection(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str,
-                   state_file: Optional[str] = None) -> Tuple["Inventory", List[str]]:
+                   state_file: str | None = None) -> tuple[Inventory, list[str]]:
     """Load the inventory and select hosts; no match is a usage error (exit 2).
     ``state_file``: where @failed/@ok/… look (the last run's outcome)."""
     from hostops.inventory import Inventory, default_inventory_path
@@ -72,7 +73,7 @@ def load_selection(inventories: Sequence[str], adhoc_hosts: Sequence[str], patte
 
 
 def select_targets(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str,
-                   options: "Options") -> Tuple[List["Target"], "Options"]:
+                   options: Options) -> tuple[list[Target], Options]:
     """(targets, options with the inventory's secret values added)."""
     from hostops.settings import resolve
     from hostops.state import state_path
@@ -87,7 +88,7 @@ class _Size(click.ParamType):
 
     name = "size"
 
-    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> int:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         text = str(value).strip().upper().rstrip("B").rstrip("I")
@@ -165,7 +166,7 @@ def output_options(func: Callable) -> Callable:
     return _apply(func, options)
 
 
-def build_secrets(kw: dict) -> "Secrets":
+def build_secrets(kw: dict) -> Secrets:
     """Passwords and secret values, asked for or read before anything runs."""
     from hostops.secrets import Secrets, ask, from_env, read_password_file
 
@@ -188,7 +189,7 @@ def build_secrets(kw: dict) -> "Secrets":
     return Secrets(sudo_password, ssh_password, tuple(values))
 
 
-def inventory_secrets(inv: "Inventory", names: Sequence[str]) -> List[str]:
+def inventory_secrets(inv: Inventory, names: Sequence[str]) -> list[str]:
     """Values of the variables a host lists in ``hostops_secret_vars`` (to be masked)."""
     out = []
     for name in names:
@@ -200,12 +201,16 @@ def inventory_secrets(inv: "Inventory", names: Sequence[str]) -> List[str]:
     return out
 
 
-def check_local_usage(kw: dict, stdin: Optional[str] = None) -> None:
+def check_local_usage(kw: dict, stdin: str | None = None) -> None:
     """The operator's own mistakes, refused (exit 2, one line) before a password is asked for
     or a host contacted: a -k file that is no key, a bad start method, -o naming a file,
     --stdin with a sudo password."""
-    from hostops.settings import check_identity_file, check_outdir, check_start_method, \
-        check_stdin_with_sudo_password
+    from hostops.settings import (
+        check_identity_file,
+        check_outdir,
+        check_start_method,
+        check_stdin_with_sudo_password,
+    )
 
     for path in kw.get("identity_files") or ():
         check_identity_file(path)
@@ -215,7 +220,7 @@ def check_local_usage(kw: dict, stdin: Optional[str] = None) -> None:
     check_stdin_with_sudo_password(stdin, bool(kw.get("sudo")), has_password)
 
 
-def build_options(kw: dict, stdin: Optional[str] = None) -> "Options":
+def build_options(kw: dict, stdin: str | None = None) -> Options:
     from hostops.settings import Options
 
     check_local_usage(kw, stdin)
@@ -265,9 +270,8 @@ def rollout_options(func: Callable) -> Callable:
     return _apply(func, options)
 
 
-def rollout_spec(kw: dict, batch: Optional[str] = None, max_fail: Optional[str] = None) -> "RolloutSpec":
-    from hostops.rollout import RolloutSpec
-    from hostops.rollout import count_of
+def rollout_spec(kw: dict, batch: str | None = None, max_fail: str | None = None) -> RolloutSpec:
+    from hostops.rollout import RolloutSpec, count_of
 
     spec = RolloutSpec(kw.get("batch") or batch, kw.get("max_fail") if kw.get("max_fail") is not None else max_fail,
                        kw.get("canary") or 0, kw.get("pause") or 0.0)
