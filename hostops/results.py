@@ -244,11 +244,11 @@ class RunReport:
         steps = self.steps
         shown = {h: escape(h) for h in self.hosts}
         width = max([len(s) for s in shown.values()] + [4])
-        cols = [max(len(s), 11) for s in steps]
-        lines = ["host".ljust(width) + "  " + "  ".join(s.ljust(c) for s, c in zip(steps, cols, strict=True))]
+        cols = [max(len(s), 11) for s in steps]  # one column per step: zip() below pairs equal lengths
+        lines = ["host".ljust(width) + "  " + "  ".join(s.ljust(c) for s, c in zip(steps, cols))]
         for host in self.hosts:
             row = self.outcome.get(host, {})
-            cells = [str(row.get(s, UNTOUCHED)).ljust(c) for s, c in zip(steps, cols, strict=True)]
+            cells = [str(row.get(s, UNTOUCHED)).ljust(c) for s, c in zip(steps, cols)]
             lines.append(shown[host].ljust(width) + "  " + "  ".join(cells))
         return "\n".join(line.rstrip() for line in lines)
 
