@@ -215,8 +215,7 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
         return 0
     steps_to_run = [StepRun(p.step.name, p.for_target, p.step.when_failed) for p in plans]
     return roll_out(targets, None, options, kw, steps=steps_to_run, spec=spec, what=f"run {book.name}",
-                      keep_connections=not no_reuse)
-
+                    keep_connections=not no_reuse)
 
 
 @click.command("inventory", context_settings=CONTEXT)
