@@ -15,7 +15,8 @@ _EXPORTS = {
     "InventoryError": "hostops.errors", "SelectionError": "hostops.errors", "UsageError": "hostops.errors",
     "ExitCode": "hostops.exitcodes", "Inventory": "hostops.inventory", "HostResult": "hostops.results",
     "Summary": "hostops.results", "Options": "hostops.settings", "Target": "hostops.settings",
-    "resolve": "hostops.settings",
+    "resolve": "hostops.settings", "RunReport": "hostops.results", "Status": "hostops.results",
+    "RolloutSpec": "hostops.rollout", "StepRun": "hostops.rollout", "run_rollout": "hostops.api",
 }
 
 
@@ -38,5 +39,6 @@ def run_command(*args, **kwargs):  # noqa: D103 - see hostops.api.run_command
 
 __all__ = [
     "__version__", "ConnectError", "ExitCode", "HostKeyError", "HostResult", "HostopsError", "Inventory",
-    "InventoryError", "Options", "SelectionError", "Summary", "Target", "UsageError", "resolve", "run_command",
+    "InventoryError", "Options", "RolloutSpec", "RunReport", "SelectionError", "Status", "StepRun", "Summary",
+    "Target", "UsageError", "resolve", "run_command", "run_rollout",
 ]

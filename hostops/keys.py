@@ -4,7 +4,11 @@ record the new ones, forget old ones.
 A scan is an ordinary action run through the worker pool: its :meth:`ScanAction.run`
 opens its own TCP connection and does the SSH key exchange only (no authentication, so
 no credential is ever offered), and returns the key the host presented. The parent then
-judges every key against known_hosts once (:func:`judge`).
+judges every key against known_hosts once (:func:`judge`), and renders the
+reports (:func:`render`, :func:`summary_line`; colours from :data:`hostops.output.PALETTE`).
+
+Owns: scanning, judging, accepting host keys, and rendering key reports.
+Must not import: the CLI, the API (the CLI drives a scan through :func:`hostops.api.run_rollout`).
 """
 from __future__ import annotations
 
@@ -199,3 +203,126 @@ def accept(reports: Sequence[KeyReport], path: str, fingerprints: Sequence[str] 
 
 def names_of(targets: Iterable[Target]) -> List[str]:
     return list(dict.fromkeys(t.known_hosts_name for t in targets))
+
+
+# ------------------------------------------------------------------ rendering (parent)
+_STATE_ORDER = {"known": 0, "new": 1, "unverifiable": 2, "revoked": 3, "changed": 4, "error": 5}
+_LABELS = {"known": "KNOWN", "new": "NEW", "unverifiable": "UNVERIFIABLE", "revoked": "HOST KEY REVOKED",
+           "changed": "HOST KEY CHANGED", "error": "ERROR"}
+
+
+def _groups(reports: Iterable[KeyReport], accepting: bool) -> List[Tuple[Tuple, list]]:
+    groups: Dict[Tuple, list] = {}
+    for rep in reports:
+        if rep.state == "changed":
+            old = tuple((k["key_type"], k["fingerprint"], k["file"], k["line"]) for k in rep.known)
+            key: Tuple = (rep.state, rep.address, rep.key_type, rep.fingerprint, old, rep.error if accepting else "")
+        elif rep.state == "revoked":
+            key = (rep.state, rep.address, rep.key_type, rep.fingerprint, rep.error)
+        elif rep.state == "error":
+            key = (rep.state, rep.error)
+        elif rep.state == "known" and not accepting:
+            key = (rep.state, rep.key_type, rep.fingerprint)
+        else:
+            note = _group_note(rep.note, accepting)
+            key = (rep.state, rep.key_type, rep.fingerprint, note, rep.recorded if accepting else None)
+        groups.setdefault(key, []).append(rep)
+    return sorted(groups.items(), key=lambda kv: (_STATE_ORDER.get(kv[0][0], 9), -len(kv[1]), kv[0][1:3]))
+
+
+def _group_note(note: Optional[str], accepting: bool) -> Optional[str]:
+    """Accept's notes name the line each key went to; a group shows the file only."""
+    if accepting and note and note.startswith(("recorded in ", "already in ")):
+        return note.rsplit(":", 1)[0]
+    return note
+
+
+def render(reports: Sequence[KeyReport], out: Any, *, quiet: bool = False, accepting: bool = False,
+           write_path: str = "") -> None:
+    """Hosts grouped as ``--gather`` does: one block per state and key, hosts under a compact list."""
+    from hostops.hostlist import compact
+    from hostops.output import one_line, paint, use_color
+
+    color = use_color(out)
+    for key, reps in _groups(reports, accepting):
+        state = key[0]
+        first = reps[0]
+        if quiet and state == "known":
+            continue
+        if accepting and state == "new" and first.recorded:
+            label = "RECORDED"
+        else:
+            label = _LABELS[state]
+        hosts = f"{compact(r.host for r in reps)} ({len(reps)})"
+        rule = "-" * min(72, max(15, len(hosts) + len(label) + 3))
+        lines = [rule, f"{one_line(hosts)} | {paint(label, state, color)}", rule]
+        lines += _body(state, first, accepting, write_path)
+        out.write("\n".join(one_line(line) if i > 2 else line for i, line in enumerate(lines)) + "\n")
+    out.flush()
+
+
+def _body(state: str, rep: KeyReport, accepting: bool, write_path: str) -> List[str]:
+    where = f" --known-hosts {write_path}" if write_path else ""
+    if state == "error":
+        return [f"error: {rep.error}"]
+    if state == "changed":
+        lines = [f"@@@ HOST KEY CHANGED for {rep.address} @@@"]
+        for k in rep.known:
+            lines.append(f"known_hosts has: {k['key_type']} {k['fingerprint']}  ({k['file']}:{k['line']})")
+        lines.append(f"the host sent:   {rep.key_type} {rep.fingerprint}")
+        if accepting and rep.error and "meanwhile" in rep.error:
+            lines.append(rep.error)
+        lines.append("This can be a man-in-the-middle attack, or a reinstalled host. Nothing was changed. Check the "
+                     "new fingerprint through a trusted channel; once sure, remove the old entry with "
+                     f"`hostops keys forget '{rep.address}'{where}`, then `hostops keys accept --fingerprint "
+                     f"{rep.fingerprint}`.")
+        return lines
+    if state == "revoked":
+        return [f"{rep.key_type} {rep.fingerprint}", rep.error or "", "Refused: this key is revoked. Do not connect "
+                "until the host has a new key (then check it and accept it)."]
+    lines = [f"{rep.key_type} {rep.fingerprint}"]
+    if state == "known":
+        if accepting:
+            lines.append("already in known_hosts")
+        return lines
+    note = _group_note(rep.note, accepting)
+    if note:
+        lines.append(note)
+    if state == "new" and not accepting:
+        lines.append(f"not in known_hosts. Compare the fingerprint with one from a trusted channel, then: "
+                     f"hostops keys accept --fingerprint {rep.fingerprint}")
+    if state == "unverifiable" and not accepting:
+        lines.append("refused on connect. Once the fingerprint is checked through a trusted channel: "
+                     f"hostops keys accept --fingerprint {rep.fingerprint}")
+    return lines
+
+
+def summary_line(reports: Sequence[KeyReport], not_finished: int, elapsed: float, *, accepting: bool = False,
+                 write_path: str = "") -> str:
+    """The keys commands' last line (stderr): hosts per key state, or what accept recorded."""
+    counts = {s: sum(1 for r in reports if r.state == s) for s in _STATE_ORDER}
+    total = len(reports) + not_finished
+    parts = [f"{counts[s]} {s}" for s in _STATE_ORDER]
+    if accepting:
+        recorded_now = [r for r in reports if r.recorded and r.note and r.note.startswith("recorded in")]
+        left = [r for r in reports if not r.recorded]
+        why = {s: sum(1 for r in left if r.state == s) for s in _STATE_ORDER}
+        lines = len({(r.address, r.key) for r in recorded_now})
+        parts = [f"{len(recorded_now)} recorded ({lines} new line{'s' if lines != 1 else ''} in {write_path})",
+                 f"{sum(1 for r in reports if r.recorded) - len(recorded_now)} already known",
+                 f"{len(left)} not recorded"
+                 + (f" ({', '.join(f'{n} {s}' for s, n in why.items() if n)})" if left else "")]
+    return f"{total} host{'s' if total != 1 else ''}: {', '.join(parts)} in {elapsed:.1f}s"
+
+
+def exit_code(reports: Sequence[KeyReport], interrupted: bool, *, accepting: bool = False) -> int:
+    """0, or 4 when a key changed or was revoked, a host could not be scanned (or, for accept,
+    a host's key is not on record now); 130 when interrupted."""
+    from hostops.exitcodes import ExitCode
+
+    if interrupted:
+        return int(ExitCode.INTERRUPTED)
+    if accepting:
+        return int(ExitCode.OK if all(r.recorded for r in reports) else ExitCode.UNREACHABLE)
+    bad = sum(1 for r in reports if r.state in ("changed", "revoked", "error"))
+    return int(ExitCode.UNREACHABLE if bad else ExitCode.OK)

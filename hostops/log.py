@@ -6,6 +6,9 @@ back out, so the file only ever holds whole lines. The lock is an ``fcntl`` lock
 file itself: the kernel releases it if its holder dies (a SIGKILLed worker cannot wedge
 the run), and it also keeps two hostops runs writing the same log apart. A thread lock
 inside the lock object orders the threads of one process.
+
+Owns: the log file (open, lock, append whole records, mask secrets).
+Must not import: the pool, the API, the CLI, the renderers (workers import this module).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import os
 import stat
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any
 
 
 class LogLock:
@@ -26,7 +29,7 @@ class LogLock:
         self._fd = fd
         self._thread_lock = threading.Lock()
 
-    def __enter__(self) -> "LogLock":
+    def __enter__(self) -> LogLock:  # noqa: PYI034 - typing.Self needs Python 3.11
         self._thread_lock.acquire()
         try:
             fcntl.lockf(self._fd, fcntl.LOCK_EX)
@@ -35,7 +38,7 @@ class LogLock:
             raise
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         try:
             fcntl.lockf(self._fd, fcntl.LOCK_UN)
         finally:
@@ -83,7 +86,7 @@ class RunLog:
             return [self._mask(v) for v in value]
         return value
 
-    def write(self, record: Dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any]) -> None:
         record = {"time": time.time(), **record}
         if self.secrets is not None and self.secrets.all():
             record = self._mask(record)
@@ -113,5 +116,5 @@ class RunLog:
             self._fd = -1
 
 
-def maybe_open(path: Optional[str], secrets=None) -> Optional[RunLog]:
+def maybe_open(path: str | None, secrets=None) -> RunLog | None:
     return RunLog(path, secrets) if path else None

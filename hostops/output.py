@@ -3,22 +3,44 @@
 Remote output is untrusted: in the human formats every control character except
 newline and tab is shown escaped (``\\x1b``, ``\\u202e``), so a host cannot move the
 cursor, retitle the terminal, write to the clipboard or fake another host's header.
+
+Owns: escaping, the one colour palette (:data:`PALETTE`, :func:`paint`), the renderers
+(each implements :class:`hostops.api.Events`: the one handler a run reports to), ``-o``
+files, and the inventory listing and graph.
+Must not import: the API, the pool, the CLI (they import this module), paramiko.
 """
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import re
 import stat
 import sys
 import time
-from typing import IO, Callable, Dict, List, Optional, Tuple
+from collections.abc import Iterable
+from typing import IO, Any
 
 from hostops.hostlist import compact
-from hostops.results import (FAILED, INTERRUPTED, OK, TIMEOUT, UNCHANGED, UNREACHABLE, HostResult, Summary,
-                              decode)
+from hostops.results import (
+    FAILED,
+    INTERRUPTED,
+    OK,
+    TIMEOUT,
+    UNCHANGED,
+    UNREACHABLE,
+    HostResult,
+    RunReport,
+    decode,
+)
+from hostops.stdstreams import (  # noqa: F401  (re-exported: their old home)
+    GuardedRaw,
+    _or_null,
+    guard_std_streams,
+    reader_gone,
+    stream_error,
+    when_broken,
+)
 
 # C0 controls but \t and \n, DEL, C1 controls, bidi marks/overrides/isolates, zero-width marks, line/para separators.
 _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
@@ -32,7 +54,7 @@ def sanitize(data: bytes) -> str:
 
 # "host | OK …" (blocks) and "hosts (N) | OK …" (--gather)
 _HEADER_LIKE = re.compile(r"^(\S+(?: \(\d+\))? \| (?:OK|UNCHANGED|FAILED|UNREACHABLE|TIMEOUT|INTERRUPTED)\b)",
-                          re.M)
+                          re.MULTILINE)
 
 
 def unforgeable(text: str) -> str:
@@ -56,7 +78,7 @@ def raw_text(data: bytes) -> str:
     return data.decode("utf-8", errors="surrogateescape")
 
 
-def _escape(m: "re.Match[str]") -> str:
+def _escape(m: re.Match[str]) -> str:
     return _escape_char(m.group(0))
 
 
@@ -70,16 +92,23 @@ def use_color(stream: IO) -> bool:
     return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()
 
 
-_COLORS = {OK: "32", UNCHANGED: "36", FAILED: "31", UNREACHABLE: "35", TIMEOUT: "33", INTERRUPTED: "33"}
+#: The one colour palette: host statuses, and host key states (hostops keys).
+PALETTE: dict[str, str] = {
+    OK: "32", UNCHANGED: "36", FAILED: "31", UNREACHABLE: "35", TIMEOUT: "33", INTERRUPTED: "33",
+    "known": "32", "new": "36", "unverifiable": "35", "revoked": "1;31", "changed": "1;31", "error": "35",
+}
 
 
-def _paint(text: str, status: str, color: bool) -> str:
-    return f"\x1b[{_COLORS.get(status, '0')}m{text}\x1b[0m" if color else text
+def paint(text: str, name: str, color: bool) -> str:
+    """``text`` in the palette's colour for ``name`` (a status or key state), when ``color``."""
+    return f"\x1b[{PALETTE.get(name, '0')}m{text}\x1b[0m" if color else text
 
 
-def header(result: HostResult, color: bool = False, host: Optional[str] = None) -> str:
+
+
+def header(result: HostResult, color: bool = False, host: str | None = None) -> str:
     """``host | OK | rc=0 | 0.41s``."""
-    parts = [one_line(host or result.host), _paint(result.status.upper(), result.status, color)]
+    parts = [one_line(host or result.host), paint(result.status.upper(), result.status, color)]
     if result.exit_code is not None:
         parts.append(f"rc={result.exit_code}")
     parts.append(f"{result.duration:.2f}s")
@@ -88,7 +117,7 @@ def header(result: HostResult, color: bool = False, host: Optional[str] = None) 
 
 def _body(result: HostResult, raw: bool = False) -> str:
     show = raw_text if raw else (lambda data: unforgeable(sanitize(data)))
-    lines: List[str] = []
+    lines: list[str] = []
     if result.stdout:
         lines.append(show(result.stdout).rstrip("\n"))
     if result.stderr:
@@ -130,18 +159,19 @@ class Progress:
 
 
 class Renderer:
-    """Base renderer: the CLI calls started/output/result as events arrive, then finish."""
+    """Base renderer, an :class:`hostops.api.Events` handler: started/output/result as events
+    arrive, section for a new batch or step, warning, then finish with the run's report."""
 
-    def __init__(self, out: Optional[IO] = None, err: Optional[IO] = None, progress: Optional[Progress] = None,
-                 outdir: Optional[str] = None, raw: bool = False):
+    def __init__(self, out: IO | None = None, err: IO | None = None, progress: Progress | None = None,
+                 outdir: str | None = None, raw: bool = False):
         # Resolved now, not at import: the CLI puts guarded streams in place first, and a
         # closed descriptor (sys.stdout None) must not crash a run.
         self.out = _or_null(out if out is not None else sys.stdout)
         self.err = _or_null(err if err is not None else sys.stderr)
         self.raw = raw
-        self.progress = progress or Progress(err, 0, False)
+        self.progress = progress or Progress(self.err, 0, False)
         self.outdir = outdir
-        self.outdir_failed: List[str] = []  # hosts whose -o files could not be written
+        self.outdir_failed: list[str] = []  # hosts whose -o files could not be written
         self.color = use_color(self.out)
         if outdir:
             from hostops.secrets import private_makedirs
@@ -179,9 +209,17 @@ class Renderer:
         self.out.write(f"{title}\n")
         self.out.flush()
 
-    def finish(self, summary: Summary, line: Optional[str] = None, epilogue: str = "") -> None:
-        """The end: what was interrupted or never started, then the summary line (stderr)."""
+    def warning(self, message: str) -> None:
+        """One line on stderr, host names and values in it escaped."""
         self.progress.clear()
+        self.err.write(f"hostops: warning: {one_line(message)}\n")
+        self.err.flush()
+
+    def finish(self, summary: RunReport) -> None:
+        """The end: a runbook's table, what was interrupted or never started, then the
+        summary line (stderr)."""
+        self.progress.clear()
+        epilogue = self.epilogue(summary)
         if epilogue:
             self.out.write(epilogue.rstrip("\n") + "\n")
         self.out.flush()
@@ -197,14 +235,18 @@ class Renderer:
         if self.outdir_failed:
             failed = list(dict.fromkeys(self.outdir_failed))  # a runbook reports a host once per step
             self.err.write(f"could not write -o files ({len(failed)}): {sanitize(compact(failed).encode())}\n")
-        self.err.write((line or summary.line()) + "\n")
+        self.err.write(summary.line() + "\n")
         self.err.flush()
+
+    def epilogue(self, report: RunReport) -> str:
+        """What follows the hosts on stdout: a runbook's host × step table."""
+        return report.table(one_line) if report.per_host else ""
 
 
 class BlockRenderer(Renderer):
     """Default: one block per host as it finishes. ``quiet`` shows only failed hosts."""
 
-    def __init__(self, *a, quiet: bool = False, **kw):
+    def __init__(self, *a: Any, quiet: bool = False, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.quiet = quiet
 
@@ -219,9 +261,9 @@ class BlockRenderer(Renderer):
 class GatherRenderer(Renderer):
     """-b/--gather: hosts with identical results printed once, under a compact host list."""
 
-    def __init__(self, *a, **kw):
+    def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
-        self.groups: Dict[Tuple, List[HostResult]] = {}
+        self.groups: dict[tuple, list[HostResult]] = {}
 
     def show(self, result: HostResult) -> None:
         key = (result.status, result.exit_code, result.stdout, result.stderr, result.error)
@@ -231,18 +273,18 @@ class GatherRenderer(Renderer):
         self._flush_groups()
         super().section(title, total)
 
-    def finish(self, summary: Summary, line: Optional[str] = None, epilogue: str = "") -> None:
+    def finish(self, summary: RunReport) -> None:
         self._flush_groups()
-        super().finish(summary, line, epilogue)
+        super().finish(summary)
 
     def _flush_groups(self) -> None:
         self.progress.clear()
         order = {OK: 0, UNCHANGED: 1, FAILED: 2, TIMEOUT: 3, UNREACHABLE: 4, INTERRUPTED: 5}
-        for key, results in sorted(self.groups.items(), key=lambda kv: (order.get(kv[0][0], 9), -len(kv[1]))):
+        for _key, results in sorted(self.groups.items(), key=lambda kv: (order.get(kv[0][0], 9), -len(kv[1]))):
             first = results[0]
             names = compact(r.host for r in results)
             hosts = f"{names} ({len(results)})"
-            status = _paint(first.status.upper(), first.status, self.color)
+            status = paint(first.status.upper(), first.status, self.color)
             rc = f" | rc={first.exit_code}" if first.exit_code is not None else ""
             rule = "-" * min(72, max(15, len(hosts)))
             self.out.write(f"{rule}\n{one_line(hosts)} | {status}{rc}\n{rule}\n")
@@ -272,7 +314,7 @@ class StreamRenderer(Renderer):
 class JsonRenderer(Renderer):
     """--json: one JSON object per host per line on stdout, nothing else there."""
 
-    def __init__(self, *a, **kw):
+    def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.color = False
 
@@ -283,8 +325,8 @@ class JsonRenderer(Renderer):
     def section(self, title: str, total: int) -> None:
         self.progress.total, self.progress.done, self.progress.running = total, 0, 0  # stdout stays JSON
 
-    def finish(self, summary: Summary, line: Optional[str] = None, epilogue: str = "") -> None:
-        super().finish(summary, line, "")  # JSON mode: nothing but JSON lines on stdout
+    def epilogue(self, report: RunReport) -> str:
+        return ""  # JSON mode: nothing but JSON lines on stdout
 
 
 def safe_filename(host: str) -> str:
@@ -348,8 +390,8 @@ def _remove_if_same(path: str, st: os.stat_result) -> None:
         pass
 
 
-def make_renderer(mode: str, *, out: Optional[IO] = None, err: Optional[IO] = None, total: int = 0,
-                  progress: bool = True, outdir: Optional[str] = None, raw: bool = False) -> Renderer:
+def make_renderer(mode: str, *, out: IO | None = None, err: IO | None = None, total: int = 0,
+                  progress: bool = True, outdir: str | None = None, raw: bool = False) -> Renderer:
     out = _or_null(out if out is not None else sys.stdout)
     err = _or_null(err if err is not None else sys.stderr)
     prog = Progress(err, total, progress and mode != "stream")
@@ -364,143 +406,58 @@ def make_renderer(mode: str, *, out: Optional[IO] = None, err: Optional[IO] = No
     return kinds[mode](out, err, prog, outdir, raw=raw)
 
 
-# ------------------------------------------------------------------ standard streams that may go away
-class _Null(io.TextIOBase):
-    """Where output goes when there is no stream at all (a descriptor closed by the caller)."""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-
-def _or_null(stream: Optional[IO]) -> IO:
-    return stream if stream is not None else _Null()
-
-
-class GuardedRaw(io.RawIOBase):
-    """fd 1 or 2 behind a guard. A failed write (EPIPE: the reader went away; ENOSPC, EIO)
-    never raises into the run: the stream is marked broken, ``/dev/null`` takes the
-    descriptor's place (so Python's own flush at exit stays quiet, as the Python docs advise
-    for SIGPIPE), the listeners are told once, and later writes are dropped."""
-
-    def __init__(self, fd: int, name: str):
-        super().__init__()
-        self.fd = fd
-        self.name = name
-        self.error: Optional[OSError] = None
-        self.listeners: List[Callable[[OSError], None]] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def isatty(self) -> bool:
-        try:
-            return self.error is None and os.isatty(self.fd)
-        except OSError:
-            return False
-
-    def write(self, data) -> int:  # type: ignore[override]
-        size = memoryview(data).nbytes
-        if self.error is not None:
-            return size
-        try:
-            return os.write(self.fd, data)
-        except BlockingIOError:
-            raise
-        except OSError as exc:
-            self._broke(exc)
-            return size
-
-    def close(self) -> None:  # the descriptor is the process's, not ours: never closed here
-        super().close()
-
-    def _broke(self, exc: OSError) -> None:
-        self.error = exc
-        try:
-            null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-            os.dup2(null, self.fd, inheritable=True)
-            os.close(null)
-        except OSError:
-            pass
-        for listener in list(self.listeners):
-            try:
-                listener(exc)
-            except Exception:
-                pass
+# ------------------------------------------------------------------ the inventory
+def inventory_lines(targets: Iterable[Any]) -> list[str]:
+    """``hostops inventory``: one line per host, its resolved connection (names escaped)."""
+    targets = list(targets)
+    shown = {t.name: one_line(t.name) for t in targets}  # names may hold controls: escaped
+    width = max(len(s) for s in shown.values())
+    lines = []
+    for t in targets:
+        where = "local" if t.connection == "local" else f"{t.user}@{t.hostname}:{t.port}"
+        keys = f"  key={','.join(t.identity_files)}" if t.identity_files else ""
+        lines.append(f"{shown[t.name]:<{width}}  {one_line(where + keys)}")
+    return lines
 
 
-_GUARDS: Dict[str, GuardedRaw] = {}
+def inventory_json(inv: Any, targets: Iterable[Any]) -> dict:
+    """``hostops inventory --json``: like ansible-inventory --list, for the selected hosts."""
+    targets = list(targets)
+    selected = {t.name for t in targets}
+    hostvars = {}
+    for t in targets:
+        hv = dict(inv.host_vars(t.name))
+        hv["hostops_connection"] = t.to_json()
+        hostvars[t.name] = hv
+    data: dict = {"_meta": {"hostvars": hostvars}}
+    for name, group in inv.groups.items():
+        hosts = [h for h in group.hosts if h in selected]
+        children = [c for c in group.children if any(h in selected for h in inv.group_hosts(c))]
+        if hosts or children:
+            entry: dict = {}
+            if children:
+                entry["children"] = children
+            if hosts:
+                entry["hosts"] = hosts
+            data[name] = entry
+    return data
 
 
-def _sanitise_std_fds() -> None:
-    """Open /dev/null on fds 0-2 if the caller closed them (``>&-``), as OpenSSH's
-    sanitise_stdfd() does: otherwise the next file or socket opened would become "stdout",
-    and a worker's stray print could land in the log or on the wire."""
-    import fcntl
+def inventory_graph(inv: Any, selected: set) -> str:
+    """``hostops inventory --graph``: the group tree, like ansible-inventory --graph
+    (group and host names may hold controls: escaped)."""
+    lines: list[str] = []
 
-    for fd in (0, 1, 2):
-        try:
-            fcntl.fcntl(fd, fcntl.F_GETFD)
-        except OSError:
-            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
-            if null != fd:
-                os.dup2(null, fd, inheritable=True)
-                os.close(null)
-            else:
-                os.set_inheritable(fd, True)
+    def walk(group: str, prefix: str) -> None:
+        lines.append(f"{prefix}@{one_line(group)}:")
+        inner = prefix.replace("|--", "|  ") + "|--" if prefix else "  |--"
+        for child in inv.groups[group].children:
+            if any(h in selected for h in inv.group_hosts(child)):
+                walk(child, inner)
+        for host in inv.groups[group].hosts:
+            if host in selected and (group != "all"):
+                lines.append(f"{inner}{one_line(host)}")
 
+    walk("all", "")
+    return "\n".join(lines)
 
-def guard_std_streams() -> None:
-    """Give sys.stdout and sys.stderr a :class:`GuardedRaw` underneath (the CLI's entry point
-    calls this first): a closed pipe or a full disk under hostops's output stops the output,
-    never the run."""
-    _sanitise_std_fds()
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        if name in _GUARDS:
-            continue
-        old = getattr(sys, name)
-        if old is not None and old is not getattr(sys, f"__{name}__"):
-            continue  # redirected in-process (a test's capture, an embedding program): theirs to handle
-        try:
-            if old is not None:
-                old.flush()
-        except (OSError, ValueError):
-            pass
-        raw = GuardedRaw(fd, name)
-        encoding = getattr(old, "encoding", None) or "utf-8"
-        errors = getattr(old, "errors", None) or ("backslashreplace" if name == "stderr" else "strict")
-        line = bool(getattr(old, "line_buffering", name == "stderr"))
-        setattr(sys, name, io.TextIOWrapper(io.BufferedWriter(raw), encoding=encoding, errors=errors,
-                                            line_buffering=line, write_through=name == "stderr"))
-        _GUARDS[name] = raw
-
-
-def stream_error(name: str) -> Optional[OSError]:
-    """Why writing to ``stdout``/``stderr`` failed, or None (also None when not guarded)."""
-    guard = _GUARDS.get(name)
-    return guard.error if guard is not None else None
-
-
-def when_broken(name: str, listener: Callable[[OSError], None]) -> Callable[[], None]:
-    """Call ``listener(error)`` once if writing to ``stdout``/``stderr`` fails; returns the
-    function that unregisters it. Nothing happens for an unguarded stream."""
-    guard = _GUARDS.get(name)
-    if guard is None:
-        return lambda: None
-    guard.listeners.append(listener)
-
-    def remove() -> None:
-        if listener in guard.listeners:
-            guard.listeners.remove(listener)
-
-    return remove
-
-
-def reader_gone(error: Optional[OSError]) -> bool:
-    """The error means the reader went away (EPIPE), not that writing failed otherwise."""
-    return error is not None and error.errno == errno.EPIPE

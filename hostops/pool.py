@@ -19,7 +19,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import time
-from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from hostops.results import FAILED, INTERRUPTED, TIMEOUT, HostResult
 from hostops.settings import Options
@@ -203,7 +203,7 @@ class Pool:
 
     # ------------------------------------------------------------ run
     def run(self, jobs: Iterable[Job], wake_fd: Optional[int] = None,
-            should_abort: Callable[[], bool] = lambda: False) -> Iterator[tuple]:
+            should_abort: Callable[[], bool] = lambda: False) -> Iterator[Any]:
         """Hand ``jobs`` to workers (never more than ``forks`` in flight) and yield events:
         ("started", job), ("output", job, stream, data), ("done", job, HostResult), and
         ("done", job, HostResult, BY_PARENT) for a result the parent made up because no worker
@@ -233,7 +233,7 @@ class Pool:
             if drain_deadline is not None and time.monotonic() > drain_deadline:
                 for event in self._give_up_all(by_id):
                     remaining -= 1
-                    yield event
+                    yield _to_wire(event)  # minimal, wire helper owns this
                 break
             for event in itertools.chain(self._wait(by_id, wake_fd, drain_deadline),
                                          self._check_overdue(by_id),
@@ -247,7 +247,7 @@ class Pool:
                         continue  # a worker's late word on a host the parent already reported
                     remaining -= 1
                     self._crashes_in_a_row = 0
-                yield event
+                yield _to_wire(event)  # minimal, wire helper owns this
 
     def in_flight(self) -> List[str]:
         """Hosts begun and not yet reported: what a caller aborting at once leaves unfinished."""
@@ -474,3 +474,13 @@ def plan(forks: int, processes: Optional[int], hosts: int) -> Tuple[int, int]:
     f = max(1, min(forks, hosts))
     p = max(1, min(processes or os.cpu_count() or 1, f))
     return p, math.ceil(f / p)
+
+
+def _to_wire(event: tuple) -> Any:  # minimal, wire helper owns this
+    from hostops.wire import Done, Output, Started
+
+    if event[0] == "started":
+        return Started(event[1])
+    if event[0] == "output":
+        return Output(event[1], event[2], event[3])
+    return Done(event[1], event[2], by_parent=len(event) > 3)

@@ -1,17 +1,58 @@
-"""Per-host results and the run summary: plain dataclasses that cross process boundaries."""
+"""Statuses, per-host results and the one run report.
+
+Owns: :class:`Status` (every status name hostops uses), :class:`HostResult` (a plain
+dataclass that crosses process boundaries) and :class:`RunReport`, from which the summary
+line, the log's end record, the runbook table, the state file's content and the exit code
+are all derived.
+Must not import: anything of hostops but :mod:`hostops.exitcodes` (the workers, the pool,
+the rollout and the renderers all import this module).
+"""
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-from typing import Any, Dict, Iterable, List, Optional
+import enum
+from collections.abc import Iterable
+from typing import Any
 
 from hostops import exitcodes
 
-OK, FAILED, UNREACHABLE, TIMEOUT = "ok", "failed", "unreachable", "timeout"
-UNCHANGED = "unchanged"  # put --checksum: the host already had the file; a success
-INTERRUPTED = "interrupted"  # the run was interrupted while this host's command ran
-STATUSES = (OK, UNCHANGED, FAILED, UNREACHABLE, TIMEOUT, INTERRUPTED)
+
+class Status(str, enum.Enum):
+    """Every status a host can end up with. Members equal their strings (``Status.OK == "ok"``),
+    so JSON, logs, state files and code comparing with strings keep working."""
+
+    OK = "ok"
+    UNCHANGED = "unchanged"      # put --checksum: the host already had the file; a success
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"  # the run was interrupted while this host's command ran
+    SKIPPED = "skipped"          # a runbook step not run on this host (it failed earlier, or when_failed)
+    UNTOUCHED = "untouched"      # the rollout stopped before this host ran anything
+    INCOMPLETE = "incomplete"    # some steps ran, then the rollout stopped (max_fail, Ctrl-C) before the rest
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+# Module constants: aliases kept so that ``from hostops.results import OK`` keeps working.
+OK, FAILED, UNREACHABLE, TIMEOUT = Status.OK, Status.FAILED, Status.UNREACHABLE, Status.TIMEOUT
+UNCHANGED, INTERRUPTED = Status.UNCHANGED, Status.INTERRUPTED
+SKIPPED, UNTOUCHED, INCOMPLETE = Status.SKIPPED, Status.UNTOUCHED, Status.INCOMPLETE
+STATUSES = (OK, UNCHANGED, FAILED, UNREACHABLE, TIMEOUT, INTERRUPTED)  # what one host's run can end with
 SUCCESS = (OK, UNCHANGED)
+
+#: What ``@ok``, ``@failed``, ``@unreachable`` and ``@untouched`` select from the last run's state.
+STATE_PATTERNS: dict[str, frozenset] = {
+    "ok": frozenset({OK, UNCHANGED}),
+    "failed": frozenset({FAILED, UNREACHABLE, TIMEOUT, INTERRUPTED, INCOMPLETE}),  # tried and did not succeed
+    "unreachable": frozenset({UNREACHABLE}),
+    "untouched": frozenset({UNTOUCHED}),
+}
 
 
 @dataclasses.dataclass
@@ -22,13 +63,13 @@ class HostResult:
 
     host: str
     status: str
-    exit_code: Optional[int] = None
+    exit_code: int | None = None
     stdout: bytes = b""
     stderr: bytes = b""
-    error: Optional[str] = None
+    error: str | None = None
     start: float = 0.0
     duration: float = 0.0
-    step: Optional[str] = None  # the runbook step this result belongs to
+    step: str | None = None  # the runbook step this result belongs to
 
     @property
     def ok(self) -> bool:
@@ -46,7 +87,7 @@ class HostResult:
         err = f" error={self.error!r}" if self.error else ""
         return f"<HostResult {self.host} {self.status}{rc} {self.duration:.2f}s{err}>"
 
-    def to_json(self) -> Dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; output bytes decoded as UTF-8 with undecodable bytes escaped."""
         data = {
             "host": self.host,
@@ -55,7 +96,7 @@ class HostResult:
             "stdout": decode(self.stdout),
             "stderr": decode(self.stderr),
             "error": self.error,
-            "start": _dt.datetime.fromtimestamp(self.start, _dt.timezone.utc).isoformat(timespec="milliseconds")
+            "start": _dt.datetime.fromtimestamp(self.start, _dt.UTC).isoformat(timespec="milliseconds")
             if self.start else None,
             "duration": round(self.duration, 3),
         }
@@ -70,46 +111,104 @@ def decode(data: bytes) -> str:
 
 
 @dataclasses.dataclass
-class Summary:
-    """Counts per status over a run; ``exit_code`` follows pssh's scheme."""
+class RunReport:
+    """What one run did: every host result as it arrived and, for a rollout, each host's
+    status per step. The summary line, the log's end record, the runbook table, the state
+    file's content and the exit code are all derived from it.
 
-    results: List[HostResult] = dataclasses.field(default_factory=list)
+    A run of one step (exec, put, get, script, keys scan) counts results; a runbook of
+    several steps counts hosts by their final status (:meth:`final_status`)."""
+
+    results: list[HostResult] = dataclasses.field(default_factory=list)
     elapsed: float = 0.0
     interrupted: bool = False
-    not_finished: List[str] = dataclasses.field(default_factory=list)
+    not_finished: list[str] = dataclasses.field(default_factory=list)  # never started, or never touched
     output_closed: bool = False  # stdout's reader went away, which stopped the run: exit 141
+    # the rollout's view (filled by hostops.rollout)
+    hosts: list[str] = dataclasses.field(default_factory=list)
+    steps: list[str] = dataclasses.field(default_factory=list)
+    outcome: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # host → step → status
+    batches: list[list[str]] = dataclasses.field(default_factory=list)
+    failed: list[str] = dataclasses.field(default_factory=list)    # hosts counted against max_fail
+    untouched: list[str] = dataclasses.field(default_factory=list)
+    stopped: str | None = None                                   # why the rollout stopped early
+    main_steps: list[str] = dataclasses.field(default_factory=list)  # steps that are not when_failed
+    completed: bool = False  # the rollout ran to its end (not aborted by a second interrupt)
 
     def add(self, result: HostResult) -> None:
         self.results.append(result)
 
+    # ------------------------------------------------------------ per host
+    def final_status(self, host: str) -> str:
+        """The host's outcome: its first failure; ``incomplete`` when the rollout stopped before
+        all its steps ran; else its last success; ``untouched`` if it never ran."""
+        row = self.outcome.get(host, {})
+        ran = [s for s in row.values() if s not in (SKIPPED, UNTOUCHED)]
+        if not ran:
+            return UNTOUCHED
+        for status in ran:
+            if status not in SUCCESS:
+                return status
+        if any(row.get(step, UNTOUCHED) == UNTOUCHED for step in self.main_steps):
+            return INCOMPLETE
+        return ran[-1]
+
+    @property
+    def per_host(self) -> bool:
+        """A runbook of several steps that ran to its end: counted per host, with a table at the
+        end (aborted at once, it counts the results it has)."""
+        return len(self.steps) > 1 and self.completed
+
+    def statuses(self) -> dict[str, str]:
+        """Each host that ran: its outcome (what the state file records, with the untouched)."""
+        if self.completed:
+            return {h: self.final_status(h) for h in self.hosts if h not in self.untouched}
+        return {r.host: r.status for r in self.results}  # aborted at once: what finished
+
+    def state_hosts(self) -> dict[str, str]:
+        """The state file's ``hosts``: every host's outcome, ``untouched`` for those never run."""
+        hosts = dict(self.statuses())
+        for name in self.not_finished:
+            hosts.setdefault(name, UNTOUCHED)
+        return hosts
+
+    # ------------------------------------------------------------ counts
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
 
     @property
-    def counts(self) -> Dict[str, int]:
-        return {s: self.count(s) for s in STATUSES}
+    def counts(self) -> dict[str, int]:
+        return {str(s): self.count(s) for s in STATUSES}
+
+    def host_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for host in self.hosts:
+            status = str(self.final_status(host))
+            counts[status] = counts.get(status, 0) + 1
+        return counts
 
     @property
-    def ok(self) -> List[HostResult]:
+    def ok(self) -> list[HostResult]:
         return [r for r in self.results if r.ok]
-
-    @property
-    def failed(self) -> List[HostResult]:
-        return [r for r in self.results if not r.ok]
 
     @property
     def exit_code(self) -> exitcodes.ExitCode:
         if self.output_closed:
             return exitcodes.ExitCode.OUTPUT_CLOSED
-        return exitcodes.for_statuses((r.status for r in self.results), self.interrupted)
+        statuses: Iterable[str] = self.statuses().values() if self.completed else (r.status for r in self.results)
+        return exitcodes.for_statuses(statuses, self.interrupted)
 
+    # ------------------------------------------------------------ renderings of the whole run
     def line(self) -> str:
+        """The summary line (stderr, at the end)."""
+        if self.per_host:
+            return self._host_line()
         total = len(self.results) + len(self.not_finished)
         parts = [f"{self.count(OK)} ok"]
         if self.count(UNCHANGED):
             parts.append(f"{self.count(UNCHANGED)} unchanged")
         parts += [f"{self.count(FAILED)} failed", f"{self.count(UNREACHABLE)} unreachable",
-                 f"{self.count(TIMEOUT)} timeout"]
+                  f"{self.count(TIMEOUT)} timeout"]
         if self.count(INTERRUPTED):
             parts.append(f"{self.count(INTERRUPTED)} interrupted")
         if self.not_finished:
@@ -117,14 +216,42 @@ class Summary:
         text = f"{total} host{'s' if total != 1 else ''}: {', '.join(parts)} in {self.elapsed:.1f}s"
         return text + (" (interrupted)" if self.interrupted else "")
 
-    def to_json(self) -> Dict[str, Any]:
-        data = {"hosts": len(self.results) + len(self.not_finished), **self.counts,
-                "not_finished": self.not_finished, "elapsed": round(self.elapsed, 3),
-                "interrupted": self.interrupted, "exit_code": int(self.exit_code)}
+    def _host_line(self) -> str:
+        counts = self.host_counts()
+        order = [OK, UNCHANGED, FAILED, UNREACHABLE, TIMEOUT, INTERRUPTED, INCOMPLETE, UNTOUCHED]
+        parts = [f"{counts.get(s, 0)} {s}" for s in order if counts.get(s) or s in (OK, FAILED)]
+        n = len(self.hosts)
+        text = f"{n} host{'s' if n != 1 else ''}: {', '.join(parts)} in {self.elapsed:.1f}s"
+        return text + (" (interrupted)" if self.interrupted else "")
+
+    def to_json(self) -> dict[str, Any]:
+        """The log's end record ("summary"): counts per result, or per host for a runbook."""
+        if self.per_host:
+            data: dict[str, Any] = {"hosts": len(self.hosts), **self.host_counts(), "steps": self.steps,
+                                    "stopped": self.stopped, "untouched": self.untouched,
+                                    "elapsed": round(self.elapsed, 3), "interrupted": self.interrupted}
+        else:
+            data = {"hosts": len(self.results) + len(self.not_finished), **self.counts,
+                    "not_finished": self.not_finished, "elapsed": round(self.elapsed, 3),
+                    "interrupted": self.interrupted, "exit_code": int(self.exit_code)}
         if self.output_closed:
             data["output_closed"] = True
         return data
 
+    def table(self, escape: Any = str) -> str:
+        """host × step → ok / failed / skipped / untouched, for the end of a runbook
+        (``escape``: how host names are shown; the renderer escapes controls)."""
+        steps = self.steps
+        shown = {h: escape(h) for h in self.hosts}
+        width = max([len(s) for s in shown.values()] + [4])
+        cols = [max(len(s), 11) for s in steps]  # one column per step: zip() below pairs equal lengths
+        lines = ["host".ljust(width) + "  " + "  ".join(s.ljust(c) for s, c in zip(steps, cols))]
+        for host in self.hosts:
+            row = self.outcome.get(host, {})
+            cells = [str(row.get(s, UNTOUCHED)).ljust(c) for s, c in zip(steps, cols)]
+            lines.append(shown[host].ljust(width) + "  " + "  ".join(cells))
+        return "\n".join(line.rstrip() for line in lines)
 
-def summarize(results: Iterable[HostResult], elapsed: float = 0.0) -> Summary:
-    return Summary(list(results), elapsed)
+
+#: The former name of the run summary (hostops.Summary in the library API): the same class.
+Summary = RunReport

@@ -8,26 +8,46 @@ last: no new batch starts, and the hosts never touched are named.
 
 ``exec``/``put``/``get``/``script`` use the same code with a single step, so ``--batch``,
 ``--max-fail``, ``--canary`` and ``--pause`` work for one-off commands too.
+
+Owns: batches, max_fail, canary, pause, when_failed; fills a :class:`RunReport`'s per-step view.
+Must not import: the runbook language (it imports this module), the CLI, the renderers,
+the pool (it runs steps through a session handed to it, :class:`hostops.api.Session`).
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from hostops.errors import UsageError
 from hostops.hostlist import compact
-from hostops.results import FAILED, INTERRUPTED, SUCCESS, UNREACHABLE, HostResult
-from hostops.runbook import count_of
+from hostops.results import INTERRUPTED, SKIPPED, UNTOUCHED, RunReport
 
-SKIPPED = "skipped"
-UNTOUCHED = "untouched"
-INCOMPLETE = "incomplete"  # some steps ran, then the rollout stopped (max_fail, Ctrl-C) before the rest
+__all__ = ["SKIPPED", "UNTOUCHED", "RolloutSpec", "StepRun", "count_of", "make_batches", "rollout"]
+
+
+def count_of(text: Any, total: int, what: str, allow_zero: bool = False) -> int:
+    """``N`` or ``N%`` of ``total`` (rounded up; at least 1 unless zero is allowed)."""
+    spec = str(text).strip()
+    m = re.fullmatch(r"(\d+)(%?)", spec)
+    if not m:
+        raise UsageError(f"{what} {spec!r} must be a number or a percentage such as 10%")
+    n = int(m.group(1))
+    if m.group(2):
+        if n > 100:
+            raise UsageError(f"{what} {spec!r} is more than 100%")
+        n = -(-n * total // 100)  # ceil
+    if n == 0 and not allow_zero:
+        raise UsageError(f"{what} {spec!r} must be at least 1")
+    return n
 
 
 @dataclasses.dataclass
 class RolloutSpec:
-    batch: Optional[str] = None      # N or N%; None: all hosts at once
-    max_fail: Optional[str] = None   # N or N%; None: never stop early
+    batch: str | None = None      # N or N%; None: all hosts at once
+    max_fail: str | None = None   # N or N%; None: never stop early
     canary: int = 0                  # run this many hosts first; stop unless all succeed
     pause: float = 0.0               # seconds between batches
 
@@ -49,36 +69,9 @@ class StepRun:
         return self.action_for(target)
 
 
-@dataclasses.dataclass
-class Report:
-    hosts: List[str]
-    steps: List[str]
-    outcome: Dict[str, Dict[str, str]]            # host → step → status
-    batches: List[List[str]]
-    failed: List[str] = dataclasses.field(default_factory=list)
-    untouched: List[str] = dataclasses.field(default_factory=list)
-    stopped: Optional[str] = None                 # why the rollout stopped early
-    interrupted: bool = False
-    main_steps: List[str] = dataclasses.field(default_factory=list)  # steps that are not when_failed
-
-    def final_status(self, host: str) -> str:
-        """The host's outcome: its first failure; ``incomplete`` when the rollout stopped before
-        all its steps ran; else its last success; ``untouched`` if it never ran."""
-        row = self.outcome.get(host, {})
-        ran = [s for s in row.values() if s not in (SKIPPED, UNTOUCHED)]
-        if not ran:
-            return UNTOUCHED
-        for status in ran:
-            if status not in SUCCESS:
-                return status
-        if any(row.get(step, UNTOUCHED) == UNTOUCHED for step in self.main_steps):
-            return INCOMPLETE
-        return ran[-1]
-
-
-def make_batches(hosts: Sequence[str], batch: Optional[str], canary: int = 0) -> List[List[str]]:
+def make_batches(hosts: Sequence[str], batch: str | None, canary: int = 0) -> list[list[str]]:
     hosts = list(hosts)
-    batches: List[List[str]] = []
+    batches: list[list[str]] = []
     if canary:
         batches.append(hosts[:canary])
         hosts = hosts[canary:]
@@ -88,26 +81,33 @@ def make_batches(hosts: Sequence[str], batch: Optional[str], canary: int = 0) ->
     return [b for b in batches if b]
 
 
-def rollout(session, targets: Sequence[Any], steps: Sequence[StepRun], spec: RolloutSpec, *,
-            on_step: Optional[Callable[[int, int, int, StepRun, List[str]], None]] = None,
-            on_result: Optional[Callable[[HostResult], None]] = None, on_start=None, on_output=None,
-            on_stop: Optional[Callable[[str], None]] = None) -> Report:
-    """Run ``steps`` over ``targets`` through ``session`` (an :class:`hostops.api.Session`)."""
+def rollout(session: Any, targets: Sequence[Any], steps: Sequence[StepRun], spec: RolloutSpec, *,
+            on_step: Callable[[int, int, int, StepRun, list[str]], None] | None = None,
+            on_result: Callable[[Any], None] | None = None,
+            on_stop: Callable[[str], None] | None = None, report: RunReport | None = None) -> RunReport:
+    """Run ``steps`` over ``targets`` through ``session`` (an :class:`hostops.api.Session`,
+    which tells its own events handler about starts and output); fill ``report`` (or a new
+    one) with each host's status per step, the batches, and why the rollout stopped early.
+
+    One piece on purpose (~65 lines): batch → step → hosts, with the stop conditions (Ctrl-C,
+    max_fail, canary) checked between each level; split up, the bookkeeping they share
+    (failed_here, failed_total, report.stopped) would be spread over several functions."""
     by_name = {t.name: t for t in targets}
     names = [t.name for t in targets]
     batches = make_batches(names, spec.batch, spec.canary)
     max_fail = None if spec.max_fail is None else count_of(spec.max_fail, len(names), "max_fail", allow_zero=True)
-    report = Report(names, [s.name for s in steps], {h: {} for h in names}, batches,
-                    main_steps=[s.name for s in steps if not s.when_failed])
-    failed_total: List[str] = []
+    report = report if report is not None else RunReport()
+    report.hosts, report.steps, report.outcome, report.batches = names, [s.name for s in steps], \
+        {h: {} for h in names}, batches
+    report.main_steps = [s.name for s in steps if not s.when_failed]
+    failed_total: list[str] = []
     for b_index, batch in enumerate(batches):
-        if b_index and spec.pause:
-            if _pause(session, spec.pause):
-                report.interrupted = True
+        if b_index and spec.pause and _pause(session, spec.pause):
+            report.interrupted = True
         if report.interrupted or session.interrupted:
             report.interrupted = True
             break
-        failed_here: Dict[str, str] = {}
+        failed_here: dict[str, str] = {}
         for s_index, step in enumerate(steps):
             if report.stopped and not step.when_failed:
                 continue  # past max_fail: only the when_failed steps (collect logs…) still run
@@ -122,7 +122,7 @@ def rollout(session, targets: Sequence[Any], steps: Sequence[StepRun], spec: Rol
                 continue
             if on_step:
                 on_step(b_index, len(batches), s_index, step, run_on)
-            for result in session.run([by_name[h] for h in run_on], step, on_start=on_start, on_output=on_output,
+            for result in session.run([by_name[h] for h in run_on], step,
                                       step=step.name if len(steps) > 1 else None):
                 report.outcome[result.host][step.name] = result.status
                 if on_result:
@@ -161,41 +161,3 @@ def _pause(session, seconds: float) -> bool:
         if session.wait_interrupt(min(0.5, end - time.monotonic())):
             return True
     return False
-
-
-def table(report: Report) -> str:
-    """host × step → ok / failed / skipped / untouched, for the end of a runbook."""
-    from hostops.output import one_line  # host names may hold controls: escaped
-
-    steps = report.steps
-    shown = {h: one_line(h) for h in report.hosts}
-    width = max([len(s) for s in shown.values()] + [4])
-    cols = [max(len(s), 11) for s in steps]
-    lines = ["host".ljust(width) + "  " + "  ".join(s.ljust(c) for s, c in zip(steps, cols))]
-    for host in report.hosts:
-        row = report.outcome.get(host, {})
-        cells = [row.get(s, UNTOUCHED).ljust(c) for s, c in zip(steps, cols)]
-        lines.append(shown[host].ljust(width) + "  " + "  ".join(cells))
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def end_record(report: Report, elapsed: float) -> Dict[str, Any]:
-    """The log's closing record for a multi-step run: counts per host, not per step result."""
-    counts: Dict[str, int] = {}
-    for host in report.hosts:
-        status = report.final_status(host)
-        counts[status] = counts.get(status, 0) + 1
-    return {"hosts": len(report.hosts), **counts, "steps": report.steps, "stopped": report.stopped,
-            "untouched": report.untouched, "elapsed": round(elapsed, 3), "interrupted": report.interrupted}
-
-
-def summary_line(report: Report, elapsed: float) -> str:
-    counts: Dict[str, int] = {}
-    for host in report.hosts:
-        status = report.final_status(host)
-        counts[status] = counts.get(status, 0) + 1
-    order = ["ok", "unchanged", FAILED, UNREACHABLE, "timeout", INTERRUPTED, INCOMPLETE, UNTOUCHED]
-    parts = [f"{counts.get(s, 0)} {s}" for s in order if counts.get(s) or s in ("ok", FAILED)]
-    n = len(report.hosts)
-    text = f"{n} host{'s' if n != 1 else ''}: {', '.join(parts)} in {elapsed:.1f}s"
-    return text + (" (interrupted)" if report.interrupted else "")

@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from hostops import yamlfile
 from hostops.errors import CommandAborted, CommandTimeout, RunbookError, UsageError
 from hostops.results import SUCCESS
+from hostops.rollout import count_of, make_batches
 from hostops.yamlfile import LineMap, YamlProblem, type_name
 
 STEP_KINDS = ("exec", "put", "get", "script")
@@ -158,22 +159,6 @@ def _check_count(text: str, what: str, book: Runbook, allow_zero: bool) -> None:
         count_of(text, 100, what, allow_zero)
     except UsageError as exc:
         raise book.error(str(exc), book.lines.get(what)) from None
-
-
-def count_of(text: Any, total: int, what: str, allow_zero: bool = False) -> int:
-    """``N`` or ``N%`` of ``total`` (rounded up; at least 1 unless zero is allowed)."""
-    spec = str(text).strip()
-    m = re.fullmatch(r"(\d+)(%?)", spec)
-    if not m:
-        raise UsageError(f"{what} {spec!r} must be a number or a percentage such as 10%")
-    n = int(m.group(1))
-    if m.group(2):
-        if n > 100:
-            raise UsageError(f"{what} {spec!r} is more than 100%")
-        n = -(-n * total // 100)  # ceil
-    if n == 0 and not allow_zero:
-        raise UsageError(f"{what} {spec!r} must be at least 1")
-    return n
 
 
 def _load_step(book: Runbook, index: int, raw: Any) -> Step:
@@ -439,3 +424,47 @@ def _check_inventory_hostname(value: str, host: str, inventory, where: Callable[
 def describe_action(action: Any) -> str:
     describe = getattr(action, "describe", None)
     return describe() if describe else repr(action)
+
+
+# ------------------------------------------------------------------ the plan, for people and as JSON (--dry-run)
+def plan_json(book: Any, plans: Sequence[Any], names: Sequence[str], spec: Any) -> dict:
+    """--dry-run --json: the same plan as data (one JSON document on stdout)."""
+
+    return {"runbook": book.name, "path": book.path, "hosts": list(names),
+            "batches": make_batches(names, spec.batch, spec.canary), "max_fail": spec.max_fail,
+            "canary": spec.canary or None,
+            "steps": [{"index": p.step.index, "name": p.step.name, "kind": p.step.kind,
+                       "when_failed": p.step.when_failed, "sudo": p.step.sudo, "retries": p.step.retries,
+                       "delay": p.step.delay, "timeout": p.step.timeout,
+                       "hosts": {h: describe_action(p.actions[h]) for h in names}} for p in plans],
+            "dry_run": True}
+
+
+def render_plan(book: Any, plans: Sequence[Any], names: Sequence[str], spec: Any) -> str:
+    from hostops.hostlist import compact as compact_raw
+    from hostops.output import one_line
+
+    def compact(hosts: Sequence[str]) -> str:  # host names may hold controls: escaped
+        return one_line(compact_raw(hosts))
+
+    batches = make_batches(names, spec.batch, spec.canary)
+    lines = [f"runbook: {book.name} ({book.path})", f"hosts: {len(names)} ({compact(names)})",
+             f"batches: {len(batches)}" + (f" (canary {spec.canary} first)" if spec.canary else ""),
+             f"max_fail: {spec.max_fail if spec.max_fail is not None else 'no limit'}"]
+    for i, batch in enumerate(batches, 1):
+        lines.append(f"  batch {i}: {compact(batch)} ({len(batch)})")
+    lines.append("steps:")
+    for p in plans:
+        flags = [f for f, on in (("when_failed", p.step.when_failed), ("sudo", p.step.sudo)) if on]
+        if p.step.retries:
+            flags.append(f"retries {p.step.retries}, delay {p.step.delay:g}s")
+        if p.step.timeout:
+            flags.append(f"timeout {p.step.timeout:g}s")
+        lines.append(f"  {p.step.index}. {p.step.name} [{p.step.kind}]" + (f" ({'; '.join(flags)})" if flags else ""))
+        by_text: dict = {}
+        for host in names:
+            by_text.setdefault(describe_action(p.actions[host]), []).append(host)
+        for text, hosts in by_text.items():
+            lines.append(f"       {compact(hosts)}: {text}")
+    lines.append("dry run: nothing was touched")
+    return "\n".join(lines)

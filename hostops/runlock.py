@@ -4,13 +4,15 @@ the holder exits, however it exits.
 
 Like flock(1), the file is only locked, never written: it is opened read-only (created
 empty, 0600, only when missing), so locking the runbook or script itself, a common idiom,
-leaves its content and mtime alone. The holder's pid is read from /proc/locks."""
+leaves its content and mtime alone. The holder's pid is read from /proc/locks.
+
+Owns: the --lock file. Taken and released by :func:`hostops.api.run_rollout`.
+Must not import: anything of hostops but :mod:`hostops.errors`."""
 from __future__ import annotations
 
 import errno
 import fcntl
 import os
-from typing import Optional
 
 from hostops.errors import LockHeld, UsageError
 
@@ -18,7 +20,7 @@ from hostops.errors import LockHeld, UsageError
 class RunLock:
     def __init__(self, path: str):
         self.path = path
-        self.fd: Optional[int] = None
+        self.fd: int | None = None
 
     def _open(self) -> int:
         flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK
@@ -32,7 +34,7 @@ class RunLock:
                 raise UsageError(f"--lock {self.path}: cannot open it: it is a symbolic link (not followed)") from None
             raise UsageError(f"--lock {self.path}: cannot open it: {exc.strerror}") from None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -52,14 +54,14 @@ class RunLock:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
 
 
-def lock_holder(fd: int, locks: str = "/proc/locks") -> Optional[int]:
+def lock_holder(fd: int, locks: str = "/proc/locks") -> int | None:
     """The pid holding a flock on ``fd``'s file, from /proc/locks (Linux); None if unknown."""
     try:
         st = os.fstat(fd)

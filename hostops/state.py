@@ -5,33 +5,44 @@ Every run writes ``last-run.json`` (0600) into ``$XDG_STATE_HOME/hostops/`` (def
 patterns ``@ok``, ``@failed``, ``@unreachable`` and ``@untouched`` select from it, like
 Ansible's retry files. What it says the run was (a command line may hold a secret) has the run's
 secrets masked.
+
+Owns: the state file's place, writing it atomically, and reading it back for ``@…`` patterns.
+What a status means for a pattern is :data:`hostops.results.STATE_PATTERNS`; what each host's
+status is, :meth:`hostops.results.RunReport.state_hosts`.
+Must not import: the CLI, the API, the pool (selection imports this module).
 """
 from __future__ import annotations
 
 import json
 import os
 import time
-from typing import Dict, Iterable, List, Optional
+from collections.abc import Iterable
 
+from hostops import results
 from hostops.errors import SelectionError
+from hostops.results import UNTOUCHED
 from hostops.secrets import Secrets, private_makedirs
 
-STATE_PATTERNS = ("ok", "failed", "unreachable", "untouched")
-UNTOUCHED = "untouched"
+STATE_PATTERNS = tuple(results.STATE_PATTERNS)  # "ok", "failed", "unreachable", "untouched"
 
 
-def state_path(log_path: Optional[str] = None) -> str:
+def state_path(log_path: str | None = None) -> str:
     if log_path:
         return log_path + ".last-run.json"
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "hostops", "last-run.json")
 
 
-def write_state(path: str, what: str, statuses: Dict[str, str], untouched: Iterable[str] = (),
-                secrets: Optional[Secrets] = None) -> None:
+def write_report(path: str, what: str, report: results.RunReport, secrets: Secrets | None = None) -> None:
+    """Record a run's outcome (:meth:`RunReport.state_hosts`) for the next run's @failed, @ok…"""
+    write_state(path, what, report.state_hosts(), (), secrets)
+
+
+def write_state(path: str, what: str, statuses: dict[str, str], untouched: Iterable[str] = (),
+                secrets: Secrets | None = None) -> None:
     """Record each host's outcome (atomically: a reader sees the old or the new file), with
     ``secrets`` masked in what is stored."""
-    hosts = dict(statuses)
+    hosts = {name: str(status) for name, status in statuses.items()}
     for name in untouched:
         hosts.setdefault(name, UNTOUCHED)
     if secrets is not None and secrets.all():
@@ -53,7 +64,7 @@ def write_state(path: str, what: str, statuses: Dict[str, str], untouched: Itera
         raise
 
 
-def hosts_with(path: str, which: str) -> List[str]:
+def hosts_with(path: str, which: str) -> list[str]:
     """Host names of the last run matching ``@which``."""
     try:
         with open(path, encoding="utf-8") as fh:
@@ -65,12 +76,5 @@ def hosts_with(path: str, which: str) -> List[str]:
         raise SelectionError(f"@{which}: no previous run recorded ({path} does not exist)") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SelectionError(f"@{which}: cannot read the last run's state {path}: {exc}") from None
-    if which == "ok":
-        wanted = {"ok", "unchanged"}
-    elif which == "unreachable":
-        wanted = {"unreachable"}
-    elif which == "untouched":
-        wanted = {UNTOUCHED}
-    else:  # failed: every host that was tried and did not succeed
-        wanted = {"failed", "unreachable", "timeout", "interrupted", "incomplete"}
+    wanted = results.STATE_PATTERNS.get(which, results.STATE_PATTERNS["failed"])
     return [name for name, status in hosts.items() if status in wanted]

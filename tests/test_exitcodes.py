@@ -1,6 +1,8 @@
 """hostops.exitcodes and the exit codes carried by hostops.errors."""
 from __future__ import annotations
 
+import json
+
 import inspect
 import pickle
 
@@ -12,7 +14,7 @@ from hostops.errors import (
     RunbookError, SelectionError, UsageError,
 )
 from hostops.exitcodes import ExitCode, for_statuses
-from hostops.results import HostResult, Summary
+from hostops.results import HostResult, RunReport
 
 
 def test_exit_code_values_follow_pssh():
@@ -55,7 +57,7 @@ def test_interrupted_wins_over_everything():
 
 
 def test_summary_exit_code_uses_the_same_rules():
-    s = Summary([HostResult("a", "ok", 0), HostResult("b", "failed", 1), HostResult("c", "unreachable")])
+    s = RunReport([HostResult("a", "ok", 0), HostResult("b", "failed", 1), HostResult("c", "unreachable")])
     assert s.exit_code == ExitCode.UNREACHABLE
     assert s.to_json()["exit_code"] == 4
     s.interrupted = True
@@ -140,3 +142,53 @@ def test_pickled_host_key_error_keeps_stage():
     back = pickle.loads(pickle.dumps(HostKeyError("changed", "custom-stage")))
     assert back.stage == "custom-stage"
     assert back.message == "changed"
+
+
+# ------------------------------------------------------------------ one Status, one RunReport
+def test_status_members_equal_the_strings_everywhere():
+    from hostops import results, rollout, state
+    from hostops.results import Status
+
+    assert [s.value for s in Status] == ["ok", "unchanged", "failed", "unreachable", "timeout", "interrupted",
+                                         "skipped", "untouched", "incomplete"]
+    assert Status.OK == "ok" and f"{Status.FAILED}" == "failed" and Status.TIMEOUT.upper() == "TIMEOUT"
+    assert json.dumps({"s": Status.UNREACHABLE}) == '{"s": "unreachable"}'
+    assert results.OK is Status.OK and rollout.SKIPPED is Status.SKIPPED and rollout.UNTOUCHED is Status.UNTOUCHED
+    assert state.STATE_PATTERNS == ("ok", "failed", "unreachable", "untouched")
+    assert not hasattr(results, "summarize")
+
+
+def _runbook_report(**kw):
+    report = RunReport(hosts=["a", "b", "c"], steps=["s1", "s2"], main_steps=["s1", "s2"], completed=True,
+                       outcome={"a": {"s1": "ok", "s2": "ok"}, "b": {"s1": "failed", "s2": "skipped"},
+                                "c": {"s1": "ok", "s2": "untouched"}}, **kw)
+    report.untouched = [h for h in report.hosts if report.final_status(h) == "untouched"]
+    return report
+
+
+def test_run_report_of_a_runbook_counts_hosts_not_step_results():
+    report = _runbook_report(elapsed=2.0)
+    assert report.per_host
+    assert report.statuses() == {"a": "ok", "b": "failed", "c": "incomplete"}
+    assert report.line() == "3 hosts: 1 ok, 1 failed, 1 incomplete in 2.0s"
+    assert report.exit_code == ExitCode.FAILED
+    end = report.to_json()
+    assert end["hosts"] == 3 and end["incomplete"] == 1 and end["steps"] == ["s1", "s2"]
+    assert report.table().splitlines()[2].split() == ["b", "failed", "skipped"]
+    report.not_finished = ["d"]
+    assert report.state_hosts() == {"a": "ok", "b": "failed", "c": "incomplete", "d": "untouched"}
+
+
+def test_run_report_aborted_counts_the_results_it_has():
+    report = _runbook_report(results=[HostResult("a", "ok", 0, step="s1")], interrupted=True)
+    report.completed = False  # a second Ctrl-C: the rollout never returned
+    assert not report.per_host
+    assert report.statuses() == {"a": "ok"}
+    assert report.exit_code == 130
+    assert report.to_json()["exit_code"] == 130
+
+
+def test_run_report_output_closed_is_141():
+    report = RunReport([HostResult("a", "ok", 0)], output_closed=True)
+    assert report.exit_code == ExitCode.OUTPUT_CLOSED == 141
+    assert report.to_json()["output_closed"] is True

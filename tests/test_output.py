@@ -12,7 +12,7 @@ from hostops import output
 from hostops.output import (
     BlockRenderer, GatherRenderer, JsonRenderer, header, make_renderer, sanitize, write_outdir,
 )
-from hostops.results import HostResult, Summary
+from hostops.results import HostResult, RunReport
 
 
 class TTY(io.StringIO):
@@ -30,7 +30,7 @@ def run(renderer, results, elapsed=0.0):
     for r in results:
         renderer.started(r.host)
         renderer.result(r)
-    renderer.finish(Summary(list(results), elapsed))
+    renderer.finish(RunReport(list(results), elapsed))
 
 
 # ------------------------------------------------------------------ sanitize
@@ -248,7 +248,7 @@ def test_finish_single_host_is_singular():
 def test_finish_interrupted_lists_unfinished_hosts():
     out, err = streams()
     r = BlockRenderer(out, err)
-    r.finish(Summary([HostResult("a", "ok", 0)], 1.0, interrupted=True, not_finished=["web01", "web02"]))
+    r.finish(RunReport([HostResult("a", "ok", 0)], 1.0, interrupted=True, not_finished=["web01", "web02"]))
     text = err.getvalue()
     assert "not started (2): web[01-02]" in text
     assert "3 hosts: 1 ok" in text
@@ -338,3 +338,38 @@ def test_renderer_with_outdir_writes_files(tmp_path):
     run(BlockRenderer(out, err, outdir=str(outdir)), [HostResult("h1", "ok", 0, b"one\n")])
     assert (outdir / "h1.out").read_bytes() == b"one\n"
     assert _mode(outdir) == 0o700
+
+
+# ------------------------------------------------------------------ the renderer is the run's events handler
+def test_renderers_implement_the_events_protocol():
+    from hostops.api import Events
+
+    wanted = [name for name in dir(Events) if not name.startswith("_")]
+    assert set(wanted) == {"started", "output", "result", "section", "warning", "finish"}
+    for mode in ("blocks", "quiet", "gather", "stream", "json"):
+        renderer = make_renderer(mode, out=io.StringIO(), err=io.StringIO(), progress=False)
+        assert all(callable(getattr(renderer, name)) for name in wanted), mode
+
+
+def test_warning_is_one_escaped_line_on_err():
+    out, err = streams()
+    BlockRenderer(out, err).warning("host \x1b[2Jbad\nname")
+    assert err.getvalue() == "hostops: warning: host \\x1b[2Jbad\\x0aname\n" and out.getvalue() == ""
+
+
+def test_finish_of_a_runbook_prints_the_table_then_the_host_line():
+    out, err = streams()
+    report = RunReport(hosts=["a"], steps=["s1", "s2"], main_steps=["s1", "s2"], completed=True,
+                       outcome={"a": {"s1": "ok", "s2": "ok"}}, elapsed=1.0)
+    BlockRenderer(out, err).finish(report)
+    assert out.getvalue().splitlines()[1].split() == ["a", "ok", "ok"]
+    assert err.getvalue() == "1 host: 1 ok, 0 failed in 1.0s\n"
+    out, err = streams()
+    JsonRenderer(out, err).finish(report)
+    assert out.getvalue() == ""  # JSON mode: nothing but JSON lines on stdout
+
+
+def test_one_palette_for_statuses_and_key_states():
+    assert output.paint("OK", "ok", True) == "\x1b[32mOK\x1b[0m"
+    assert output.paint("HOST KEY CHANGED", "changed", True) == "\x1b[1;31mHOST KEY CHANGED\x1b[0m"
+    assert output.paint("x", "ok", False) == "x"

@@ -1,0 +1,244 @@
+"""The run commands: exec, put, get, script, run, inventory. Each one parses its options,
+builds its steps, hands them to :func:`hostops.api.run_rollout` with a renderer as the events
+handler, and returns the report's exit code.
+
+Owns: the click commands above (registered on the group by :mod:`hostops.cli`).
+Must not import: hostops.cli.keys or hostops.cli's ``__init__`` (no cycle), paramiko at import time.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from hostops.cli.options import (
+    CONTEXT,
+    build_options,
+    connection_options,
+    inventory_options,
+    inventory_secrets,
+    load_selection,
+    output_mode,
+    output_options,
+    rollout_options,
+    rollout_spec,
+    select_targets,
+)
+from hostops.errors import SelectionError, UsageError
+from hostops.exitcodes import HELP_TEXT
+
+
+def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, steps: list[Any] | None = None,
+             spec: Any = None, what: str | None = None, keep_connections: bool = False) -> int:
+    """Run an action (or a runbook's steps) through :func:`hostops.api.run_rollout`, rolled out
+    per --batch/--max-fail/--canary, with the chosen renderer; the run's exit code."""
+    from hostops.api import run_rollout
+    from hostops.output import make_renderer
+    from hostops.rollout import StepRun
+    from hostops.state import state_path
+
+    mode = output_mode(kw)
+    if steps is None:
+        steps = [StepRun(getattr(action, "describe", lambda: "run")(), lambda target: action)]
+    spec = spec if spec is not None else rollout_spec(kw)
+    renderer = make_renderer(mode, total=len(targets), progress=not kw["no_progress"], outdir=kw["outdir"],
+                             raw=kw.get("raw", False))
+    report = run_rollout(targets, steps, options, spec, renderer, lock=kw.get("lock_path"),
+                         state_file=state_path(options.log), what=what, keep_connections=keep_connections)
+    return int(report.exit_code)
+
+
+@click.command("exec", context_settings=CONTEXT, epilog=HELP_TEXT)
+@click.argument("command")
+@inventory_options
+@connection_options
+@output_options
+@rollout_options
+@click.option("--stdin", "stdin_file", metavar="FILE", default=None,
+              help="Send FILE to the command's stdin on every host.")
+def exec_cmd(command: str, inventories, adhoc_hosts, pattern, stdin_file, **kw: Any) -> int:
+    """Run COMMAND on every selected host."""
+    from hostops.transfer import check_stdin
+    from hostops.worker import ExecAction
+
+    options = build_options(kw, stdin_file)
+    output_mode(kw)
+    check_stdin(stdin_file)
+    targets, options = select_targets(inventories, adhoc_hosts, pattern, options)
+    action = ExecAction(command, options.timeout, options.sudo, os.path.abspath(stdin_file) if stdin_file else None)
+    return roll_out(targets, action, options, kw)
+
+
+@click.command("put", context_settings=CONTEXT, epilog=HELP_TEXT)
+@click.argument("src")
+@click.argument("dest")
+@click.option("-r", "--recursive", is_flag=True, help="Copy a directory tree.")
+@click.option("--mode", default=None, metavar="MODE", help="Octal mode of the remote file(s), e.g. 0644. "
+              "Default: the replaced file's mode, else the local file's (minus group/other write).")
+@click.option("--owner", default=None, metavar="USER[:GROUP]", help="chown the remote file(s) (needs --sudo "
+              "unless you are that user).")
+@click.option("--checksum", is_flag=True, help="Skip hosts whose file already has the same SHA-256 "
+              "(reported 'unchanged').")
+@inventory_options
+@connection_options
+@output_options
+@rollout_options
+def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, inventories, adhoc_hosts, pattern,
+            **kw: Any) -> int:
+    """Copy SRC (a local file, or a tree with -r) to DEST on every selected host.
+
+    Each file is written to a temporary name beside its destination and renamed into
+    place: readers never see a half-written file, and an interrupted transfer leaves the
+    old file intact. DEST ending in '/' or naming a directory receives SRC's name.
+    """
+    from hostops.transfer import prepare_put
+
+    options = build_options(kw)
+    output_mode(kw)
+    action = prepare_put(src, dest, recursive, mode, owner, options.sudo, checksum, options.timeout)
+    targets, options = select_targets(inventories, adhoc_hosts, pattern, options)
+    return roll_out(targets, action, options, kw)
+
+
+@click.command("get", context_settings=CONTEXT, epilog=HELP_TEXT)
+@click.argument("src")
+@click.argument("dest")
+@click.option("-r", "--recursive", is_flag=True, help="Copy a directory tree.")
+@click.option("--follow-links", is_flag=True,
+              help="With -r: copy what symbolic links point to, when that stays inside the tree "
+                   "(others are skipped with a note). Default: links are recorded as links.")
+@inventory_options
+@connection_options
+@output_options
+@rollout_options
+def get_cmd(src: str, dest: str, recursive: bool, follow_links: bool, inventories, adhoc_hosts, pattern,
+            **kw: Any) -> int:
+    """Copy SRC from every selected host into DEST/<host>/ (files from different hosts never
+    overwrite each other). Partial downloads are removed; files are created 0600."""
+    from hostops.transfer import prepare_get
+
+    options = build_options(kw)
+    output_mode(kw)
+    if options.sudo:
+        raise UsageError("get does not support --sudo; copy the file somewhere readable first (hostops exec)")
+    targets, options = select_targets(inventories, adhoc_hosts, pattern, options)
+    action = prepare_get(src, dest, recursive, options.timeout, follow_links=follow_links)
+    return roll_out(targets, action, options, kw)
+
+
+@click.command("script", context_settings=dict(CONTEXT, ignore_unknown_options=False), epilog=HELP_TEXT)
+@click.argument("script")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--stdin", "stdin_file", metavar="FILE", default=None,
+              help="Send FILE to the script's stdin on every host.")
+@inventory_options
+@connection_options
+@output_options
+@rollout_options
+def script_cmd(script: str, args, stdin_file, inventories, adhoc_hosts, pattern, **kw: Any) -> int:
+    """Upload SCRIPT to a private temporary directory on every selected host, run it with
+    ARGS (after '--'), and remove it afterwards whatever happened.
+
+    \b
+    hostops script ./check.sh -i prod.yml -- --verbose
+    """
+    from hostops.transfer import prepare_script
+
+    options = build_options(kw, stdin_file)
+    output_mode(kw)
+    action = prepare_script(script, args, options.sudo, options.timeout, stdin_file)
+    targets, options = select_targets(inventories, adhoc_hosts, pattern, options)
+    return roll_out(targets, action, options, kw)
+
+
+@click.command("run", context_settings=CONTEXT, epilog=HELP_TEXT)
+@click.argument("runbook")
+@click.option("-e", "--extra-vars", "extra", multiple=True, metavar="KEY=VALUE",
+              help="Set a variable (wins over inventory and runbook vars). Repeatable.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved plan (batches, hosts, steps with variables "
+              "filled in) and touch nothing.")
+@click.option("--start-at", default=None, metavar="STEP", help="Skip the steps before STEP (its name or number).")
+@click.option("--no-reuse", is_flag=True, help="Reconnect for every step instead of keeping one connection per "
+              "host (slower; for comparison).")
+@inventory_options
+@connection_options
+@output_options
+@rollout_options
+def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, inventories, adhoc_hosts, pattern,
+            **kw: Any) -> int:
+    """Play RUNBOOK: ordered steps (exec, put, get, script) over the runbook's hosts (or -l),
+    in batches, stopping when more than max_fail hosts failed.
+
+    \b
+    hostops run runbooks/rolling-restart.yml -i prod.yml
+    hostops run deploy.yml -i prod.yml --dry-run
+    hostops run deploy.yml -i prod.yml -l @failed --start-at restart
+    """
+    import dataclasses
+
+    from hostops import runbook as rb
+    from hostops.rollout import StepRun
+    from hostops.settings import resolve
+    from hostops.state import state_path
+
+    options = build_options(kw)
+    output_mode(kw)
+    book = rb.load(runbook)
+    spec = rollout_spec(kw, book.batch, book.max_fail)
+    extra_vars = rb.parse_extra_vars(extra)
+    steps = book.steps
+    if start_at is not None:
+        index = next((i for i, s in enumerate(steps) if s.name == start_at or str(s.index) == start_at), None)
+        if index is None:
+            raise UsageError(f"--start-at {start_at!r}: no such step in {runbook} "
+                             f"(steps: {', '.join(s.name for s in steps)})")
+        steps = steps[index:]
+        book.steps = steps
+    limit = pattern if pattern != "all" else book.hosts
+    inv, names = load_selection(inventories, adhoc_hosts, book.hosts, state_path(options.log))
+    if limit != book.hosts:  # -l narrows the runbook's hosts, as Ansible's --limit does
+        wanted = set(inv.select(limit, state_path(options.log)))
+        names = [n for n in names if n in wanted]
+        if not names:
+            raise SelectionError(f"no host of the runbook's {book.hosts!r} matched -l {limit!r}")
+    plans = rb.plan(book, inv, names, extra_vars, options)
+    options = dataclasses.replace(options, secrets=options.secrets.with_values(inventory_secrets(inv, names)))
+    targets = resolve(inv, names, options)
+    if dry_run:
+        if kw["as_json"]:
+            click.echo(json.dumps(rb.plan_json(book, plans, names, spec)))
+        else:
+            click.echo(rb.render_plan(book, plans, names, spec))
+        return 0
+    steps_to_run = [StepRun(p.step.name, p.for_target, p.step.when_failed) for p in plans]
+    return roll_out(targets, None, options, kw, steps=steps_to_run, spec=spec, what=f"run {book.name}",
+                    keep_connections=not no_reuse)
+
+
+@click.command("inventory", context_settings=CONTEXT)
+@inventory_options
+@click.option("--json", "as_json", is_flag=True, help="JSON, like ansible-inventory --list.")
+@click.option("--graph", is_flag=True, help="The group tree, like ansible-inventory --graph.")
+@click.option("-u", "--user", default=None, help="As for exec: shows the resolved user.")
+@click.option("-p", "--port", type=click.IntRange(1, 65535), default=None, help="As for exec.")
+@click.option("--ssh-config", metavar="FILE", default=None, help="As for exec.")
+def inventory_cmd(inventories, adhoc_hosts, pattern, as_json: bool, graph: bool, user, port, ssh_config) -> int:
+    """List the selected hosts with their resolved connection settings."""
+    from hostops.output import inventory_graph, inventory_json, inventory_lines
+    from hostops.settings import Options, resolve
+
+    inv, names = load_selection(inventories, adhoc_hosts, pattern)
+    targets = resolve(inv, names, Options(user=user, port=port, ssh_config=ssh_config))
+    if graph:
+        click.echo(inventory_graph(inv, set(names)))
+    elif as_json:
+        click.echo(json.dumps(inventory_json(inv, targets), indent=2, sort_keys=False))
+    else:
+        for line in inventory_lines(targets):
+            click.echo(line)
+        click.echo(f"{len(targets)} host{'s' if len(targets) != 1 else ''}", err=True)
+    return 0
+
