@@ -16,11 +16,12 @@ import threading
 import time
 from typing import Any, Callable, Iterator, List, Optional, Sequence
 
+from hostops.actions import ExecAction
 from hostops.log import maybe_open
 from hostops.pool import Pool, fit_forks
 from hostops.results import INTERRUPTED, HostResult, Summary
 from hostops.settings import Options, Target
-from hostops.worker import ExecAction, Job
+from hostops.wire import Done, Job, Output, Started
 
 OnStart = Callable[[str], None]
 OnOutput = Callable[[str, str, bytes], None]
@@ -163,16 +164,16 @@ class Session:
         should_abort = (lambda: interrupts.count > 0) if interrupts else (lambda: False)
         self.pool.not_started = []
         for event in self.pool.run(jobs, wake, should_abort):
-            kind, job = event[0], event[1]
-            if kind == "started" and on_start:
+            job = event.job
+            if isinstance(event, Started) and on_start:
                 on_start(job.target.name)
-            elif kind == "output" and on_output:
-                on_output(job.target.name, event[2], event[3])
-            elif kind == "done":
-                result: HostResult = event[2]
-                if len(event) > 3:  # made up by the pool: the worker died or is stuck; clean up after it
+            elif isinstance(event, Output) and on_output:
+                on_output(job.target.name, event.stream, event.data)
+            elif isinstance(event, Done):
+                result: HostResult = event.result
+                if event.by_parent:  # made up by the pool: the worker died or is stuck; clean up after it
                     _discard_partial(job)
-                if self.log is not None and len(event) > 3:  # made up by the pool: no worker logged it
+                if self.log is not None and event.by_parent:  # made up by the pool: no worker logged it
                     try:
                         self.log.write({"event": "host", **result.to_json()})
                     except OSError as exc:

@@ -436,7 +436,7 @@ def cli() -> None:
 def exec_cmd(command: str, inventories, adhoc_hosts, pattern, stdin_file, **kw: Any) -> int:
     """Run COMMAND on every selected host."""
     from hostops.transfer import check_stdin
-    from hostops.worker import ExecAction
+    from hostops.actions import ExecAction
 
     options = build_options(kw, stdin_file)
     output_mode(kw)

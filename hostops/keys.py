@@ -49,6 +49,10 @@ class ScanAction:
     (None, or whatever the worker opened)."""
 
     needs_connection: ClassVar[bool] = False
+    #: The watchdog's time limit (the action's own, as for every action): the run's -t when the
+    #: caller passes it; the handshake itself is bounded by the connect timeout.
+    timeout: Optional[float] = None
+    sudo: ClassVar[bool] = False
 
     def describe(self) -> str:
         return "keys scan"

@@ -1,14 +1,17 @@
 """The worker process: many hosts at once, one thread per host in flight.
 
-A worker receives :class:`Job` objects on its own pipe from the parent, runs each on one
-of its threads (started once, never per host), writes the host's log record under the
-shared log Lock, and puts the result on the shared results Queue the moment the host
-finishes. Nothing but plain picklable data crosses the process boundary, and no
-exception escapes a job: errors become a HostResult that carries them.
+A worker receives :class:`~hostops.wire.Job` objects (and Abort/Stop/Release) on its own
+pipe from the parent, runs each on one of its threads (started once, never per host),
+writes the host's log record under the shared log Lock, and puts the messages of
+:mod:`hostops.wire` on its own results channel the moment the host starts, prints and
+finishes. Nothing but plain picklable data crosses the process boundary, and no exception
+escapes a job: errors become a HostResult that carries them.
+
+Owns: worker_main (setup, the inbox loop, the host threads), execute(job) -> HostResult,
+--stream's line splitting, masking and credit. Must not import: pool, api, cli, rollout.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import queue as _queue
@@ -18,50 +21,15 @@ import threading
 import time
 from typing import Any, Callable, List, Optional
 
+from hostops.actions import ExecAction  # moved to hostops.actions; still importable from here
 from hostops.errors import CommandAborted, CommandTimeout, ConnectError
 from hostops.results import FAILED, INTERRUPTED, OK, TIMEOUT, UNREACHABLE, HostResult
 from hostops.secrets import Secrets, StreamMasker, redact_result
-from hostops.settings import Options, Target
+from hostops.settings import Options
+from hostops.wire import (ABORT, STOP, Abort, Job, JobDone, JobOutput, JobStarted, JobUnstarted, Release,
+                          ResultsChannel, Stop, WorkerFailed)
 
-# Messages a worker puts on the results Queue (tuples: cheap to pickle).
-MSG_STARTED = "started"      # (MSG_STARTED, worker_id, job_id)
-MSG_OUTPUT = "output"        # (MSG_OUTPUT, worker_id, job_id, stream, bytes)
-MSG_DONE = "done"            # (MSG_DONE, worker_id, job_id, HostResult)
-MSG_FATAL = "fatal"          # (MSG_FATAL, worker_id, message)
-MSG_UNSTARTED = "unstarted"  # (MSG_UNSTARTED, worker_id, job_id): handed back, never begun
-
-# What the parent sends on a worker's inbox besides Job objects.
-ABORT = "abort"              # stop what is running (clean up remote commands), report, take no more
-STOP = None                  # no more jobs: finish and exit
-RELEASE = "release"          # (RELEASE, [host, ...]): close those hosts' kept connections
-
-
-@dataclasses.dataclass
-class ExecAction:
-    """Run one shell command."""
-
-    command: str
-    timeout: Optional[float] = None
-    sudo: bool = False
-    stdin: Optional[str] = None  # a local file sent to the command's stdin on every host
-
-    def describe(self) -> str:
-        return self.command
-
-    def run(self, conn, target, ctx, on_output):
-        return conn.run(self.command, self.timeout, on_output, self.stdin, sudo=self.sudo)
-
-
-@dataclasses.dataclass
-class Job:
-    """One host's work: where to go and what to do there. ``keep``: leave the connection
-    open for the host's next job (runbook steps reuse one connection per host)."""
-
-    id: int
-    target: Target
-    action: Any
-    keep: bool = False
-    step: Optional[str] = None
+__all__ = ["ABORT", "STOP", "ExecAction", "Job", "execute", "worker_main"]
 
 
 def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = None) -> HostResult:
@@ -75,7 +43,7 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
     def result(status: str, **kw: Any) -> HostResult:
         return HostResult(name, status, start=start, duration=time.monotonic() - t0, step=job.step, **kw)
 
-    needs_connection = getattr(job.action, "needs_connection", True)  # keys scan: handshake only, no login
+    needs_connection = job.action.needs_connection  # keys scan: handshake only, no login
     conn = ctx.connections.pop(name, None) if (job.keep and ctx is not None and needs_connection) else None
     if conn is not None and not conn.alive():
         conn.close()
@@ -93,7 +61,7 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
     except CommandAborted as exc:
         return result(INTERRUPTED, stdout=exc.stdout, stderr=exc.stderr, error=exc.note or "interrupted")
     except CommandTimeout as exc:
-        limit = getattr(job.action, "timeout", None)
+        limit = job.timeout
         note = exc.note or (f"timed out after {limit:g}s (--timeout)" if limit else "timed out")
         return result(TIMEOUT, stdout=exc.stdout, stderr=exc.stderr, error=note)
     except ConnectError as exc:
@@ -244,8 +212,8 @@ def _die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def worker_main(worker_id: int, inbox, results, options: Options, threads: int, parent_pid: int,
-                credit=None) -> None:
+def worker_main(worker_id: int, inbox: Any, results: ResultsChannel, options: Options, threads: int,
+                parent_pid: int, credit: Any = None) -> None:
     """Entry point of a worker process (must stay importable under spawn). ``credit``: the
     semaphore bounding --stream pieces in flight (see STREAM_CREDIT)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
@@ -275,9 +243,8 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int, 
     except _Terminated:
         return
     except Exception as exc:
-        results.put((MSG_FATAL, worker_id, f"worker {worker_id} could not start: {exc}"))
+        results.put(WorkerFailed(f"worker {worker_id} could not start: {exc}"))
         results.close()
-        results.join_thread()
         return
     jobs: "_queue.Queue[Optional[Job]]" = _queue.Queue()
 
@@ -287,14 +254,13 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int, 
             if job is None:
                 return
             if ctx.abort.is_set():
-                results.put((MSG_UNSTARTED, worker_id, job.id))
+                results.put(JobUnstarted(job.id))
                 continue
-            results.put((MSG_STARTED, worker_id, job.id))
+            results.put(JobStarted(job.id))
             splitter = sender = None
             if options.stream_output:
                 sender = _StreamSender(lambda s, d, j=job.id: results.put(
-                    (MSG_OUTPUT, worker_id, j, s, options.secrets.redact(d))), credit, ctx.abort,
-                    getattr(job.action, "timeout", None))
+                    JobOutput(j, s, options.secrets.redact(d))), credit, ctx.abort, job.timeout)
                 splitter = _MaskedStreams(options.secrets, _LineSplitter(sender))
             try:
                 res = execute(job, ctx, splitter)
@@ -310,7 +276,7 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int, 
                     log.write({"event": "host", **res.to_json()})
                 except OSError as exc:
                     res.error = (res.error + "; " if res.error else "") + f"could not write log: {exc.strerror or exc}"
-            results.put((MSG_DONE, worker_id, job.id, res))
+            results.put(JobDone(job.id, res))
 
     pool: List[threading.Thread] = [threading.Thread(target=serve, name=f"host-{i}", daemon=True)
                                     for i in range(threads)]
@@ -323,13 +289,13 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int, 
             except EOFError:  # the parent is gone: stop taking work
                 ctx.request_abort()
                 break
-            if msg is STOP:
+            if isinstance(msg, Stop):
                 break
-            if msg == ABORT:
+            if isinstance(msg, Abort):
                 ctx.request_abort()
                 continue
-            if isinstance(msg, tuple) and msg and msg[0] == RELEASE:
-                for name in msg[1]:
+            if isinstance(msg, Release):
+                for name in msg.hosts:
                     conn = ctx.connections.pop(name, None)
                     if conn is not None:
                         try:
@@ -356,4 +322,3 @@ def worker_main(worker_id: int, inbox, results, options: Options, threads: int, 
         if log is not None:
             log.close()
         results.close()
-        results.join_thread()
