@@ -9,7 +9,6 @@ Must not import any other hostops module (everything imports this one).
 """
 from __future__ import annotations
 
-
 # --- multiprocessing
 # (self-contained: its imports and its error class are here, so it can sit below any other section)
 import sys  # noqa: E402

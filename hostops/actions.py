@@ -60,7 +60,8 @@ class ExecAction:
     def describe(self) -> str:
         return self.command
 
-    def run(self, conn: Any, target: Any, ctx: Any, on_output: Optional[OutputCallback]) -> "CommandOutcome":
+    def run(self, conn: Any, target: Any, ctx: Any,  # noqa: ARG002 - the Action protocol's signature
+            on_output: Optional[OutputCallback]) -> "CommandOutcome":
         return conn.run(self.command, self.timeout, on_output, self.stdin, sudo=self.sudo)
 
 

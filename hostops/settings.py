@@ -244,7 +244,7 @@ def _target(name: str, conn: Dict[str, Any], cfg: Any, defaults: HostDefaults, d
 def complete_target(target: Target, defaults: Union[Options, HostDefaults]) -> Target:
     """``target`` with the fields left None (a Target built by hand) given the run's values;
     ``target`` itself when none is (every target :func:`resolve` makes)."""
-    missing = {}
+    missing: Dict[str, Any] = {}
     if target.connect_timeout is None:
         missing["connect_timeout"] = defaults.connect_timeout
     if target.keepalive is None:

@@ -70,3 +70,58 @@ def test_results_stream_before_the_run_ends():
         results[r.host] = r
     assert list(received) == ["fast", "slow"]
     assert received["fast"] < results["slow"].start + results["slow"].duration
+
+
+# ------------------------------------------------------------------ named messages (hostops.wire)
+def test_messages_pickle_small_and_back_equal():
+    import pickle
+
+    from hostops.results import HostResult
+    from hostops.wire import (ABORT, STOP, Abort, JobDone, JobOutput, JobStarted, JobUnstarted, Release, Stop,
+                              WorkerFailed)
+
+    for msg in (JobStarted(3), JobOutput(3, "stdout", b"line\n"), JobDone(3, HostResult("h", "ok")), JobUnstarted(4),
+                WorkerFailed("no log"), Release(("a", "b")), ABORT, STOP):
+        back = pickle.loads(pickle.dumps(msg))
+        assert back == msg and type(back) is type(msg)
+        assert not hasattr(msg, "__dict__")  # slotted: cheap to pickle
+    assert isinstance(pickle.loads(pickle.dumps(ABORT)), Abort) and isinstance(pickle.loads(pickle.dumps(STOP)), Stop)
+    with pytest.raises(Exception):
+        JobStarted(3).job_id = 4  # type: ignore[misc]  # frozen
+
+
+def test_events_name_the_job_and_say_who_made_the_result():
+    from fakes import SleepAction
+
+    from hostops.wire import Done, Job, Started
+
+    targets = local_targets(2)
+    jobs = [Job(i, t, SleepAction({})) for i, t in enumerate(targets)]
+    with Pool(Options(forks=2, processes=1), host_count=2) as pool:
+        events = list(pool.run(jobs))
+    done = [e for e in events if isinstance(e, Done)]
+    assert sorted(e.job.target.name for e in done) == ["l00", "l01"]
+    assert all(not e.by_parent and e.result.ok for e in done)
+    assert sorted(e.job.id for e in events if isinstance(e, Started)) == [0, 1]
+
+
+def test_the_watchdog_reads_the_jobs_own_timeout_not_the_runs():
+    """Each job carries its action's timeout (filled in when the action was made): an action
+    without one has no watchdog, whatever the run's -t."""
+    from hostops.actions import ExecAction
+    from hostops.wire import Job
+
+    pool = Pool(Options(timeout=1, connect_timeout=2, kill_grace=3), host_count=1)
+    target = Target("h", "localhost")
+    assert pool.overdue_after(Job(0, target, ExecAction("true"))) is None
+    assert Job(0, target, ExecAction("true", timeout=5, sudo=True)).timeout == 5
+    assert Job(0, target, ExecAction("true", timeout=5, sudo=True)).sudo is True
+
+
+def test_a_hand_made_target_is_completed_in_the_parent():
+    from hostops.pool import _completed
+    from hostops.wire import Job
+
+    jobs = [Job(0, Target("h", "localhost", connection="local"), None)]  # type: ignore[arg-type]
+    [job] = list(_completed(jobs, Options(connect_timeout=4.0)))
+    assert job.target.connect_timeout == 4.0 and job.target.host_key_policy == "strict"
