@@ -10,6 +10,11 @@ with exactly one writer process), so the parent always knows which hosts a dead 
 held, and a worker killed in the middle of writing a result can neither wedge the
 other workers (it held no lock they need) nor leave a half message that blocks the
 parent (the parent keeps no copy of the writing end, so it sees end-of-file instead).
+
+Owns: worker processes and their slots, job hand-over (a kept connection's host goes back
+to its worker), the parent's watchdog, crash accounting, the open-file budget (-f).
+Speaks only :mod:`hostops.wire` messages. Must not import: api, cli, rollout, runbook,
+transport (or its successors).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optiona
 
 from hostops.actions import RetryAction
 from hostops.results import FAILED, INTERRUPTED, TIMEOUT, HostResult
-from hostops.settings import START_METHODS, Options, complete_target, start_method
+from hostops.settings import START_METHODS, Options, complete_target
 from hostops.wire import (ABORT, STOP, Done, Job, JobDone, JobOutput, JobStarted, JobUnstarted, Output, Release,
                           ResultsChannel, Started, WorkerFailed)
 from hostops.worker import STREAM_CREDIT, worker_main
@@ -124,10 +129,11 @@ class Pool:
     """``processes`` worker processes running at most ``forks`` hosts at once in total."""
 
     def __init__(self, options: Options, host_count: int):
-        self.options = options
-        self.ctx: Any = multiprocessing.get_context(start_method(options))  # a bad one: UsageError (exit 2)
-        self.forks = max(1, min(options.forks, host_count))
-        wanted = options.processes or os.cpu_count() or 1
+        self.options = options  # handed to the workers whole
+        self.run_options = run = options.run_options()  # the run-wide part (a bad start method: UsageError, exit 2)
+        self.ctx: Any = multiprocessing.get_context(run.start_method)
+        self.forks = max(1, min(run.forks, host_count))
+        wanted = run.processes or os.cpu_count() or 1
         self.processes = max(1, min(wanted, self.forks))
         self.workers: Dict[int, _Worker] = {}
         self._next_id = 0
@@ -147,7 +153,7 @@ class Pool:
         self._next_id += 1
         inbox_r, inbox_w = self.ctx.Pipe(duplex=False)
         results = ResultsChannel(self.ctx)
-        credit = self.ctx.Semaphore(STREAM_CREDIT) if self.options.stream_output else None
+        credit = self.ctx.Semaphore(STREAM_CREDIT) if self.run_options.stream_output else None
         process = self.ctx.Process(target=worker_main, name=f"hostops-worker-{wid}",
                                    args=(wid, inbox_r, results, self.options, slots, os.getpid()), daemon=True,
                                    kwargs={"credit": credit})
@@ -193,7 +199,7 @@ class Pool:
         for w in self.workers.values():
             if w.alive():
                 w.signal(kill=now)
-        self._reap(0.5 if now else self.options.kill_grace + 15)
+        self._reap(0.5 if now else self.run_options.kill_grace + 15)
 
     def _reap(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -237,7 +243,7 @@ class Pool:
                 remaining -= len(pending)
                 pending.clear()
                 self._send_all(ABORT)
-                drain_deadline = time.monotonic() + self.options.kill_grace + 15
+                drain_deadline = time.monotonic() + self.run_options.kill_grace + 15
             if not self.aborting:
                 self._dispatch(pending)
             if remaining <= 0 or not self.workers:
@@ -365,7 +371,7 @@ class Pool:
         attempts, delay = (1 + action.retries, action.delay) if isinstance(action, RetryAction) else (1, 0.0)
         # Never below the run's connect timeout: a watchdog that fires early reports a healthy host stuck.
         connect = max(job.target.connect_timeout or 0, self.options.connect_timeout)
-        return connect + attempts * (timeout + self.options.kill_grace) + (attempts - 1) * delay + PARENT_SLACK
+        return connect + attempts * (timeout + self.run_options.kill_grace) + (attempts - 1) * delay + PARENT_SLACK
 
     def _check_overdue(self, by_id: Dict[int, Job]) -> Iterator[Done]:
         """The parent's last resort: a host past every deadline is reported, not waited for."""
