@@ -361,9 +361,9 @@ class Pool:
 
     def overdue_after(self, job: Job) -> Optional[float]:
         """Seconds after its start when ``job`` is past every deadline: its own action's timeout
-        (a runbook step's ``timeout:``, else the run's -t, filled in when the action was made),
-        each retry's, the connect timeout and the kill grace, plus slack. None: the action has
-        no time limit, so no watchdog."""
+        (a runbook step's ``timeout:``, else the run's -t, filled in when the action was made;
+        see :class:`~hostops.wire.Job`), each retry's, the connect timeout and the kill grace,
+        plus slack. None: no time limit, so no watchdog."""
         timeout = job.timeout
         if not timeout:
             return None
@@ -454,10 +454,15 @@ def _close_parent_ends(w: _Worker) -> None:
 def _completed(jobs: Iterable[Job], options: Options) -> Iterator[Job]:
     """``jobs`` with every target field known: a target :func:`hostops.settings.resolve` made
     passes as it is; one built by hand with fields left None is completed here, in the
-    parent, so no worker falls back on the run's options."""
+    parent, so no worker falls back on the run's options. A job whose action has no time
+    limit of its own (a key scan, an action a library user made) is watched with the run's
+    -t, as before: the worker does not enforce it, the watchdog does."""
     for job in jobs:
         target = complete_target(job.target, options)
-        yield job if target is job.target else dataclasses.replace(job, target=target)
+        changes: Dict[str, Any] = {} if target is job.target else {"target": target}
+        if not job.timeout and options.timeout:
+            changes["timeout"] = options.timeout
+        yield dataclasses.replace(job, **changes) if changes else job
 
 
 #: Open files one host in flight can need in a worker: the socket, the channel's wake-up

@@ -40,23 +40,24 @@ class Job:
     """One host's work: where to go and what to do there. ``keep``: leave the connection
     open for the host's next job (runbook steps reuse one connection per host).
 
-    The job's time limit and sudo are its action's own (a runbook step's ``timeout:`` and
-    ``sudo:``, else the run's, filled in when the action was made): the worker's deadline,
-    the kill and the parent's watchdog all read them here."""
+    ``timeout`` and ``sudo`` are the job's action's own (a runbook step's ``timeout:`` and
+    ``sudo:``, else the run's, filled in when the action was made); the parent's watchdog
+    and the kill read them here. An action made without a time limit gets the run's -t for
+    the watchdog only, in the parent (:meth:`hostops.pool.Pool.run`)."""
 
     id: int
     target: "Target"
     action: "Action"
     keep: bool = False
     step: Optional[str] = None
+    timeout: Optional[float] = None   # None: the action's own
+    sudo: Optional[bool] = None       # None: the action's own
 
-    @property
-    def timeout(self) -> Optional[float]:
-        return self.action.timeout
-
-    @property
-    def sudo(self) -> bool:
-        return self.action.sudo
+    def __post_init__(self) -> None:
+        if self.timeout is None:
+            self.timeout = self.action.timeout
+        if self.sudo is None:
+            self.sudo = self.action.sudo
 
 
 @dataclasses.dataclass(frozen=True)

@@ -61,7 +61,7 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
     except CommandAborted as exc:
         return result(INTERRUPTED, stdout=exc.stdout, stderr=exc.stderr, error=exc.note or "interrupted")
     except CommandTimeout as exc:
-        limit = job.timeout
+        limit = job.action.timeout  # the worker enforces the action's own (none: none)
         note = exc.note or (f"timed out after {limit:g}s (--timeout)" if limit else "timed out")
         return result(TIMEOUT, stdout=exc.stdout, stderr=exc.stderr, error=note)
     except ConnectError as exc:
@@ -293,7 +293,7 @@ class _HostThreads:
                 def send(stream: str, data: bytes, j: int = job.id) -> None:
                     results.put(JobOutput(j, stream, options.secrets.redact(data)))
 
-                sender = _StreamSender(send, self.credit, ctx.abort, job.timeout)
+                sender = _StreamSender(send, self.credit, ctx.abort, job.action.timeout)
                 splitter = _MaskedStreams(options.secrets, _LineSplitter(sender))
             try:
                 res = execute(job, ctx, splitter)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hostops.api import run_command
+from hostops import pool as pool_module
 from hostops.pool import Pool, plan
 from hostops.settings import Options, Target
 
@@ -105,23 +106,28 @@ def test_events_name_the_job_and_say_who_made_the_result():
     assert sorted(e.job.id for e in events if isinstance(e, Started)) == [0, 1]
 
 
-def test_the_watchdog_reads_the_jobs_own_timeout_not_the_runs():
-    """Each job carries its action's timeout (filled in when the action was made): an action
-    without one has no watchdog, whatever the run's -t."""
+def test_each_job_carries_its_actions_timeout_and_sudo():
+    """The watchdog reads the job's timeout: its action's own, whatever the run's -t; the
+    run's -t only for an action made without one (a key scan, a library user's action)."""
     from hostops.actions import ExecAction
+    from hostops.pool import _completed
     from hostops.wire import Job
 
     pool = Pool(Options(timeout=1, connect_timeout=2, kill_grace=3), host_count=1)
     target = Target("h", "localhost")
+    own = Job(0, target, ExecAction("true", timeout=60, sudo=True))
+    assert (own.timeout, own.sudo) == (60, True)
+    assert pool.overdue_after(own) == 2 + 60 + 3 + pool_module.PARENT_SLACK
     assert pool.overdue_after(Job(0, target, ExecAction("true"))) is None
-    assert Job(0, target, ExecAction("true", timeout=5, sudo=True)).timeout == 5
-    assert Job(0, target, ExecAction("true", timeout=5, sudo=True)).sudo is True
+    [(given, bare)] = [list(_completed([own, Job(1, target, ExecAction("true"))], pool.options))]
+    assert (given.timeout, bare.timeout, bare.sudo) == (60, 1, False)
 
 
 def test_a_hand_made_target_is_completed_in_the_parent():
+    from hostops.actions import ExecAction
     from hostops.pool import _completed
     from hostops.wire import Job
 
-    jobs = [Job(0, Target("h", "localhost", connection="local"), None)]  # type: ignore[arg-type]
+    jobs = [Job(0, Target("h", "localhost", connection="local"), ExecAction("true"))]
     [job] = list(_completed(jobs, Options(connect_timeout=4.0)))
     assert job.target.connect_timeout == 4.0 and job.target.host_key_policy == "strict"
