@@ -49,9 +49,9 @@ class ScanAction:
     (None, or whatever the worker opened)."""
 
     needs_connection: ClassVar[bool] = False
-    #: The watchdog's time limit (the action's own, as for every action): the run's -t when the
-    #: caller passes it; the handshake itself is bounded by the connect timeout.
-    timeout: Optional[float] = None
+    #: No limit of its own: the handshake is bounded by the connect timeout (the pool's
+    #: watchdog uses the run's -t for a job whose action has none).
+    timeout: ClassVar[Optional[float]] = None
     sudo: ClassVar[bool] = False
 
     def describe(self) -> str:
