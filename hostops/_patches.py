@@ -150,3 +150,36 @@ def paramiko_internals() -> Tuple[Tuple[str, bool], ...]:
         ("SFTPClient._read_response", callable(getattr(SFTPClient, "_read_response", None))),
         ("SFTPFile._prefetch_thread", callable(getattr(SFTPFile, "_prefetch_thread", None))),
     )
+
+
+# --- multiprocessing
+# (its own import and error class are here, with the section)
+import sys  # noqa: E402
+
+
+class MultiprocessingChanged(RuntimeError):
+    """multiprocessing no longer has the private part hostops relies on: hostops needs updating."""
+
+
+# The results channel (hostops.wire.ResultsChannel) needs the two ends of the pipe under a
+# multiprocessing.Queue: the parent closes its copy of the writing end once the worker has
+# started (a dead worker's queue then reads end-of-file, and a half-written message cannot
+# block the parent), and waits on the reading end with multiprocessing.connection.wait
+# together with the other workers' queues and sentinels. Queue offers neither publicly.
+# Checked on CPython 3.9 to 3.13: Queue.__init__ sets ``_reader, _writer = Pipe(duplex=False)``.
+MP_QUEUE_ENDS_CHECKED = ((3, 9), (3, 13))
+
+
+def queue_ends(queue: Any) -> Tuple[Any, Any]:
+    """(reading end, writing end) of a ``multiprocessing.Queue``: its private ``_reader`` and
+    ``_writer`` Connections."""
+    from multiprocessing.connection import Connection
+
+    reader = getattr(queue, "_reader", None)
+    writer = getattr(queue, "_writer", None)
+    if not (isinstance(reader, Connection) and isinstance(writer, Connection)):
+        raise MultiprocessingChanged(
+            f"multiprocessing.Queue on Python {sys.version.split()[0]} has no _reader/_writer Connection pair "
+            f"(checked on {MP_QUEUE_ENDS_CHECKED[0]} to {MP_QUEUE_ENDS_CHECKED[1]}): hostops.wire.ResultsChannel "
+            "needs updating")
+    return reader, writer

@@ -28,14 +28,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
+from hostops.actions import ExecAction
 from hostops.hostlist import compact
 from hostops.log import maybe_open
 from hostops.pool import Pool, fit_forks
 from hostops.results import INTERRUPTED, HostResult, RunReport
 from hostops.rollout import RolloutSpec, StepRun, rollout
 from hostops.settings import Options, Target
-from hostops.wire import Done, Output, Started
-from hostops.worker import ExecAction, Job
+from hostops.wire import Done, Job, Output, Started
 
 OnStart = Callable[[str], None]
 OnOutput = Callable[[str, str, bytes], None]

@@ -53,6 +53,10 @@ class ScanAction:
     (None, or whatever the worker opened)."""
 
     needs_connection: ClassVar[bool] = False
+    #: No limit of its own: the handshake is bounded by the connect timeout (the pool's
+    #: watchdog uses the run's -t for a job whose action has none).
+    timeout: ClassVar[Optional[float]] = None
+    sudo: ClassVar[bool] = False
 
     def describe(self) -> str:
         return "keys scan"

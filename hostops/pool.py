@@ -10,28 +10,47 @@ with exactly one writer process), so the parent always knows which hosts a dead 
 held, and a worker killed in the middle of writing a result can neither wedge the
 other workers (it held no lock they need) nor leave a half message that blocks the
 parent (the parent keeps no copy of the writing end, so it sees end-of-file instead).
+
+Owns: worker processes and their slots, job hand-over (a kept connection's host goes back
+to its worker), the parent's watchdog, crash accounting, the open-file budget (-f).
+Speaks only :mod:`hostops.wire` messages. Must not import: api, cli, rollout, runbook,
+transport (or its successors).
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
 import time
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple, Union
 
+from hostops.actions import RetryAction
 from hostops.results import FAILED, INTERRUPTED, TIMEOUT, HostResult
-from hostops.settings import Options
-from hostops.worker import (ABORT, MSG_DONE, MSG_FATAL, MSG_OUTPUT, MSG_STARTED, MSG_UNSTARTED, RELEASE, STOP,
-                            STREAM_CREDIT, Job, worker_main)
+from hostops.settings import START_METHODS, Options, complete_target
+from hostops.wire import (ABORT, STOP, Done, Job, JobDone, JobOutput, JobStarted, JobUnstarted, Output, Release,
+                          ResultsChannel, Started, WorkerFailed)
+from hostops.worker import STREAM_CREDIT, worker_main
 
-START_METHODS = ("fork", "spawn", "forkserver")
+__all__ = ["START_METHODS", "Pool", "PoolError", "Event", "fit_forks", "plan", "raise_fd_limit"]
+
 #: Beyond connect-timeout + timeout + kill-grace, the parent stops waiting for a host's
 #: result (the last resort behind the worker's own deadlines).
 PARENT_SLACK = 30.0
-#: Fourth element of a "done" event whose result the parent made up (no worker logged it).
-BY_PARENT = "by-parent"
+
+#: What :meth:`Pool.run` yields.
+Event = Union[Started, Output, Done]
+
+
+class _Unstarted:
+    """Inside the pool only: ``job`` was handed back never begun (the run is aborting)."""
+
+    __slots__ = ("job",)
+
+    def __init__(self, job: Job):
+        self.job = job
 
 
 class PoolError(RuntimeError):
@@ -50,17 +69,18 @@ def _proc_start(pid: int) -> Optional[str]:
 
 
 class _Worker:
-    def __init__(self, wid: int, process, inbox, results, slots: int, forkserver: bool = False):
+    def __init__(self, wid: int, process: Any, inbox: Any, results: ResultsChannel, slots: int,
+                 forkserver: bool = False):
         self.id = wid
         self.process = process
         self.forkserver = forkserver
         self.orphan_start: Optional[str] = None  # set once its fork server died under it
-        self.inbox = inbox            # parent → worker: Job, ABORT or STOP
-        self.results = results        # worker → parent: the multiprocessing.Queue of its events
+        self.inbox = inbox            # parent → worker: Job, Abort, Release or Stop (hostops.wire)
+        self.results = results        # worker → parent: its own results channel
         self.slots = slots
         self.assigned: Set[int] = set()   # job ids sent, not yet done
         self.started: Dict[int, float] = {}  # of those, the ones begun, with when
-        self.credit = None  # --stream: released once each output piece has been shown
+        self.credit: Any = None  # --stream: released once each output piece has been shown
 
     @property
     def free(self) -> int:
@@ -109,13 +129,11 @@ class Pool:
     """``processes`` worker processes running at most ``forks`` hosts at once in total."""
 
     def __init__(self, options: Options, host_count: int):
-        self.options = options
-        method = options.start_method or os.environ.get("HOSTOPS_START_METHOD") or None
-        if method is not None and method not in START_METHODS:
-            raise PoolError(f"unknown start method {method!r}; use one of {', '.join(START_METHODS)}")
-        self.ctx = multiprocessing.get_context(method)
-        self.forks = max(1, min(options.forks, host_count))
-        wanted = options.processes or os.cpu_count() or 1
+        self.options = options  # handed to the workers whole
+        self.run_options = run = options.run_options()  # the run-wide part (a bad start method: UsageError, exit 2)
+        self.ctx: Any = multiprocessing.get_context(run.start_method)
+        self.forks = max(1, min(run.forks, host_count))
+        wanted = run.processes or os.cpu_count() or 1
         self.processes = max(1, min(wanted, self.forks))
         self.workers: Dict[int, _Worker] = {}
         self._next_id = 0
@@ -127,20 +145,21 @@ class Pool:
         self._limits: Dict[int, Optional[float]] = {}  # job id → seconds after its start it is overdue
         self._given_up: Set[int] = set()
         self._home: Dict[str, int] = {}  # host → the worker holding its kept connection
+        self._jobs: Dict[int, Job] = {}  # the current run()'s jobs by id
 
     # ------------------------------------------------------------ workers
     def _spawn(self, slots: int) -> _Worker:
         wid = self._next_id
         self._next_id += 1
         inbox_r, inbox_w = self.ctx.Pipe(duplex=False)
-        results = self.ctx.Queue()
-        credit = self.ctx.Semaphore(STREAM_CREDIT) if self.options.stream_output else None
+        results = ResultsChannel(self.ctx)
+        credit = self.ctx.Semaphore(STREAM_CREDIT) if self.run_options.stream_output else None
         process = self.ctx.Process(target=worker_main, name=f"hostops-worker-{wid}",
                                    args=(wid, inbox_r, results, self.options, slots, os.getpid()), daemon=True,
                                    kwargs={"credit": credit})
         process.start()
         inbox_r.close()
-        results._writer.close()  # type: ignore[attr-defined]  # EOF reaches us when the worker dies
+        results.started()  # EOF reaches us when the worker dies
         worker = _Worker(wid, process, inbox_w, results, slots, self.ctx.get_start_method() == "forkserver")
         worker.credit = credit
         self.workers[wid] = worker
@@ -150,14 +169,14 @@ class Pool:
         for slots in self._slot_plan:
             self._spawn(slots)
 
-    def _send_all(self, message) -> None:
+    def _send_all(self, message: Any) -> None:
         for w in self.workers.values():
             try:
                 w.inbox.send(message)
             except (OSError, ValueError):
                 pass
 
-    def release(self, hosts) -> None:
+    def release(self, hosts: Iterable[str]) -> None:
         """Close the connections kept for ``hosts`` (their part of a runbook is over)."""
         by_worker: Dict[int, List[str]] = {}
         for name in hosts:
@@ -166,7 +185,7 @@ class Pool:
                 by_worker.setdefault(wid, []).append(name)
         for wid, names in by_worker.items():
             try:
-                self.workers[wid].inbox.send((RELEASE, names))
+                self.workers[wid].inbox.send(Release(tuple(names)))
             except (OSError, ValueError):
                 pass
 
@@ -180,7 +199,7 @@ class Pool:
         for w in self.workers.values():
             if w.alive():
                 w.signal(kill=now)
-        self._reap(0.5 if now else self.options.kill_grace + 15)
+        self._reap(0.5 if now else self.run_options.kill_grace + 15)
 
     def _reap(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -194,26 +213,25 @@ class Pool:
                 limit = time.monotonic() + 2.0
                 while w.orphan_start is not None and w.alive() and time.monotonic() < limit:
                     time.sleep(0.05)
-            for conn in (w.inbox, w.results._reader):  # type: ignore[attr-defined]
-                try:
-                    conn.close()
-                except OSError:
-                    pass
+            _close_parent_ends(w)
         self.workers.clear()
 
     # ------------------------------------------------------------ run
     def run(self, jobs: Iterable[Job], wake_fd: Optional[int] = None,
-            should_abort: Callable[[], bool] = lambda: False) -> Iterator[Any]:
-        """Hand ``jobs`` to workers (never more than ``forks`` in flight) and yield events:
-        ("started", job), ("output", job, stream, data), ("done", job, HostResult), and
-        ("done", job, HostResult, BY_PARENT) for a result the parent made up because no worker
+            should_abort: Callable[[], bool] = lambda: False) -> Iterator[Event]:
+        """Hand ``jobs`` to workers (never more than ``forks`` in flight) and yield events
+        (:mod:`hostops.wire`): Started(job), Output(job, stream, data), Done(job, result), and
+        Done(job, result, by_parent=True) for a result the parent made up because no worker
         will report (and log) it: a crashed worker's host, an overdue one, one given up on.
+
+        Each job's target is completed here, in the parent, from the run's options when it
+        was built by hand with fields left None (:func:`hostops.settings.complete_target`).
 
         When ``should_abort()`` turns true (``wake_fd`` becomes readable to say so), no new
         host starts, running ones are stopped and reported, and the jobs never begun are
         left in :attr:`not_started`.
         """
-        pending: Deque[Job] = collections.deque(jobs)
+        pending: Deque[Job] = collections.deque(_completed(jobs, self.options))
         by_id: Dict[int, Job] = {j.id: j for j in pending}
         self._jobs = by_id
         remaining = len(pending)
@@ -225,33 +243,36 @@ class Pool:
                 remaining -= len(pending)
                 pending.clear()
                 self._send_all(ABORT)
-                drain_deadline = time.monotonic() + self.options.kill_grace + 15
+                drain_deadline = time.monotonic() + self.run_options.kill_grace + 15
             if not self.aborting:
                 self._dispatch(pending)
             if remaining <= 0 or not self.workers:
                 break
             if drain_deadline is not None and time.monotonic() > drain_deadline:
-                for event in self._give_up_all(by_id):
+                for given_up in self._give_up_all(by_id):
                     remaining -= 1
-                    yield _to_wire(event)  # minimal, wire helper owns this
+                    if isinstance(given_up, Done):
+                        yield given_up
+                    # else: never begun. Kept as before issue 12 (the caller ignored it, so it is
+                    # not in not_started either); see the wire helper's report.
                 break
             for event in itertools.chain(self._wait(by_id, wake_fd, drain_deadline),
                                          self._check_overdue(by_id),
                                          self._check_workers(by_id, pending)):
-                if event[0] == "unstarted":
+                if isinstance(event, _Unstarted):
                     remaining -= 1
-                    self.not_started.append(event[1])
+                    self.not_started.append(event.job)
                     continue
-                if event[0] == "done":
-                    if event[1].id in self._given_up and len(event) < 4:
+                if isinstance(event, Done):
+                    if event.job.id in self._given_up and not event.by_parent:
                         continue  # a worker's late word on a host the parent already reported
                     remaining -= 1
                     self._crashes_in_a_row = 0
-                yield _to_wire(event)  # minimal, wire helper owns this
+                yield event
 
     def in_flight(self) -> List[str]:
         """Hosts begun and not yet reported: what a caller aborting at once leaves unfinished."""
-        jobs = getattr(self, "_jobs", {})
+        jobs = self._jobs
         return [jobs[jid].target.name for w in self.workers.values() for jid in sorted(w.started)
                 if jid in jobs and jid not in self._given_up]
 
@@ -285,74 +306,74 @@ class Pool:
         return True
 
     def _wait_timeout(self, drain_deadline: Optional[float]) -> Optional[float]:
-        times = []
-        if drain_deadline is not None:
-            times.append(drain_deadline)
-        times += [t + self._limits[jid] for w in self.workers.values() for jid, t in w.started.items()
-                  if jid not in self._given_up and self._limits.get(jid) is not None]
+        times = [] if drain_deadline is None else [drain_deadline]
+        for w in self.workers.values():
+            for jid, t in w.started.items():
+                limit = self._limits.get(jid)
+                if jid not in self._given_up and limit is not None:
+                    times.append(t + limit)
         if not times:
             return None
         return max(0.0, min(times) - time.monotonic()) + 0.05
 
     def _wait(self, by_id: Dict[int, Job], wake_fd: Optional[int], drain_deadline: Optional[float]
-              ) -> Iterator[tuple]:
-        readers = {w.results._reader: w for w in self.workers.values()}  # type: ignore[attr-defined]
+              ) -> Iterator[Union[Event, _Unstarted]]:
+        readers = {w.results.reader: w for w in self.workers.values()}
         sentinels = [w.sentinel for w in self.workers.values() if w.sentinel is not None]
         extra = [wake_fd] if wake_fd is not None and not self.aborting else []
         ready = multiprocessing.connection.wait(list(readers) + sentinels + extra,
                                                 self._wait_timeout(drain_deadline))
         for reader in ready:
-            worker = readers.get(reader)  # type: ignore[arg-type]
+            worker = readers.get(reader)
             if worker is not None:
                 yield from self._drain(worker, by_id)
 
-    def _drain(self, w: _Worker, by_id: Dict[int, Job]) -> Iterator[tuple]:
+    def _drain(self, w: _Worker, by_id: Dict[int, Job]) -> Iterator[Union[Event, _Unstarted]]:
         """Everything this worker has sent so far, without blocking."""
-        reader = w.results._reader  # type: ignore[attr-defined]
         while True:
             try:
-                if not reader.poll(0):
-                    return
-                msg = w.results.get_nowait()
+                msg = w.results.take()
             except (EOFError, OSError):  # the worker is gone; _check_workers reports it
                 return
-            except Exception:  # queue.Empty, or a message cut short by the worker's death
+            except Exception:  # queue.Empty, or a message cut short by the worker's death  # noqa: BLE001
                 return
-            kind = msg[0]
-            if kind == MSG_STARTED:
-                w.started[msg[2]] = time.monotonic()
-                self._limits[msg[2]] = self.overdue_after(by_id[msg[2]])
-                yield ("started", by_id[msg[2]])
-            elif kind == MSG_OUTPUT:
+            if msg is None:
+                return
+            if isinstance(msg, JobOutput):  # first: --stream sends many of these
                 try:
-                    yield ("output", by_id[msg[2]], msg[3], msg[4])
+                    yield Output(by_id[msg.job_id], msg.stream, msg.data)
                 finally:  # shown (or the run is over): the worker may send one more piece
                     if w.credit is not None:
                         w.credit.release()
-            elif kind == MSG_DONE:
-                w.assigned.discard(msg[2])
-                w.started.pop(msg[2], None)
-                yield ("done", by_id[msg[2]], msg[3])
-            elif kind == MSG_UNSTARTED:
-                w.assigned.discard(msg[2])
-                yield ("unstarted", by_id[msg[2]])
-            elif kind == MSG_FATAL:
-                raise PoolError(msg[2])
+            elif isinstance(msg, JobStarted):
+                w.started[msg.job_id] = time.monotonic()
+                self._limits[msg.job_id] = self.overdue_after(by_id[msg.job_id])
+                yield Started(by_id[msg.job_id])
+            elif isinstance(msg, JobDone):
+                w.assigned.discard(msg.job_id)
+                w.started.pop(msg.job_id, None)
+                yield Done(by_id[msg.job_id], msg.result, by_parent=False)
+            elif isinstance(msg, JobUnstarted):
+                w.assigned.discard(msg.job_id)
+                yield _Unstarted(by_id[msg.job_id])
+            elif isinstance(msg, WorkerFailed):
+                raise PoolError(msg.message)
 
     def overdue_after(self, job: Job) -> Optional[float]:
         """Seconds after its start when ``job`` is past every deadline: its own action's timeout
-        (a runbook step's ``timeout:``; the run's -t when it has none), each retry's, the connect timeout
-        and the kill grace, plus slack. None: the action has no time limit, so no watchdog."""
-        o = self.options
-        timeout = getattr(job.action, "timeout", None) or o.timeout  # actions without one: the run's -t
+        (a runbook step's ``timeout:``, else the run's -t, filled in when the action was made;
+        see :class:`~hostops.wire.Job`), each retry's, the connect timeout and the kill grace,
+        plus slack. None: no time limit, so no watchdog."""
+        timeout = job.timeout
         if not timeout:
             return None
-        attempts = 1 + int(getattr(job.action, "retries", 0) or 0)
-        delay = float(getattr(job.action, "delay", 0) or 0)
-        connect = max(job.target.connect_timeout or 0, o.connect_timeout)
-        return connect + attempts * (timeout + o.kill_grace) + (attempts - 1) * delay + PARENT_SLACK
+        action = job.action
+        attempts, delay = (1 + action.retries, action.delay) if isinstance(action, RetryAction) else (1, 0.0)
+        # Never below the run's connect timeout: a watchdog that fires early reports a healthy host stuck.
+        connect = max(job.target.connect_timeout or 0, self.options.connect_timeout)
+        return connect + attempts * (timeout + self.run_options.kill_grace) + (attempts - 1) * delay + PARENT_SLACK
 
-    def _check_overdue(self, by_id: Dict[int, Job]) -> Iterator[tuple]:
+    def _check_overdue(self, by_id: Dict[int, Job]) -> Iterator[Done]:
         """The parent's last resort: a host past every deadline is reported, not waited for."""
         now = time.monotonic()
         for w in self.workers.values():
@@ -361,12 +382,12 @@ class Pool:
                 if jid not in self._given_up and limit is not None and now - began > limit:
                     self._given_up.add(jid)
                     job = by_id[jid]
-                    yield ("done", job, HostResult(job.target.name, TIMEOUT, start=time.time() - (now - began),
-                                                   duration=now - began, error=(
+                    yield Done(job, HostResult(job.target.name, TIMEOUT, start=time.time() - (now - began),
+                                               duration=now - began, error=(
                         f"no result after {now - began:.0f}s, past every deadline; the worker is stuck on this "
-                        "host and the remote command may still be running")), BY_PARENT)
+                        "host and the remote command may still be running")), by_parent=True)
 
-    def _give_up_all(self, by_id: Dict[int, Job]) -> Iterator[tuple]:
+    def _give_up_all(self, by_id: Dict[int, Job]) -> Iterator[Union[Done, _Unstarted]]:
         for w in self.workers.values():
             for jid in sorted(w.assigned):
                 if jid in self._given_up:
@@ -374,13 +395,13 @@ class Pool:
                 self._given_up.add(jid)
                 job = by_id[jid]
                 if jid in w.started:
-                    yield ("done", job, HostResult(job.target.name, INTERRUPTED, error=(
+                    yield Done(job, HostResult(job.target.name, INTERRUPTED, error=(
                         "interrupted; no word from the worker on cleanup, the remote command may still be running")),
-                           BY_PARENT)
+                               by_parent=True)
                 else:
-                    yield ("unstarted", job)
+                    yield _Unstarted(job)
 
-    def _check_workers(self, by_id: Dict[int, Job], pending: Deque[Job]) -> Iterator[tuple]:
+    def _check_workers(self, by_id: Dict[int, Job], pending: Deque[Job]) -> Iterator[Union[Event, _Unstarted]]:
         """A dead worker's started hosts fail (the command may have run: never retried);
         hosts it had not started go back to the queue; a new worker takes its place."""
         for wid, w in list(self.workers.items()):
@@ -393,19 +414,15 @@ class Pool:
                 if jid in self._given_up:
                     continue
                 if jid in w.started:
-                    yield ("done", job, HostResult(job.target.name, FAILED, error=(
+                    yield Done(job, HostResult(job.target.name, FAILED, error=(
                         f"worker crashed ({how}); the command may have run. Not retried: "
-                        "check the host before running it again")), BY_PARENT)
+                        "check the host before running it again")), by_parent=True)
                 elif self.aborting:
-                    yield ("unstarted", job)
+                    yield _Unstarted(job)
                 else:
                     pending.appendleft(job)
             del self.workers[wid]
-            for conn in (w.inbox, w.results._reader):  # type: ignore[attr-defined]
-                try:
-                    conn.close()
-                except OSError:
-                    pass
+            _close_parent_ends(w)
             if self.aborting:
                 continue
             self._crashes_in_a_row += 1
@@ -423,6 +440,29 @@ class Pool:
             self.close()
         else:
             self.terminate(now=exc_type is KeyboardInterrupt)
+
+
+def _close_parent_ends(w: _Worker) -> None:
+    """The parent's ends of a worker's inbox and results channel."""
+    try:
+        w.inbox.close()
+    except OSError:
+        pass
+    w.results.close_reader()
+
+
+def _completed(jobs: Iterable[Job], options: Options) -> Iterator[Job]:
+    """``jobs`` with every target field known: a target :func:`hostops.settings.resolve` made
+    passes as it is; one built by hand with fields left None is completed here, in the
+    parent, so no worker falls back on the run's options. A job whose action has no time
+    limit of its own (a key scan, an action a library user made) is watched with the run's
+    -t, as before: the worker does not enforce it, the watchdog does."""
+    for job in jobs:
+        target = complete_target(job.target, options)
+        changes: Dict[str, Any] = {} if target is job.target else {"target": target}
+        if not job.timeout and options.timeout:
+            changes["timeout"] = options.timeout
+        yield dataclasses.replace(job, **changes) if changes else job
 
 
 #: Open files one host in flight can need in a worker: the socket, the channel's wake-up
@@ -452,8 +492,6 @@ def raise_fd_limit() -> int:
 def fit_forks(options: Options, hosts: int, warn: Callable[[str], None]) -> Options:
     """Lower -f when the open-file limit cannot hold that many hosts in flight (rather than
     failing hosts with EMFILE), and say so."""
-    import dataclasses
-
     limit = raise_fd_limit()
     processes, _threads = plan(options.forks, options.processes, hosts)
     per_worker = (limit - FDS_PER_WORKER) // FDS_PER_HOST
@@ -474,13 +512,3 @@ def plan(forks: int, processes: Optional[int], hosts: int) -> Tuple[int, int]:
     f = max(1, min(forks, hosts))
     p = max(1, min(processes or os.cpu_count() or 1, f))
     return p, math.ceil(f / p)
-
-
-def _to_wire(event: tuple) -> Any:  # minimal, wire helper owns this
-    from hostops.wire import Done, Output, Started
-
-    if event[0] == "started":
-        return Started(event[1])
-    if event[0] == "output":
-        return Output(event[1], event[2], event[3])
-    return Done(event[1], event[2], by_parent=len(event) > 3)

@@ -25,8 +25,8 @@ import shlex
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from hostops import yamlfile
-from hostops.errors import CommandAborted, CommandTimeout, RunbookError, UsageError
-from hostops.results import SUCCESS
+from hostops.actions import RetryAction  # moved to hostops.actions; still importable from here
+from hostops.errors import RunbookError, UsageError
 from hostops.rollout import count_of, make_batches
 from hostops.yamlfile import LineMap, YamlProblem, type_name
 
@@ -286,47 +286,6 @@ def parse_extra_vars(pairs: Sequence[str]) -> Dict[str, str]:
 
 
 @dataclasses.dataclass
-class RetryAction:
-    """Run ``inner`` until it succeeds, at most ``retries`` more times, ``delay`` apart."""
-
-    inner: Any
-    retries: int
-    delay: float
-
-    @property
-    def timeout(self) -> Optional[float]:
-        return getattr(self.inner, "timeout", None)
-
-    def describe(self) -> str:
-        return f"{self.inner.describe()} (retries {self.retries}, delay {self.delay:g}s)"
-
-    def run(self, conn, target, ctx, on_output):
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                outcome = self.inner.run(conn, target, ctx, on_output)
-                ok = (outcome.status in SUCCESS) if outcome.status else (outcome.exit_code == 0 and not outcome.error)
-            except CommandAborted:
-                raise
-            except CommandTimeout:
-                if attempt > self.retries:
-                    raise
-                ok, outcome = False, None
-            if ok or attempt > self.retries:
-                if outcome is not None and attempt > 1:
-                    note = f"after {attempt} attempts"
-                    outcome.error = f"{outcome.error} ({note})" if outcome.error else (None if ok else note)
-                return outcome
-            if ctx is not None and ctx.abort.wait(self.delay):
-                raise CommandAborted(b"", b"", "interrupted between retries")
-            if ctx is None and self.delay:
-                import time
-
-                time.sleep(self.delay)
-
-
-@dataclasses.dataclass
 class StepPlan:
     step: Step
     actions: Dict[str, Any]       # host → the action with its variables filled in
@@ -341,9 +300,9 @@ def plan(book: Runbook, inventory, hosts: Sequence[str], extra_vars: Dict[str, A
     Variables, lowest first: inventory (group and host vars, ``inventory_hostname``) <
     the runbook's ``vars`` < ``-e key=value``.
     """
+    from hostops.actions import ExecAction
     from hostops.settings import check_stdin_with_sudo_password
     from hostops.transfer import prepare_get, prepare_put, prepare_script
-    from hostops.worker import ExecAction
 
     base = book.directory
 

@@ -1,8 +1,21 @@
-"""Run options and per-host connection settings.
+"""Run options and per-host connection settings, resolved once, in the parent.
 
 Settings resolve per host as: inventory variables > command-line flags > ssh_config
 (Host, HostName, Port, User, IdentityFile) > defaults. The result, a :class:`Target`, is
-plain picklable data: it is what crosses into worker processes.
+plain picklable data whose every field is the effective value: it is what crosses into
+worker processes, and no worker completes it from the run's options.
+
+:class:`Options` holds both kinds of settings a run has; :meth:`Options.run_options` and
+:meth:`Options.host_defaults` are the two views: what is run-wide (forks, processes, start
+method, log, output limits, kill grace) and what is only a default for each host (user,
+port, keys, timeouts, host key policy: a host's inventory or ssh_config may say otherwise).
+The action's own ``timeout`` and ``sudo`` are in neither: each action carries its own.
+
+Environment variables and option conflicts are checked here before anything starts
+(:class:`~hostops.errors.UsageError`, exit 2).
+
+Owns: Options, Target, resolve(), the checks of local inputs. Must not import: pool,
+worker, transport (or its successors), api, cli.
 """
 from __future__ import annotations
 
@@ -10,13 +23,14 @@ import dataclasses
 import getpass
 import os
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 from hostops.errors import InventoryError, UsageError
 from hostops.inventory import Inventory, connection_vars
 from hostops.secrets import Secrets
 
 HOST_KEY_POLICIES = ("strict", "accept-new", "off")
+START_METHODS = ("fork", "spawn", "forkserver")
 DEFAULT_FORKS = 50
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
@@ -47,6 +61,17 @@ class Options:
     jump: Optional[str] = None       # -J/--jump [user@]host[:port][,…] for every host
     explicit: Tuple[str, ...] = ()   # options given on the command line: they beat ssh_config
 
+    def run_options(self) -> "RunOptions":
+        """The run-wide part: the same for every host."""
+        return RunOptions(self.forks, self.processes, start_method(self), self.log, self.stream_output,
+                          self.max_output, self.kill_grace)
+
+    def host_defaults(self) -> "HostDefaults":
+        """The per-host defaults: a host's inventory variables or ssh_config may override each."""
+        return HostDefaults(self.user, self.port, tuple(self.identity_files), self.ssh_config,
+                            tuple(self.known_hosts), self.host_key_policy, self.connect_timeout, self.keepalive,
+                            self.jump, frozenset(self.explicit))
+
     def __post_init__(self) -> None:
         if self.host_key_policy not in HOST_KEY_POLICIES:
             raise UsageError(f"--host-key-policy must be one of {', '.join(HOST_KEY_POLICIES)}")
@@ -62,6 +87,9 @@ class Options:
             raise UsageError("--keepalive and --kill-grace cannot be negative")
         if self.max_output < 1024:
             raise UsageError("--max-output must be at least 1 KiB")
+        if self.start_method is not None and self.start_method not in START_METHODS:
+            raise UsageError(f"--start-method={self.start_method!r} is not a start method; use one of "
+                             f"{', '.join(START_METHODS)}")
 
     def known_hosts_files(self) -> Tuple[str, ...]:
         """--known-hosts files replace ~/.ssh/known_hosts, like OpenSSH's UserKnownHostsFile."""
@@ -71,9 +99,44 @@ class Options:
 
 
 @dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """What is run-wide: how many hosts at once, in which processes, what is logged and kept."""
+
+    forks: int
+    processes: Optional[int]
+    start_method: Optional[str]   # effective: --start-method, else $HOSTOPS_START_METHOD, else None (the default)
+    log: Optional[str]
+    stream_output: bool
+    max_output: int
+    kill_grace: float
+
+
+@dataclasses.dataclass(frozen=True)
+class HostDefaults:
+    """What each host gets unless its inventory variables or ssh_config say otherwise."""
+
+    user: Optional[str]
+    port: Optional[int]
+    identity_files: Tuple[str, ...]
+    ssh_config: Optional[str]
+    known_hosts: Tuple[str, ...]
+    host_key_policy: str
+    connect_timeout: float
+    keepalive: float
+    jump: Optional[str]
+    explicit: FrozenSet[str]      # given on the command line: they beat ssh_config
+
+
+@dataclasses.dataclass(frozen=True)
 class Target:
-    """One host, fully resolved: what a worker needs to reach it. Fields left None fall back
-    to the run's options."""
+    """One host, fully resolved: what a worker needs to reach it.
+
+    After :func:`resolve` every field is the effective value. ``connect_timeout``,
+    ``keepalive`` (0: none) and ``host_key_policy`` default to None only so that a Target
+    built by hand (a library user, a test) can leave them to the run's options:
+    :func:`complete_target` fills them in the parent before the target reaches a worker.
+    ``known_hosts`` () is the user's default files (or --known-hosts); ``hash_known_hosts``
+    None is "as ssh_config's HashKnownHosts says when a key is recorded"."""
 
     name: str
     hostname: str
@@ -112,8 +175,11 @@ def load_ssh_config(path: Optional[str]):
 
 def resolve(inventory: Inventory, names: Sequence[str], options: Options) -> List[Target]:
     """Resolve the connection settings of ``names``: inventory variables > command-line
-    flags > ssh_config > defaults. Jump hosts resolve the same way."""
+    flags > ssh_config > defaults. Jump hosts resolve the same way. Every field of every
+    target (and hop) is the effective value."""
     from hostops.sshconfig import jump_from_common_args
+
+    defaults = options.host_defaults()
 
     resolved: List[Tuple[str, Dict[str, Any]]] = []
     for name in names:
@@ -126,53 +192,74 @@ def resolve(inventory: Inventory, names: Sequence[str], options: Options) -> Lis
         conn["jump"] = str(jump) if jump else None
         resolved.append((name, conn))
     needs_ssh = any(c.get("connection", "ssh") != "local" for _n, c in resolved)
-    config = load_ssh_config(options.ssh_config) if needs_ssh else None
+    config = load_ssh_config(defaults.ssh_config) if needs_ssh else None
     queries = []
     for name, conn in resolved:
-        queries.append((conn.get("host") or name, conn.get("port") or options.port, conn.get("user") or options.user))
+        queries.append((conn.get("host") or name, conn.get("port") or defaults.port,
+                        conn.get("user") or defaults.user))
     configs = config.lookup_many(queries) if config is not None else [None] * len(resolved)
     default_user = getpass.getuser()
     targets = []
     for (name, conn), cfg in zip(resolved, configs):
         if conn.get("connection") == "local":
-            targets.append(Target(name, str(conn.get("host") or name), connection="local"))
+            targets.append(complete_target(Target(name, str(conn.get("host") or name), connection="local"),
+                                           defaults))
             continue
-        jump_spec = conn.get("jump") or options.jump or (cfg.proxy_jump if cfg else None)
-        target = _target(name, conn, cfg, options, default_user)
+        jump_spec = conn.get("jump") or defaults.jump or (cfg.proxy_jump if cfg else None)
+        target = _target(name, conn, cfg, defaults, default_user)
         if jump_spec:  # the hops may use the host's keys too (after their own), as operators expect
-            target = dataclasses.replace(target, jump=_resolve_jump(jump_spec, config, options, default_user,
+            target = dataclasses.replace(target, jump=_resolve_jump(jump_spec, config, defaults, default_user,
                                                                     target.identity_files))
         targets.append(target)
     return targets
 
 
-def _target(name: str, conn: Dict[str, Any], cfg, options: Options, default_user: str) -> Target:
+def _target(name: str, conn: Dict[str, Any], cfg: Any, defaults: HostDefaults, default_user: str) -> Target:
     from hostops.sshconfig import HostConfig
 
     cfg = cfg or HostConfig()
-    explicit = set(options.explicit)
+    explicit = defaults.explicit
     hostname = conn.get("host") or cfg.hostname or name
-    port = conn.get("port") or options.port or cfg.port or 22
-    user = conn.get("user") or options.user or cfg.user or default_user
+    port = conn.get("port") or defaults.port or cfg.port or 22
+    user = conn.get("user") or defaults.user or cfg.user or default_user
     identities: Tuple[str, ...] = ()
     if conn.get("identity_file"):
         identities = (conn["identity_file"],)
-    identities += tuple(options.identity_files)
+    identities += tuple(defaults.identity_files)
     identities += tuple(cfg.identity_files)
     identities = tuple(dict.fromkeys(os.path.expanduser(p) for p in identities))
+    # ssh_config's value unless the flag was given (or ssh_config is silent, or says 0): then the flag's.
     return Target(
         name, str(hostname), int(port), str(user), identities, "ssh",
         identities_only=cfg.identities_only,
-        connect_timeout=None if "connect_timeout" in explicit else cfg.connect_timeout,
-        keepalive=None if "keepalive" in explicit else cfg.keepalive,
-        known_hosts=() if options.known_hosts else cfg.known_hosts,
-        host_key_policy=None if "host_key_policy" in explicit else cfg.host_key_policy,
+        connect_timeout=(None if "connect_timeout" in explicit else cfg.connect_timeout) or defaults.connect_timeout,
+        keepalive=(None if "keepalive" in explicit else cfg.keepalive) or defaults.keepalive,
+        known_hosts=defaults.known_hosts or cfg.known_hosts,
+        host_key_policy=(None if "host_key_policy" in explicit else cfg.host_key_policy) or defaults.host_key_policy,
         host_key_alias=cfg.host_key_alias,
         hash_known_hosts=cfg.hash_known_hosts,
     )
 
 
-def _resolve_jump(spec: str, config, options: Options, default_user: str,
+def complete_target(target: Target, defaults: Union[Options, HostDefaults]) -> Target:
+    """``target`` with the fields left None (a Target built by hand) given the run's values;
+    ``target`` itself when none is (every target :func:`resolve` makes)."""
+    missing: Dict[str, Any] = {}
+    if target.connect_timeout is None:
+        missing["connect_timeout"] = defaults.connect_timeout
+    if target.keepalive is None:
+        missing["keepalive"] = defaults.keepalive
+    if target.host_key_policy is None:
+        missing["host_key_policy"] = defaults.host_key_policy
+    if not target.known_hosts and defaults.known_hosts:
+        missing["known_hosts"] = tuple(defaults.known_hosts)
+    hops = tuple(complete_target(h, defaults) for h in target.jump)
+    if any(h is not o for h, o in zip(hops, target.jump)):
+        missing["jump"] = hops
+    return dataclasses.replace(target, **missing) if missing else target
+
+
+def _resolve_jump(spec: str, config: Any, defaults: HostDefaults, default_user: str,
                   fallback_keys: Tuple[str, ...] = ()) -> Tuple[Target, ...]:
     from hostops.sshconfig import parse_jump
 
@@ -182,7 +269,7 @@ def _resolve_jump(spec: str, config, options: Options, default_user: str,
         cfg = config.lookup(host, port, user) if config is not None else None
         conn = {"host": host, "port": port, "user": user}
         hop = _target(f"{user + '@' if user else ''}{host}{':' + str(port) if port else ''}",
-                      {k: v for k, v in conn.items() if v}, cfg, dataclasses.replace(options, port=None, user=None),
+                      {k: v for k, v in conn.items() if v}, cfg, dataclasses.replace(defaults, port=None, user=None),
                       default_user)
         keys = tuple(dict.fromkeys(hop.identity_files + fallback_keys))
         hops.append(dataclasses.replace(hop, identity_files=keys))
@@ -213,9 +300,6 @@ def check_host_name(name: str, address: Optional[str], inventory: Optional[Inven
     raise UsageError(message)
 
 
-START_METHODS = ("fork", "spawn", "forkserver")
-
-
 def check_start_method(explicit: Optional[str]) -> None:
     """``--start-method`` (click checks it) or ``$HOSTOPS_START_METHOD``: a bad value is the
     operator's mistake (exit 2 before anything runs), not an internal error in the pool."""
@@ -224,6 +308,13 @@ def check_start_method(explicit: Optional[str]) -> None:
         where = "--start-method" if explicit else "HOSTOPS_START_METHOD"
         raise UsageError(f"{where}={value!r} is not a start method; use one of {', '.join(START_METHODS)} "
                          "(or unset it)")
+
+
+def start_method(options: Options) -> Optional[str]:
+    """The effective start method: --start-method, else ``$HOSTOPS_START_METHOD``, else None
+    (multiprocessing's default). A bad value is a UsageError (exit 2), whoever asks."""
+    check_start_method(options.start_method)
+    return options.start_method or os.environ.get("HOSTOPS_START_METHOD") or None
 
 
 def check_identity_file(path: str, flag: str = "-k") -> None:
@@ -273,9 +364,3 @@ def check_stdin_with_sudo_password(stdin: Optional[str], sudo: bool, has_sudo_pa
         raise UsageError(f"{what} cannot be combined with a sudo password (sudo reads the password from the same "
                          "stdin); configure NOPASSWD for the command, or drop the password option")
 
-
-def _int(value: Any) -> Optional[int]:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None

@@ -17,7 +17,7 @@ import secrets
 import shlex
 import stat
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import ClassVar, List, Optional, Sequence, Tuple
 
 from hostops.errors import CommandAborted, CommandTimeout, ConnectError, UsageError
 from hostops.remotefs import CHUNK, Entry, FileSystem, RemoteFileError, chunk_cache, describe_kind
@@ -100,6 +100,8 @@ class PutAction:
     sudo: bool = False
     checksum: bool = False
     timeout: Optional[float] = None
+
+    needs_connection: ClassVar[bool] = True  # the Action protocol (hostops.actions)
 
     def describe(self) -> str:
         return f"put {self.src} {self.dest}"
@@ -602,6 +604,9 @@ class GetAction:
     follow_links: bool = False
     run_id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(8))
 
+    needs_connection: ClassVar[bool] = True  # the Action protocol (hostops.actions)
+    sudo: ClassVar[bool] = False  # `get --sudo` is refused
+
     def describe(self) -> str:
         return f"get {self.src} {self.dest}"
 
@@ -888,6 +893,8 @@ class ScriptAction:
     sudo: bool = False
     timeout: Optional[float] = None
     stdin: Optional[str] = None
+
+    needs_connection: ClassVar[bool] = True  # the Action protocol (hostops.actions)
 
     def describe(self) -> str:
         return " ".join([f"script {self.path}"] + [shlex.quote(a) for a in self.args])

@@ -1,14 +1,17 @@
 """The worker process: many hosts at once, one thread per host in flight.
 
-A worker receives :class:`Job` objects on its own pipe from the parent, runs each on one
-of its threads (started once, never per host), writes the host's log record under the
-shared log Lock, and puts the result on the shared results Queue the moment the host
-finishes. Nothing but plain picklable data crosses the process boundary, and no
-exception escapes a job: errors become a HostResult that carries them.
+A worker receives :class:`~hostops.wire.Job` objects (and Abort/Stop/Release) on its own
+pipe from the parent, runs each on one of its threads (started once, never per host),
+writes the host's log record under the shared log Lock, and puts the messages of
+:mod:`hostops.wire` on its own results channel the moment the host starts, prints and
+finishes. Nothing but plain picklable data crosses the process boundary, and no exception
+escapes a job: errors become a HostResult that carries them.
+
+Owns: worker_main (setup, the inbox loop, the host threads), execute(job) -> HostResult,
+--stream's line splitting, masking and credit. Must not import: pool, api, cli, rollout.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import queue as _queue
@@ -16,52 +19,17 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
+from hostops.actions import ExecAction  # moved to hostops.actions; still importable from here
 from hostops.errors import CommandAborted, CommandTimeout, ConnectError
 from hostops.results import FAILED, INTERRUPTED, OK, TIMEOUT, UNREACHABLE, HostResult
 from hostops.secrets import Secrets, StreamMasker, redact_result
-from hostops.settings import Options, Target
+from hostops.settings import Options
+from hostops.wire import (ABORT, STOP, Abort, Job, JobDone, JobOutput, JobStarted, JobUnstarted, Release,
+                          ResultsChannel, Stop, WorkerFailed)
 
-# Messages a worker puts on the results Queue (tuples: cheap to pickle).
-MSG_STARTED = "started"      # (MSG_STARTED, worker_id, job_id)
-MSG_OUTPUT = "output"        # (MSG_OUTPUT, worker_id, job_id, stream, bytes)
-MSG_DONE = "done"            # (MSG_DONE, worker_id, job_id, HostResult)
-MSG_FATAL = "fatal"          # (MSG_FATAL, worker_id, message)
-MSG_UNSTARTED = "unstarted"  # (MSG_UNSTARTED, worker_id, job_id): handed back, never begun
-
-# What the parent sends on a worker's inbox besides Job objects.
-ABORT = "abort"              # stop what is running (clean up remote commands), report, take no more
-STOP = None                  # no more jobs: finish and exit
-RELEASE = "release"          # (RELEASE, [host, ...]): close those hosts' kept connections
-
-
-@dataclasses.dataclass
-class ExecAction:
-    """Run one shell command."""
-
-    command: str
-    timeout: Optional[float] = None
-    sudo: bool = False
-    stdin: Optional[str] = None  # a local file sent to the command's stdin on every host
-
-    def describe(self) -> str:
-        return self.command
-
-    def run(self, conn, target, ctx, on_output):
-        return conn.run(self.command, self.timeout, on_output, self.stdin, sudo=self.sudo)
-
-
-@dataclasses.dataclass
-class Job:
-    """One host's work: where to go and what to do there. ``keep``: leave the connection
-    open for the host's next job (runbook steps reuse one connection per host)."""
-
-    id: int
-    target: Target
-    action: Any
-    keep: bool = False
-    step: Optional[str] = None
+__all__ = ["ABORT", "STOP", "ExecAction", "Job", "execute", "worker_main"]
 
 
 def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = None) -> HostResult:
@@ -75,7 +43,7 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
     def result(status: str, **kw: Any) -> HostResult:
         return HostResult(name, status, start=start, duration=time.monotonic() - t0, step=job.step, **kw)
 
-    needs_connection = getattr(job.action, "needs_connection", True)  # keys scan: handshake only, no login
+    needs_connection = job.action.needs_connection  # keys scan: handshake only, no login
     conn = ctx.connections.pop(name, None) if (job.keep and ctx is not None and needs_connection) else None
     if conn is not None and not conn.alive():
         conn.close()
@@ -85,7 +53,7 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
             conn = connect(job.target, ctx)
         except ConnectError as exc:
             return result(UNREACHABLE, error=str(exc))
-        except Exception as exc:  # a bug or an unexpected library error: report, don't crash the worker
+        except Exception as exc:  # noqa: BLE001 - a bug or an unexpected library error: report, don't crash the worker
             return result(UNREACHABLE, error=f"unexpected error while connecting: {type(exc).__name__}: {exc}")
     keep = job.keep
     try:
@@ -93,13 +61,13 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
     except CommandAborted as exc:
         return result(INTERRUPTED, stdout=exc.stdout, stderr=exc.stderr, error=exc.note or "interrupted")
     except CommandTimeout as exc:
-        limit = getattr(job.action, "timeout", None)
+        limit = job.action.timeout  # the worker enforces the action's own (none: none)
         note = exc.note or (f"timed out after {limit:g}s (--timeout)" if limit else "timed out")
         return result(TIMEOUT, stdout=exc.stdout, stderr=exc.stderr, error=note)
     except ConnectError as exc:
         keep = False
         return result(UNREACHABLE, error=str(exc))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - an action's bug is this host's failure, not the worker's
         keep = False
         return result(FAILED, error=f"unexpected error: {type(exc).__name__}: {exc}")
     finally:
@@ -237,123 +205,155 @@ def _die_with_parent(parent_pid: int) -> None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
+    except Exception:  # noqa: BLE001 - not Linux, or no libc: the inbox's EOF still says the parent died
         pass
     # The parent died before prctl took effect: we were handed to init (or a subreaper).
     if os.getppid() != parent_pid:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def worker_main(worker_id: int, inbox, results, options: Options, threads: int, parent_pid: int,
-                credit=None) -> None:
+def worker_main(worker_id: int, inbox: Any, results: ResultsChannel, options: Options, threads: int,
+                parent_pid: int, credit: Any = None) -> None:
     """Entry point of a worker process (must stay importable under spawn). ``credit``: the
     semaphore bounding --stream pieces in flight (see STREAM_CREDIT)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
 
-    def on_term(signum, frame):
+    def on_term(_signum: int, _frame: Any) -> None:
         raise _Terminated()
 
     signal.signal(signal.SIGTERM, on_term)
     _die_with_parent(parent_pid)
     try:
-        from hostops.log import maybe_open
-        from hostops.workerctx import WorkerContext
-
-        # paramiko imports Fabric's invoke, when installed, for ssh_config "Match exec", which a
-        # worker never evaluates (ssh_config is resolved in the parent): ~0.1 s per worker.
-        if "invoke" not in sys.modules:
-            sys.modules["invoke"] = None  # type: ignore[assignment]
-        import paramiko  # noqa: F401 - import once, before threads race to import it
-
-        # paramiko logs a traceback at ERROR when a handshake fails (a banner that never comes,
-        # a peer that hangs up); with no handler configured Python prints it on the CLI's stderr.
-        # Every such failure already reaches the user as the host's one-line error.
-        logging.getLogger("paramiko").addHandler(logging.NullHandler())
-
-        log = maybe_open(options.log, options.secrets)
-        ctx = WorkerContext(options)
+        log, ctx = _setup(options)
     except _Terminated:
         return
-    except Exception as exc:
-        results.put((MSG_FATAL, worker_id, f"worker {worker_id} could not start: {exc}"))
+    except Exception as exc:  # noqa: BLE001 - any failure to start is reported to the parent, which stops the run
+        results.put(WorkerFailed(f"worker {worker_id} could not start: {exc}"))
         results.close()
-        results.join_thread()
         return
-    jobs: "_queue.Queue[Optional[Job]]" = _queue.Queue()
+    worker = _HostThreads(options, results, ctx, log, credit)
+    pool: List[threading.Thread] = [threading.Thread(target=worker.serve, name=f"host-{i}", daemon=True)
+                                    for i in range(threads)]
+    for t in pool:
+        t.start()
+    try:
+        worker.read_inbox(inbox)
+    except _Terminated:
+        ctx.request_abort()
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # cleanup below is bounded; let it finish
+        worker.shut_down(pool)
 
-    def serve() -> None:
+
+def _setup(options: Options) -> Tuple[Any, Any]:
+    """(the run log or None, the WorkerContext): what every host thread of this worker shares."""
+    from hostops.log import maybe_open
+    from hostops.workerctx import WorkerContext
+
+    # paramiko imports Fabric's invoke, when installed, for ssh_config "Match exec", which a
+    # worker never evaluates (ssh_config is resolved in the parent): ~0.1 s per worker.
+    if "invoke" not in sys.modules:
+        sys.modules["invoke"] = None  # type: ignore[assignment]
+    import paramiko  # noqa: F401 - import once, before threads race to import it
+
+    # paramiko logs a traceback at ERROR when a handshake fails (a banner that never comes,
+    # a peer that hangs up); with no handler configured Python prints it on the CLI's stderr.
+    # Every such failure already reaches the user as the host's one-line error.
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+    log = maybe_open(options.log, options.secrets)
+    return log, WorkerContext(options)
+
+
+class _HostThreads:
+    """A worker's host threads and its inbox: jobs from the parent go to the threads, each
+    runs one host at a time and reports it on the results channel."""
+
+    def __init__(self, options: Options, results: ResultsChannel, ctx: Any, log: Any, credit: Any):
+        self.options = options
+        self.results = results
+        self.ctx = ctx
+        self.log = log
+        self.credit = credit
+        self.jobs: "_queue.Queue[Optional[Job]]" = _queue.Queue()
+
+    def serve(self) -> None:
+        """One host thread: run jobs until told to stop (None)."""
+        options, results, ctx = self.options, self.results, self.ctx
         while True:
-            job = jobs.get()
+            job = self.jobs.get()
             if job is None:
                 return
             if ctx.abort.is_set():
-                results.put((MSG_UNSTARTED, worker_id, job.id))
+                results.put(JobUnstarted(job.id))
                 continue
-            results.put((MSG_STARTED, worker_id, job.id))
+            results.put(JobStarted(job.id))
             splitter = sender = None
             if options.stream_output:
-                sender = _StreamSender(lambda s, d, j=job.id: results.put(
-                    (MSG_OUTPUT, worker_id, j, s, options.secrets.redact(d))), credit, ctx.abort,
-                    getattr(job.action, "timeout", None))
+                def send(stream: str, data: bytes, j: int = job.id) -> None:
+                    results.put(JobOutput(j, stream, options.secrets.redact(data)))
+
+                sender = _StreamSender(send, self.credit, ctx.abort, job.action.timeout)
                 splitter = _MaskedStreams(options.secrets, _LineSplitter(sender))
             try:
                 res = execute(job, ctx, splitter)
-            except BaseException as exc:  # last resort: a result must always come back
+            except BaseException as exc:  # noqa: BLE001 - last resort: a result must always come back
                 res = HostResult(job.target.name, FAILED, error=f"internal error: {exc!r}", step=job.step)
             if splitter:
                 splitter.flush()
             if sender is not None and sender.note():
                 res.error = (res.error + "; " if res.error else "") + str(sender.note())
-            redact_result(res, options.secrets)  # before it is logged or leaves this process
-            if log is not None:
-                try:
-                    log.write({"event": "host", **res.to_json()})
-                except OSError as exc:
-                    res.error = (res.error + "; " if res.error else "") + f"could not write log: {exc.strerror or exc}"
-            results.put((MSG_DONE, worker_id, job.id, res))
+            self._report(job, res)
 
-    pool: List[threading.Thread] = [threading.Thread(target=serve, name=f"host-{i}", daemon=True)
-                                    for i in range(threads)]
-    for t in pool:
-        t.start()
-    try:
+    def _report(self, job: Job, res: HostResult) -> None:
+        redact_result(res, self.options.secrets)  # before it is logged or leaves this process
+        if self.log is not None:
+            try:
+                self.log.write({"event": "host", **res.to_json()})
+            except OSError as exc:
+                res.error = (res.error + "; " if res.error else "") + f"could not write log: {exc.strerror or exc}"
+        self.results.put(JobDone(job.id, res))
+
+    def read_inbox(self, inbox: Any) -> None:
+        """Until Stop (or the parent's end): jobs to the threads, Abort and Release done here."""
+        ctx = self.ctx
         while True:
             try:
                 msg = inbox.recv()
             except EOFError:  # the parent is gone: stop taking work
                 ctx.request_abort()
                 break
-            if msg is STOP:
+            if isinstance(msg, Stop):
                 break
-            if msg == ABORT:
+            if isinstance(msg, Abort):
                 ctx.request_abort()
                 continue
-            if isinstance(msg, tuple) and msg and msg[0] == RELEASE:
-                for name in msg[1]:
-                    conn = ctx.connections.pop(name, None)
-                    if conn is not None:
-                        try:
-                            conn.close()
-                        except Exception:
-                            pass
+            if isinstance(msg, Release):
+                for name in msg.hosts:
+                    _close_quietly(ctx.connections.pop(name, None))
                 continue
-            jobs.put(msg)
-    except _Terminated:
-        ctx.request_abort()
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # cleanup below is bounded; let it finish
+            self.jobs.put(msg)
+
+    def shut_down(self, pool: List[threading.Thread]) -> None:
+        """Bounded: threads hand back jobs not yet begun (abort) and stop, connections close."""
+        ctx = self.ctx
         for _ in pool:  # threads hand back jobs not yet begun (abort), then stop
-            jobs.put(None)
-        deadline = time.monotonic() + options.kill_grace + 15
+            self.jobs.put(None)
+        deadline = time.monotonic() + self.options.kill_grace + 15
         for t in pool:
             t.join(max(0.1, deadline - time.monotonic()))
         for conn in list(ctx.connections.values()):  # runbook connections kept between steps
-            try:
-                conn.close()
-            except Exception:
-                pass
+            _close_quietly(conn)
         ctx.close_jumps()
-        if log is not None:
-            log.close()
-        results.close()
-        results.join_thread()
+        if self.log is not None:
+            self.log.close()
+        self.results.close()
+
+
+def _close_quietly(conn: Any) -> None:
+    if conn is None:
+        return
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - a connection already broken: closing it is all that was asked
+        pass

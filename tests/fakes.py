@@ -12,6 +12,8 @@ class SleepAction:
     """Sleeps a per-host number of seconds, then succeeds with the host's name as output."""
 
     timeout = None
+    sudo = False
+    needs_connection = True
 
     def __init__(self, seconds: Dict[str, float]):
         self.seconds = seconds

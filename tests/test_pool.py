@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hostops.api import run_command
+from hostops import pool as pool_module
 from hostops.pool import Pool, plan
 from hostops.settings import Options, Target
 
@@ -70,3 +71,63 @@ def test_results_stream_before_the_run_ends():
         results[r.host] = r
     assert list(received) == ["fast", "slow"]
     assert received["fast"] < results["slow"].start + results["slow"].duration
+
+
+# ------------------------------------------------------------------ named messages (hostops.wire)
+def test_messages_pickle_small_and_back_equal():
+    import pickle
+
+    from hostops.results import HostResult
+    from hostops.wire import (ABORT, STOP, Abort, JobDone, JobOutput, JobStarted, JobUnstarted, Release, Stop,
+                              WorkerFailed)
+
+    for msg in (JobStarted(3), JobOutput(3, "stdout", b"line\n"), JobDone(3, HostResult("h", "ok")), JobUnstarted(4),
+                WorkerFailed("no log"), Release(("a", "b")), ABORT, STOP):
+        back = pickle.loads(pickle.dumps(msg))
+        assert back == msg and type(back) is type(msg)
+        assert not hasattr(msg, "__dict__")  # slotted: cheap to pickle
+    assert isinstance(pickle.loads(pickle.dumps(ABORT)), Abort) and isinstance(pickle.loads(pickle.dumps(STOP)), Stop)
+    with pytest.raises(Exception):
+        JobStarted(3).job_id = 4  # type: ignore[misc]  # frozen
+
+
+def test_events_name_the_job_and_say_who_made_the_result():
+    from fakes import SleepAction
+
+    from hostops.wire import Done, Job, Started
+
+    targets = local_targets(2)
+    jobs = [Job(i, t, SleepAction({})) for i, t in enumerate(targets)]
+    with Pool(Options(forks=2, processes=1), host_count=2) as pool:
+        events = list(pool.run(jobs))
+    done = [e for e in events if isinstance(e, Done)]
+    assert sorted(e.job.target.name for e in done) == ["l00", "l01"]
+    assert all(not e.by_parent and e.result.ok for e in done)
+    assert sorted(e.job.id for e in events if isinstance(e, Started)) == [0, 1]
+
+
+def test_each_job_carries_its_actions_timeout_and_sudo():
+    """The watchdog reads the job's timeout: its action's own, whatever the run's -t; the
+    run's -t only for an action made without one (a key scan, a library user's action)."""
+    from hostops.actions import ExecAction
+    from hostops.pool import _completed
+    from hostops.wire import Job
+
+    pool = Pool(Options(timeout=1, connect_timeout=2, kill_grace=3), host_count=1)
+    target = Target("h", "localhost")
+    own = Job(0, target, ExecAction("true", timeout=60, sudo=True))
+    assert (own.timeout, own.sudo) == (60, True)
+    assert pool.overdue_after(own) == 2 + 60 + 3 + pool_module.PARENT_SLACK
+    assert pool.overdue_after(Job(0, target, ExecAction("true"))) is None
+    [(given, bare)] = [list(_completed([own, Job(1, target, ExecAction("true"))], pool.options))]
+    assert (given.timeout, bare.timeout, bare.sudo) == (60, 1, False)
+
+
+def test_a_hand_made_target_is_completed_in_the_parent():
+    from hostops.actions import ExecAction
+    from hostops.pool import _completed
+    from hostops.wire import Job
+
+    jobs = [Job(0, Target("h", "localhost", connection="local"), ExecAction("true"))]
+    [job] = list(_completed(jobs, Options(connect_timeout=4.0)))
+    assert job.target.connect_timeout == 4.0 and job.target.host_key_policy == "strict"

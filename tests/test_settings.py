@@ -12,7 +12,7 @@ import pytest
 from hostops.errors import UsageError
 from hostops.exitcodes import ExitCode
 from hostops.inventory import Inventory
-from hostops.settings import DEFAULT_FORKS, Options, Target, resolve
+from hostops.settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_FORKS, Options, Target, complete_target, resolve
 
 SSH_CONFIG = """\
 Host web1
@@ -71,7 +71,8 @@ def one(inv, name, **opts) -> Target:
 # ------------------------------------------------------------------ defaults
 def test_defaults_without_any_config(inv):
     t = one(inv, "web2")
-    assert t == Target("web2", "web2", 22, getpass.getuser(), (), "ssh")
+    assert t == Target("web2", "web2", 22, getpass.getuser(), (), "ssh", connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+                       keepalive=Options().keepalive, host_key_policy="strict")
 
 
 def test_default_ssh_config_is_read_from_home(inv, isolated_home):
@@ -272,3 +273,62 @@ def test_known_hosts_files(isolated_home):
     assert Options().known_hosts_files() == (os.path.join(str(isolated_home), ".ssh", "known_hosts"),)
     assert Options(known_hosts=("/a", "~/b")).known_hosts_files() == (
         "/a", os.path.join(str(isolated_home), "b"))
+
+
+# ------------------------------------------------------------------ resolved once, in the parent
+def test_every_target_field_is_the_effective_value(inv, tmp_path):
+    """No field is left None for a worker to complete from the run's options: ssh_config's
+    value where it has one, else the flag's (or its default); a flag given beats ssh_config."""
+    cfg = tmp_path / "cfg"
+    cfg.write_text("Host web1\n    ConnectTimeout 42\n    ServerAliveInterval 7\n    StrictHostKeyChecking no\n"
+                   "Host web2\n    ConnectTimeout 0\n")
+    web1 = one(inv, "web1", ssh_config=str(cfg), connect_timeout=3.0, keepalive=4.0, host_key_policy="accept-new")
+    assert (web1.connect_timeout, web1.keepalive, web1.host_key_policy) == (42.0, 7.0, "off")
+    web2 = one(inv, "web2", ssh_config=str(cfg), connect_timeout=3.0, keepalive=0.0)
+    assert (web2.connect_timeout, web2.keepalive, web2.host_key_policy) == (3.0, 0.0, "strict")  # 0: none
+    given = one(inv, "web1", ssh_config=str(cfg), connect_timeout=3.0, keepalive=4.0, host_key_policy="strict",
+                explicit=("connect_timeout", "keepalive", "host_key_policy"))
+    assert (given.connect_timeout, given.keepalive, given.host_key_policy) == (3.0, 4.0, "strict")
+    assert one(inv, "web2", known_hosts=("/kh",)).known_hosts == ("/kh",)
+    for t in (web1, web2, given):
+        assert all(getattr(t, f) is not None for f in ("connect_timeout", "keepalive", "host_key_policy"))
+
+
+def test_jump_hosts_and_local_hosts_are_resolved_too(inv, tmp_path):
+    [t] = resolve(inv, ["web2"], Options(jump="bastion", connect_timeout=5.0))
+    assert t.jump and t.jump[0].connect_timeout == 5.0 and t.jump[0].host_key_policy == "strict"
+    local = Target("l", "localhost", connection="local")
+    assert complete_target(local, Options(connect_timeout=2.0)).connect_timeout == 2.0
+
+
+def test_complete_target_keeps_a_resolved_target_as_it_is():
+    t = Target("h", "h", connect_timeout=1.0, keepalive=0.0, host_key_policy="off")
+    assert complete_target(t, Options(connect_timeout=9.0, host_key_policy="strict")) is t
+    bare = complete_target(Target("h", "h"), Options(connect_timeout=9.0, keepalive=3.0, known_hosts=("/k",)))
+    assert (bare.connect_timeout, bare.keepalive, bare.host_key_policy, bare.known_hosts) == (9.0, 3.0, "strict",
+                                                                                            ("/k",))
+
+
+def test_run_options_and_host_defaults_are_separate_views(monkeypatch):
+    monkeypatch.setenv("HOSTOPS_START_METHOD", "spawn")
+    o = Options(forks=3, user="u", connect_timeout=2.0, timeout=9.0, sudo=True)
+    run = o.run_options()
+    assert (run.forks, run.start_method) == (3, "spawn")   # the environment is read once, here
+    hosts = o.host_defaults()
+    assert (hosts.user, hosts.connect_timeout) == ("u", 2.0)
+    for view in (run, hosts):  # an action's own timeout and sudo belong to neither
+        assert not hasattr(view, "timeout") and not hasattr(view, "sudo")
+
+
+def test_a_bad_start_method_is_a_usage_error_wherever_it_comes_from(monkeypatch):
+    """HOSTOPS_START_METHOD=bogus used to be 'internal error … please report it' (exit 1)
+    from the pool: it is the operator's mistake, exit 2, for library callers too."""
+    from hostops.pool import Pool
+
+    monkeypatch.setenv("HOSTOPS_START_METHOD", "bogus")
+    with pytest.raises(UsageError) as info:
+        Pool(Options(), host_count=1)
+    assert info.value.exit_code == ExitCode.USAGE and "HOSTOPS_START_METHOD='bogus'" in str(info.value)
+    monkeypatch.delenv("HOSTOPS_START_METHOD")
+    with pytest.raises(UsageError):
+        Options(start_method="bogus")

@@ -110,6 +110,8 @@ def test_sudo_wrapping_never_prompts_and_quotes():
 # ------------------------------------------------------------------ worker error mapping
 class _Action:
     timeout = 7.0
+    sudo = False
+    needs_connection = True
 
     def __init__(self, exc=None, outcome=None):
         self.exc, self.outcome = exc, outcome

@@ -62,7 +62,7 @@ def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, ste
 def exec_cmd(command: str, inventories, adhoc_hosts, pattern, stdin_file, **kw: Any) -> int:
     """Run COMMAND on every selected host."""
     from hostops.transfer import check_stdin
-    from hostops.worker import ExecAction
+    from hostops.actions import ExecAction
 
     options = build_options(kw, stdin_file)
     output_mode(kw)
