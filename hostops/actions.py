@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Protocol, runtime_checkable
 
 from hostops.errors import CommandAborted, CommandTimeout
 from hostops.results import SUCCESS
 
 if TYPE_CHECKING:
-    from hostops.transport import CommandOutcome
+    from hostops.connection import CommandOutcome
 
 OutputCallback = Callable[[str, bytes], None]
 
@@ -45,6 +45,15 @@ class Action(Protocol):
     def describe(self) -> str: ...
 
     def run(self, conn: Any, target: Any, ctx: Any, on_output: Optional[OutputCallback]) -> "CommandOutcome": ...
+
+
+
+@runtime_checkable
+class LeavesLocalFiles(Protocol):
+    """An action that writes local files while it runs (``get``): when its worker dies, nothing
+    in that worker removes them, so the parent calls ``discard_partial`` for the host."""
+
+    def discard_partial(self, target: Any) -> None: ...
 
 
 @dataclasses.dataclass

@@ -61,7 +61,7 @@ class ScanAction:
     def describe(self) -> str:
         return "keys scan"
 
-    def run(self, conn, target: Target, ctx, on_output):
+    def run(self, conn, target: Target, ctx, on_output):  # noqa: ARG002  (the Action protocol; no login)
         from hostops.connection import CommandOutcome
 
         key = fetch_host_key(target, ctx)
@@ -164,7 +164,7 @@ def normalize_fingerprint(text: str) -> str:
 
 
 def accept(reports: Sequence[KeyReport], path: str, fingerprints: Sequence[str] = (),
-           hashed: Callable[[str], bool] = lambda name: False) -> None:
+           hashed: Callable[[str], bool] = lambda name: False) -> None:  # noqa: ARG005
     """Record the new keys among ``reports`` in known_hosts ``path`` (one locked write),
     marking each report's ``recorded``/``note``. With ``fingerprints``, only keys whose
     fingerprint is listed; an unverifiable host's key only then. Changed and revoked keys

@@ -42,7 +42,7 @@ def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, ste
 
     mode = output_mode(kw)
     if steps is None:
-        steps = [StepRun(getattr(action, "describe", lambda: "run")(), lambda target: action)]
+        steps = [StepRun(action.describe(), lambda _target: action)]
     spec = spec if spec is not None else rollout_spec(kw)
     renderer = make_renderer(mode, total=len(targets), progress=not kw["no_progress"], outdir=kw["outdir"],
                              raw=kw.get("raw", False))
