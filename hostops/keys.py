@@ -27,7 +27,7 @@ from typing import (
     Tuple,
 )
 
-from hostops import knownhosts
+from hostops import knownhosts, knownhosts_write
 from hostops.errors import ConnectError
 from hostops.knownhosts import (
     CHANGED,
@@ -189,7 +189,7 @@ def accept(reports: Sequence[KeyReport], path: str, fingerprints: Sequence[str] 
         to_write.setdefault((rep.address, rep.key_type, rep.key), []).append(rep)
     if not to_write:
         return
-    for rec in knownhosts.record_keys(path, list(to_write), hashed):
+    for rec in knownhosts_write.record_keys(path, list(to_write), hashed):
         for rep in to_write[(rec.name, rec.key_type, rec.blob)]:
             if rec.outcome == "added":
                 rep.recorded, rep.note = True, f"recorded in {path}:{rec.line}"

@@ -180,7 +180,7 @@ def accept_cmd(inventories, adhoc_hosts, pattern, fingerprints, hash_known_hosts
     forget. Exit 0 when every selected host's key is now in known_hosts, else 4.
     """
     from hostops.keys import accept, normalize_fingerprint
-    from hostops.knownhosts import hash_wanted, write_file
+    from hostops.knownhosts_write import hash_wanted, write_file
 
     mode = _check_modes(kw)
     for fp in fingerprints:
@@ -217,7 +217,8 @@ def forget_cmd(names: Sequence[str], inventories, adhoc_hosts, pattern, known_ho
     /etc/ssh/ssh_known_hosts are left alone (and reported). Each file is rewritten under
     its lock through a temporary file.
     """
-    from hostops.knownhosts import KnownHosts, forget_names, read_files, user_files
+    from hostops.knownhosts import KnownHosts, read_files, user_files
+    from hostops.knownhosts_write import forget_names
 
     wanted: list[str] = [n.strip() for n in names if n.strip()]
     if inventories or adhoc_hosts:
