@@ -157,7 +157,7 @@ def test_swap_right_after_the_write_is_refused(lab, known_hosts, tmp_path, victi
 def test_swap_between_the_check_and_the_rename_never_leaves_a_link(lab, known_hosts, tmp_path, victim, mocker):
     """Swapped after the last check, just before rename(2): what gets renamed into place is the
     link. hostops sees it, removes the link and refuses the host; the victim is untouched."""
-    from hostops.remotefs import SFTPFileSystem
+    from hostops.sftpfs import SFTPFileSystem
 
     vdir, vfile = victim
     before = fingerprint(vfile)
