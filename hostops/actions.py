@@ -2,13 +2,14 @@
 
 Owns: the protocol every action meets (the worker, the pool's watchdog and the renderers read
 these members and nothing else), :class:`ExecAction` (one shell command) and
-:class:`RetryAction` (a runbook step's ``retries:``). The transfer actions (put, get,
-script) live in :mod:`hostops.transfer`, the key scan in :mod:`hostops.keys`.
+:class:`RetryAction` (a runbook step's ``retries:``). The transfer actions live in
+:mod:`hostops.put`, :mod:`hostops.get` and :mod:`hostops.script` (their shared helpers in
+:mod:`hostops.transfer`), the key scan in :mod:`hostops.keys`.
 
 An action is plain picklable data: it crosses into the worker inside a Job. Its ``timeout``
 and ``sudo`` are its own (a runbook step's, else the run's, filled in when it is made).
 
-Must not import: pool, worker, api, cli, runbook, transfer (they import this module).
+Must not import: pool, worker, api, cli, runbook, transfer, put, get, script (they import this module).
 """
 from __future__ import annotations
 

@@ -307,7 +307,9 @@ def plan(book: Runbook, inventory, hosts: Sequence[str], extra_vars: Dict[str, A
     """
     from hostops.actions import ExecAction
     from hostops.settings import check_stdin_with_sudo_password
-    from hostops.transfer import prepare_get, prepare_put, prepare_script
+    from hostops.get import prepare_get
+    from hostops.put import prepare_put
+    from hostops.script import prepare_script
 
     base = book.directory
 
