@@ -1,8 +1,9 @@
 """hostops: run commands on many hosts over SSH, in parallel.
 
-Data flow, one module each: inventory → selection → settings → pool → worker →
-transport → results → output / log. The names below are the library API; importing
-them does not import paramiko (connections import it lazily).
+Data flow (hostops/README.md has one line per module): cli → inventory → selection →
+settings → api → rollout → pool → worker → ssh/local → results → output / log. The names
+below are the library API; importing them does not import paramiko (connections import
+it lazily).
 """
 from __future__ import annotations
 

@@ -2,25 +2,26 @@
 
 Owns: the protocol every action meets (the worker, the pool's watchdog and the renderers read
 these members and nothing else), :class:`ExecAction` (one shell command) and
-:class:`RetryAction` (a runbook step's ``retries:``). The transfer actions (put, get,
-script) live in :mod:`hostops.transfer`, the key scan in :mod:`hostops.keys`.
+:class:`RetryAction` (a runbook step's ``retries:``). The transfer actions live in
+:mod:`hostops.put`, :mod:`hostops.get` and :mod:`hostops.script` (their shared helpers in
+:mod:`hostops.transfer`), the key scan in :mod:`hostops.keys`.
 
 An action is plain picklable data: it crosses into the worker inside a Job. Its ``timeout``
 and ``sudo`` are its own (a runbook step's, else the run's, filled in when it is made).
 
-Must not import: pool, worker, api, cli, runbook, transfer (they import this module).
+Must not import: pool, worker, api, cli, runbook, transfer, put, get, script (they import this module).
 """
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Protocol, runtime_checkable
 
 from hostops.errors import CommandAborted, CommandTimeout
 from hostops.results import SUCCESS
 
 if TYPE_CHECKING:
-    from hostops.transport import CommandOutcome
+    from hostops.connection import CommandOutcome
 
 OutputCallback = Callable[[str, bytes], None]
 
@@ -45,6 +46,15 @@ class Action(Protocol):
     def describe(self) -> str: ...
 
     def run(self, conn: Any, target: Any, ctx: Any, on_output: Optional[OutputCallback]) -> "CommandOutcome": ...
+
+
+
+@runtime_checkable
+class LeavesLocalFiles(Protocol):
+    """An action that writes local files while it runs (``get``): when its worker dies, nothing
+    in that worker removes them, so the parent calls ``discard_partial`` for the host."""
+
+    def discard_partial(self, target: Any) -> None: ...
 
 
 @dataclasses.dataclass

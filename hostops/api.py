@@ -28,10 +28,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from hostops.actions import ExecAction
+from hostops.actions import ExecAction, LeavesLocalFiles
 from hostops.hostlist import compact
 from hostops.log import maybe_open
-from hostops.pool import Pool, fit_forks
+from hostops.fdlimit import fit_forks
+from hostops.pool import Pool
 from hostops.results import INTERRUPTED, HostResult, RunReport
 from hostops.rollout import RolloutSpec, StepRun, rollout
 from hostops.settings import Options, Target
@@ -107,7 +108,7 @@ class _Interrupts:
         os.set_blocking(self.write_fd, False)
         self._previous: dict = {}
 
-    def __call__(self, signum: int, frame: Any) -> None:
+    def __call__(self, signum: int, frame: Any) -> None:  # noqa: ARG002  (a signal handler's signature)
         now = time.monotonic()
         if self.count and now - self.first < ABORT_WINDOW:
             return  # the first interrupt again: the clean stop is already under way
@@ -300,10 +301,9 @@ class Session:
 def _discard_partial(job: Job) -> None:
     """A host reported by the parent (its worker died): nothing ran in that worker to remove
     what it was writing locally (``get``'s partial files), so the action's own cleanup runs here."""
-    discard = getattr(job.action, "discard_partial", None)
-    if discard is not None:
+    if isinstance(job.action, LeavesLocalFiles):
         try:
-            discard(job.target)
+            job.action.discard_partial(job.target)
         except Exception:  # noqa: BLE001, S110 - cleanup is best effort; the host is reported failed either way
             pass
 
@@ -325,7 +325,7 @@ def run(targets: Sequence[Target], action: Any, options: Options, *, on_start: O
     finished = set()
     error: BaseException | None = None
     try:
-        session.start(_describe(action), [t.name for t in targets])
+        session.start(action.describe(), [t.name for t in targets])
         for result in session.run(targets, action):
             finished.add(result.host)
             yield result
@@ -344,11 +344,6 @@ def run(targets: Sequence[Target], action: Any, options: Options, *, on_start: O
 def run_command(targets: Sequence[Target], command: str, options: Options, **kw: Any) -> Iterator[HostResult]:
     """Run one shell command on every target (``hostops exec``)."""
     return run(targets, ExecAction(command, options.timeout, options.sudo), options, **kw)
-
-
-def _describe(action: Any) -> Any:
-    describe = getattr(action, "describe", None)
-    return describe() if describe else repr(action)
 
 
 def _loggable(options: Options) -> dict:

@@ -30,7 +30,7 @@ import os
 import threading
 from typing import List, Optional, Sequence
 
-from hostops import knownhosts
+from hostops import knownhosts, knownhosts_write
 from hostops.errors import HostKeyError
 from hostops.knownhosts import CHANGED, KNOWN, NEW, REVOKED_KEY, UNVERIFIABLE, KnownHosts, Verdict
 
@@ -120,17 +120,17 @@ class HostKeyChecker:
                 return bool(self.hash_known_hosts)
         else:
             def hashed(n: str) -> bool:
-                return knownhosts.hash_wanted(n, self.ssh_config)
+                return knownhosts_write.hash_wanted(n, self.ssh_config)
         try:
-            (rec,) = knownhosts.record_keys(path, [(name, key.get_name(), key.asbytes())], hashed)
-        except (knownhosts.KnownHostsError, OSError) as exc:
+            (rec,) = knownhosts_write.record_keys(path, [(name, key.get_name(), key.asbytes())], hashed)
+        except (knownhosts_write.KnownHostsError, OSError) as exc:
             raise HostKeyError(f"host key unknown for {name} ({key.get_name()} {fingerprint(key)}) and it "
                                f"could not be recorded: {exc}", "hostkey-unknown") from None
         if rec.outcome == CHANGED:
             raise changed_error(rec.verdict, path)  # type: ignore[arg-type]
         if rec.outcome == REVOKED_KEY:
             raise revoked_error(rec.verdict)  # type: ignore[arg-type]
-        entry = knownhosts.parse_line(knownhosts.format_line(name, key.get_name(), key.asbytes(), False), path,
+        entry = knownhosts.parse_line(knownhosts_write.format_line(name, key.get_name(), key.asbytes(), False), path,
                                       rec.line or 0)
         if entry is not None:
             with self._lock:

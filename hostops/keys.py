@@ -27,7 +27,7 @@ from typing import (
     Tuple,
 )
 
-from hostops import knownhosts
+from hostops import knownhosts, knownhosts_write
 from hostops.errors import ConnectError
 from hostops.knownhosts import (
     CHANGED,
@@ -61,7 +61,7 @@ class ScanAction:
     def describe(self) -> str:
         return "keys scan"
 
-    def run(self, conn, target: Target, ctx, on_output):
+    def run(self, conn, target: Target, ctx, on_output):  # noqa: ARG002  (the Action protocol; no login)
         from hostops.connection import CommandOutcome
 
         key = fetch_host_key(target, ctx)
@@ -164,7 +164,7 @@ def normalize_fingerprint(text: str) -> str:
 
 
 def accept(reports: Sequence[KeyReport], path: str, fingerprints: Sequence[str] = (),
-           hashed: Callable[[str], bool] = lambda name: False) -> None:
+           hashed: Callable[[str], bool] = lambda name: False) -> None:  # noqa: ARG005
     """Record the new keys among ``reports`` in known_hosts ``path`` (one locked write),
     marking each report's ``recorded``/``note``. With ``fingerprints``, only keys whose
     fingerprint is listed; an unverifiable host's key only then. Changed and revoked keys
@@ -189,7 +189,7 @@ def accept(reports: Sequence[KeyReport], path: str, fingerprints: Sequence[str] 
         to_write.setdefault((rep.address, rep.key_type, rep.key), []).append(rep)
     if not to_write:
         return
-    for rec in knownhosts.record_keys(path, list(to_write), hashed):
+    for rec in knownhosts_write.record_keys(path, list(to_write), hashed):
         for rep in to_write[(rec.name, rec.key_type, rec.blob)]:
             if rec.outcome == "added":
                 rep.recorded, rep.note = True, f"recorded in {path}:{rec.line}"

@@ -59,7 +59,7 @@ class LocalConnection(Connection):
         return _kill_group(proc, self.ctx.options.kill_grace if self.ctx else Options().kill_grace)
 
     def files(self) -> Any:
-        from hostops.remotefs import LocalFileSystem
+        from hostops.localfs import LocalFileSystem
 
         return LocalFileSystem()
 

@@ -178,7 +178,7 @@ class Renderer:
 
             private_makedirs(outdir)  # 0700 whatever the umask: output may hold secrets
 
-    def started(self, host: str) -> None:
+    def started(self, host: str) -> None:  # noqa: ARG002  (the Events protocol)
         self.progress.running += 1
         self.progress.update()
 
@@ -202,7 +202,7 @@ class Renderer:
     def show(self, result: HostResult) -> None:
         raise NotImplementedError
 
-    def section(self, title: str, total: int) -> None:
+    def section(self, title: str, total: int) -> None:  # noqa: ARG002  (the Events protocol)
         """A new step or batch begins (runbooks, --batch): a title line, progress reset."""
         self.progress.clear()
         self.progress.total, self.progress.done, self.progress.running = total, 0, 0
@@ -238,7 +238,7 @@ class Renderer:
         self.err.write(summary.line() + "\n")
         self.err.flush()
 
-    def epilogue(self, report: RunReport) -> str:
+    def epilogue(self, report: RunReport) -> str:  # noqa: ARG002  (overridden by renderers that use it)
         """What follows the hosts on stdout: a runbook's host × step table."""
         return report.table(one_line) if report.per_host else ""
 
@@ -269,7 +269,7 @@ class GatherRenderer(Renderer):
         key = (result.status, result.exit_code, result.stdout, result.stderr, result.error)
         self.groups.setdefault(key, []).append(result)
 
-    def section(self, title: str, total: int) -> None:
+    def section(self, title: str, total: int) -> None:  # noqa: ARG002  (the Events protocol)
         self._flush_groups()
         super().section(title, total)
 
@@ -322,10 +322,10 @@ class JsonRenderer(Renderer):
         self.out.write(json.dumps(result.to_json(), ensure_ascii=True) + "\n")
         self.out.flush()
 
-    def section(self, title: str, total: int) -> None:
+    def section(self, title: str, total: int) -> None:  # noqa: ARG002  (the Events protocol)
         self.progress.total, self.progress.done, self.progress.running = total, 0, 0  # stdout stays JSON
 
-    def epilogue(self, report: RunReport) -> str:
+    def epilogue(self, report: RunReport) -> str:  # noqa: ARG002  (overridden by renderers that use it)
         return ""  # JSON mode: nothing but JSON lines on stdout
 
 

@@ -81,7 +81,7 @@ def make_batches(hosts: Sequence[str], batch: str | None, canary: int = 0) -> li
     return [b for b in batches if b]
 
 
-def rollout(session: Any, targets: Sequence[Any], steps: Sequence[StepRun], spec: RolloutSpec, *,
+def rollout(session: Any, targets: Sequence[Any], steps: Sequence[StepRun], spec: RolloutSpec, *,  # noqa: C901
             on_step: Callable[[int, int, int, StepRun, list[str]], None] | None = None,
             on_result: Callable[[Any], None] | None = None,
             on_stop: Callable[[str], None] | None = None, report: RunReport | None = None) -> RunReport:

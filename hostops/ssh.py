@@ -171,7 +171,7 @@ class SSHConnection(Connection):
 
     def files(self) -> Any:
         if self._fs is None:
-            from hostops.remotefs import SFTPFileSystem
+            from hostops.sftpfs import SFTPFileSystem
 
             try:
                 self._fs = SFTPFileSystem(self.transport.open_sftp_client())

@@ -129,7 +129,7 @@ def test_a_local_user_swapping_the_temporary_name_gets_nothing(hostops, inventor
 def test_swap_right_after_the_write_is_refused(lab, known_hosts, tmp_path, victim, mocker):
     """The temporary name is swapped for a link after the data is written and before mode and
     owner are set: they went through the name onto the victim (chmod 0666, chown nobody)."""
-    import hostops.transfer as transfer
+    import hostops.put as put
 
     vdir, vfile = victim
     before = fingerprint(vfile)
@@ -137,14 +137,14 @@ def test_swap_right_after_the_write_is_refused(lab, known_hosts, tmp_path, victi
     shared.mkdir()
     dest = write(shared / "app.conf", b"old\n", 0o644)
     src = write(tmp_path / "app.conf", b"new\n" * 1000)
-    real_copy = transfer._copy_local_to
+    real_copy = put._copy_local_to
 
     def copy_then_swap(fh, local, deadline):
         real_copy(fh, local, deadline)
         assert swap_for_link(the_temp(str(shared)), vfile)
 
-    mocker.patch.object(transfer, "_copy_local_to", copy_then_swap)
-    action = transfer.prepare_put(src, dest, False, "0666", "nobody", False, False, None)
+    mocker.patch.object(put, "_copy_local_to", copy_then_swap)
+    action = put.prepare_put(src, dest, False, "0666", "nobody", False, False, None)
     result = run_in_process(lab, known_hosts, action)
     assert fingerprint(vfile) == before
     assert result.status == "failed", result
@@ -157,7 +157,7 @@ def test_swap_right_after_the_write_is_refused(lab, known_hosts, tmp_path, victi
 def test_swap_between_the_check_and_the_rename_never_leaves_a_link(lab, known_hosts, tmp_path, victim, mocker):
     """Swapped after the last check, just before rename(2): what gets renamed into place is the
     link. hostops sees it, removes the link and refuses the host; the victim is untouched."""
-    from hostops.remotefs import SFTPFileSystem
+    from hostops.sftpfs import SFTPFileSystem
 
     vdir, vfile = victim
     before = fingerprint(vfile)
@@ -172,7 +172,7 @@ def test_swap_between_the_check_and_the_rename_never_leaves_a_link(lab, known_ho
         return real_replace(self, tmp, target)
 
     mocker.patch.object(SFTPFileSystem, "replace", swap_then_replace)
-    from hostops.transfer import prepare_put
+    from hostops.put import prepare_put
 
     result = run_in_process(lab, known_hosts, prepare_put(src, dest, False, "0666", "nobody", False, False, None))
     assert fingerprint(vfile) == before
@@ -187,7 +187,7 @@ def test_sudo_install_swap_at_the_worst_moment_is_refused(lab, known_hosts, tmp_
     """Under --sudo the install is a root shell script. The other user's swap is injected into
     it right after the temporary name is created (a file in the old script, a directory now):
     root wrote the new content into the victim through the link, and chmod'ed/chown'ed it."""
-    import hostops.transfer as transfer
+    import hostops.put as put
 
     vdir, vfile = victim
     before = tree_fingerprint(vdir)
@@ -197,7 +197,7 @@ def test_sudo_install_swap_at_the_worst_moment_is_refused(lab, known_hosts, tmp_
     src = write(tmp_path / "app.conf", b"new\n" * 1000)
     attack = (f'if [ -d "$t" ]; then mv "$t" "$t.stolen"; ln -s {vdir} "$t"; '
               f'else rm -f "$t"; ln -s {vfile} "$t"; fi; ')
-    real_sudo_ok = transfer._sudo_ok
+    real_sudo_ok = put._sudo_ok
     injected = []
 
     def with_attacker(conn, script, what):
@@ -207,8 +207,8 @@ def test_sudo_install_swap_at_the_worst_moment_is_refused(lab, known_hosts, tmp_
             injected.append(script)
         return real_sudo_ok(conn, script, what)
 
-    mocker.patch.object(transfer, "_sudo_ok", with_attacker)
-    action = transfer.prepare_put(src, dest, False, "0666", "nobody", True, False, None)
+    mocker.patch.object(put, "_sudo_ok", with_attacker)
+    action = put.prepare_put(src, dest, False, "0666", "nobody", True, False, None)
     result = run_in_process(lab, known_hosts, action)
     assert injected, "the install script changed: the attack was not injected"
     assert tree_fingerprint(vdir) == before
@@ -365,7 +365,7 @@ def test_put_cut_by_a_dropped_connection_leftover_is_removed_by_a_later_put(host
 def test_local_connection_put_checks_the_inode_too(tmp_path, victim, mocker):
     """``connection: local`` writes with fchmod/fchown on the descriptor and compares inodes:
     the same swap right after the write is refused, the victim untouched; unswapped, it works."""
-    import hostops.transfer as transfer
+    import hostops.put as put
     from hostops.settings import Options, Target
     from hostops.workerctx import WorkerContext
     from hostops.worker import Job, execute
@@ -378,18 +378,18 @@ def test_local_connection_put_checks_the_inode_too(tmp_path, victim, mocker):
     src = write(tmp_path / "app.conf", b"new\n")
     ctx = WorkerContext(Options())
     target = Target("local1", "localhost", connection="local")
-    action = transfer.prepare_put(src, dest, False, "0640", "nobody", False, False, None)
+    action = put.prepare_put(src, dest, False, "0640", "nobody", False, False, None)
     ok = execute(Job(0, target, action), ctx)
     assert ok.status == "ok", ok
     assert fingerprint(dest) == (b"new\n", 0o640, NOBODY.pw_uid, 0)
-    real_copy = transfer._copy_local_to
+    real_copy = put._copy_local_to
 
     def copy_then_swap(fh, local, deadline):
         real_copy(fh, local, deadline)
         assert swap_for_link(the_temp(str(shared)), vfile)
 
-    mocker.patch.object(transfer, "_copy_local_to", copy_then_swap)
-    refused = execute(Job(0, target, transfer.prepare_put(src, dest, False, "0666", None, False, False, None)), ctx)
+    mocker.patch.object(put, "_copy_local_to", copy_then_swap)
+    refused = execute(Job(0, target, put.prepare_put(src, dest, False, "0666", None, False, False, None)), ctx)
     assert refused.status == "failed" and "refused" in refused.error, refused
     assert fingerprint(vfile) == before
     assert os.listdir(shared) == ["app.conf"]
@@ -402,7 +402,7 @@ def test_put_recursive_directory_swapped_for_a_link_mid_run_is_refused(lab, know
     """A directory of the tree hostops already made is swapped for a link to a root directory
     while the put runs (right after the first file is written): the files bound for it are
     refused, nothing lands in the victim directory."""
-    import hostops.transfer as transfer
+    import hostops.put as put
 
     vdir, vfile = victim
     before = tree_fingerprint(vdir)
@@ -412,7 +412,7 @@ def test_put_recursive_directory_swapped_for_a_link_mid_run_is_refused(lab, know
     write(src / "top.txt", b"top\n")
     dest = tmp_path / "dest"
     dest.mkdir()
-    real_copy = transfer._copy_local_to
+    real_copy = put._copy_local_to
     swapped = []
 
     def copy_then_swap(fh, local, deadline):
@@ -420,8 +420,8 @@ def test_put_recursive_directory_swapped_for_a_link_mid_run_is_refused(lab, know
         if not swapped:
             swapped.append(swap_for_link(str(dest / "app" / "conf.d"), vfile, vdir))
 
-    mocker.patch.object(transfer, "_copy_local_to", copy_then_swap)
-    action = transfer.prepare_put(str(src), str(dest) + "/", True, None, None, sudo, False, None)
+    mocker.patch.object(put, "_copy_local_to", copy_then_swap)
+    action = put.prepare_put(str(src), str(dest) + "/", True, None, None, sudo, False, None)
     assert [f.rel for f in action.files] == ["top.txt", "conf.d/app.conf"]  # the order the swap relies on
     result = run_in_process(lab, known_hosts, action)
     assert swapped == [True]

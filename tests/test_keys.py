@@ -168,7 +168,7 @@ def test_every_kind_of_line_in_a_real_run(hostops, lab, tmp_path):
     """A known_hosts with comments, hashed names, several names a line, wildcards, negation,
     markers, an unknown key type and malformed lines: everything usable is used, the rest is
     named with file and line, and nothing stops the run."""
-    from hostops.knownhosts import hash_name
+    from hostops.knownhosts_write import hash_name
 
     key = " ".join(lab.host_pub.split()[:2])
     p = lab.port

@@ -1,6 +1,6 @@
-"""Units of the known_hosts reader, matcher and writer (hostops/knownhosts.py) and of the
-host-key checker built on it (hostops/hostkeys.py). Real keys from ssh-keygen; OpenSSH's own
-ssh-keygen checks that what we hash and write is what it reads."""
+"""Units of the known_hosts reader and matcher (hostops/knownhosts.py), the writer
+(hostops/knownhosts_write.py) and the host-key checker built on them (hostops/hostkeys.py).
+Real keys from ssh-keygen; OpenSSH's own ssh-keygen checks that what we hash and write is what it reads."""
 from __future__ import annotations
 
 import base64
@@ -15,6 +15,7 @@ import paramiko
 import pytest
 
 from hostops import knownhosts as kh
+from hostops import knownhosts_write as khw
 from hostops.errors import HostKeyError
 from hostops.hostkeys import HostKeyChecker, fingerprint
 
@@ -70,7 +71,7 @@ def test_match_names(patterns, name, expected):
 
 
 def test_hash_name_matches_and_ssh_keygen_agrees(tmp_path, keys):
-    hashed = kh.hash_name("[127.0.0.1]:2222")
+    hashed = khw.hash_name("[127.0.0.1]:2222")
     entry = kh.parse_line(f"{hashed} {keys['a'].get_name()} {keys['a'].get_base64()}")
     assert entry is not None and entry.hashed is not None and entry.names == ()
     assert entry.matches("[127.0.0.1]:2222")
@@ -102,7 +103,7 @@ def messy_file(tmp_path, keys) -> str:
         "# known_hosts as real machines have them",                                     # 1
         "",                                                                               # 2
         line("plain.example.com", a),                                                     # 3
-        line(kh.hash_name("hashed.example.com"), a),                                      # 4
+        line(khw.hash_name("hashed.example.com"), a),                                      # 4
         line("[port.example.com]:2222", a),                                               # 5
         line("one.example.com,two.example.com,[three.example.com]:2200,10.1.1.1", b),     # 6
         line("*.wild.example.com,!bad.wild.example.com", c),                              # 7
@@ -185,19 +186,19 @@ def test_file_lists(isolated_home, monkeypatch):
     monkeypatch.setattr(kh, "GLOBAL_FILES", ("/etc/ssh/ssh_known_hosts",))
     assert kh.read_files() == [f"{home}/.ssh/known_hosts", f"{home}/.ssh/known_hosts2", "/etc/ssh/ssh_known_hosts"]
     assert kh.read_files(["~/a", "/b"]) == [f"{home}/a", "/b", "/etc/ssh/ssh_known_hosts"]
-    assert kh.write_file() == f"{home}/.ssh/known_hosts"
-    assert kh.write_file(["/b", "/c"]) == "/b"
+    assert khw.write_file() == f"{home}/.ssh/known_hosts"
+    assert khw.write_file(["/b", "/c"]) == "/b"
 
 
 # ------------------------------------------------------------------ writing
 def test_record_creates_0600_and_never_duplicates(tmp_path, keys):
     path = str(tmp_path / "ssh" / "known_hosts")
     a = keys["a"]
-    out = kh.record_keys(path, [("[h]:2222", a.get_name(), a.asbytes()), ("[h]:2222", a.get_name(), a.asbytes())])
+    out = khw.record_keys(path, [("[h]:2222", a.get_name(), a.asbytes()), ("[h]:2222", a.get_name(), a.asbytes())])
     assert [r.outcome for r in out] == ["added", "present"]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
-    out = kh.record_keys(path, [("[h]:2222", a.get_name(), a.asbytes())])
+    out = khw.record_keys(path, [("[h]:2222", a.get_name(), a.asbytes())])
     assert out[0].outcome == "present" and out[0].line == 1
     assert open(path).read() == line("[h]:2222", a) + "\n"
 
@@ -206,7 +207,7 @@ def test_record_keeps_mode_adds_missing_newline_and_refuses_changed(tmp_path, ke
     path = tmp_path / "known_hosts"
     path.write_text("# no newline at the end\n" + line("old", keys["a"]))
     os.chmod(path, 0o644)
-    out = kh.record_keys(str(path), [("old", keys["b"].get_name(), keys["b"].asbytes()),
+    out = khw.record_keys(str(path), [("old", keys["b"].get_name(), keys["b"].asbytes()),
                                      ("new", keys["b"].get_name(), keys["b"].asbytes())])
     assert [r.outcome for r in out] == ["changed", "added"]
     assert out[1].line == 3
@@ -217,14 +218,14 @@ def test_record_keeps_mode_adds_missing_newline_and_refuses_changed(tmp_path, ke
 def test_record_refuses_revoked(tmp_path, keys):
     path = tmp_path / "known_hosts"
     path.write_text(line("*", keys["a"], "@revoked") + "\n")
-    out = kh.record_keys(str(path), [("h", keys["a"].get_name(), keys["a"].asbytes())])
+    out = khw.record_keys(str(path), [("h", keys["a"].get_name(), keys["a"].asbytes())])
     assert out[0].outcome == kh.REVOKED_KEY
     assert path.read_text().count("\n") == 1
 
 
 def test_record_writes_hashed_names(tmp_path, keys):
     path = tmp_path / "known_hosts"
-    kh.record_keys(str(path), [("[10.0.0.1]:2222", keys["a"].get_name(), keys["a"].asbytes())], lambda n: True)
+    khw.record_keys(str(path), [("[10.0.0.1]:2222", keys["a"].get_name(), keys["a"].asbytes())], lambda n: True)
     text = path.read_text()
     assert text.startswith("|1|") and "10.0.0.1" not in text
     assert verdict(kh.KnownHosts([str(path)]), "[10.0.0.1]:2222", keys["a"]).state == kh.KNOWN
@@ -235,22 +236,22 @@ def test_writes_refuse_symlinks(tmp_path, keys):
     real.write_text(line("h", keys["a"]) + "\n")
     link = tmp_path / "known_hosts"
     link.symlink_to(real)
-    with pytest.raises(kh.KnownHostsError, match="symbolic link"):
-        kh.record_keys(str(link), [("x", keys["b"].get_name(), keys["b"].asbytes())])
-    with pytest.raises(kh.KnownHostsError, match="symbolic link"):
-        kh.forget_names(str(link), ["h"])
+    with pytest.raises(khw.KnownHostsError, match="symbolic link"):
+        khw.record_keys(str(link), [("x", keys["b"].get_name(), keys["b"].asbytes())])
+    with pytest.raises(khw.KnownHostsError, match="symbolic link"):
+        khw.forget_names(str(link), ["h"])
     assert real.read_text() == line("h", keys["a"]) + "\n" and link.is_symlink()
     dangling = tmp_path / "dangling"
     dangling.symlink_to(tmp_path / "nowhere")
-    with pytest.raises(kh.KnownHostsError, match="symbolic link"):
-        kh.record_keys(str(dangling), [("x", keys["b"].get_name(), keys["b"].asbytes())])
+    with pytest.raises(khw.KnownHostsError, match="symbolic link"):
+        khw.record_keys(str(dangling), [("x", keys["b"].get_name(), keys["b"].asbytes())])
     assert not (tmp_path / "nowhere").exists()
 
 
 def _record_in_child(path, items, barrier):
     barrier.wait()
     for _ in range(5):
-        kh.record_keys(path, items)
+        khw.record_keys(path, items)
 
 
 def test_record_from_many_processes_writes_one_line_per_host(tmp_path, keys):
@@ -276,7 +277,7 @@ def test_forget_removes_trims_and_keeps(tmp_path, keys):
         "# header",
         line("[10.0.0.1]:2222", a),
         line("web1,[10.0.0.1]:2222,db1", b),
-        line(kh.hash_name("[10.0.0.1]:2222"), a),
+        line(khw.hash_name("[10.0.0.1]:2222"), a),
         line("[10.0.0.*]:2222", a),
         line("*", b, "@revoked"),
         line("other", a),
@@ -287,7 +288,7 @@ def test_forget_removes_trims_and_keeps(tmp_path, keys):
     path.write_text("\n".join(original) + "\n")
     os.chmod(path, 0o640)
     ino = os.stat(path).st_ino
-    report = kh.forget_names(str(path), ["[10.0.0.1]:2222"])
+    report = khw.forget_names(str(path), ["[10.0.0.1]:2222"])
     actions = [(r.line, r.action) for r in report]
     assert actions == [(2, "removed"), (3, "trimmed"), (4, "removed"), (5, "kept"), (8, "removed"), (10, "kept")]
     assert report[0].fingerprint == fingerprint(a)
@@ -297,25 +298,25 @@ def test_forget_removes_trims_and_keeps(tmp_path, keys):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
     assert os.stat(path).st_ino != ino  # rewritten through a temporary file, renamed into place
     assert sorted(os.listdir(tmp_path)) == ["home", "known_hosts", "known_hosts.lock"]  # no temporary file left
-    assert kh.forget_names(str(path), ["nothing-here"]) == []
-    assert kh.forget_names(str(tmp_path / "missing"), ["x"]) == []
+    assert khw.forget_names(str(path), ["nothing-here"]) == []
+    assert khw.forget_names(str(tmp_path / "missing"), ["x"]) == []
 
 
 # ------------------------------------------------------------------ HashKnownHosts
 def test_hash_wanted_from_ssh_config(isolated_home, monkeypatch):
-    kh._HASH_CACHE.clear()
-    assert kh.hash_wanted("[127.0.0.1]:2222") is False  # no ~/.ssh/config: no
+    khw._HASH_CACHE.clear()
+    assert khw.hash_wanted("[127.0.0.1]:2222") is False  # no ~/.ssh/config: no
     ssh = isolated_home / ".ssh"
     ssh.mkdir()
     (ssh / "config").write_text("Host 127.0.0.2\n  HashKnownHosts no\nHost *\n  HashKnownHosts yes\n")
-    kh._HASH_CACHE.clear()
-    assert kh.hash_wanted("[127.0.0.1]:2222") is True
-    assert kh.hash_wanted("127.0.0.2") is False
-    kh._HASH_CACHE.clear()
-    monkeypatch.setattr(kh.shutil, "which", lambda name: None)  # no ssh client: paramiko parses the file
-    assert kh.hash_wanted("[127.0.0.1]:2222") is True
-    assert kh.hash_wanted("127.0.0.2") is False
-    kh._HASH_CACHE.clear()
+    khw._HASH_CACHE.clear()
+    assert khw.hash_wanted("[127.0.0.1]:2222") is True
+    assert khw.hash_wanted("127.0.0.2") is False
+    khw._HASH_CACHE.clear()
+    monkeypatch.setattr(khw.shutil, "which", lambda name: None)  # no ssh client: paramiko parses the file
+    assert khw.hash_wanted("[127.0.0.1]:2222") is True
+    assert khw.hash_wanted("127.0.0.2") is False
+    khw._HASH_CACHE.clear()
 
 
 # ------------------------------------------------------------------ the checker

@@ -6,7 +6,8 @@ import pytest
 
 from hostops.api import run_command
 from hostops import pool as pool_module
-from hostops.pool import Pool, plan
+from hostops.fdlimit import plan
+from hostops.pool import Pool
 from hostops.settings import Options, Target
 
 pytestmark = pytest.mark.timeout(120)

@@ -16,7 +16,9 @@ from hostops.inventory import Inventory
 from hostops.results import HostResult
 from hostops.rollout import SKIPPED, UNTOUCHED, RolloutSpec, StepRun, make_batches, rollout
 from hostops.settings import Options
-from hostops.transfer import GetAction, PutAction, ScriptAction
+from hostops.get import GetAction
+from hostops.put import PutAction
+from hostops.script import ScriptAction
 from hostops.connection import CommandOutcome
 from hostops.worker import ExecAction
 

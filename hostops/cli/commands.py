@@ -42,7 +42,7 @@ def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, ste
 
     mode = output_mode(kw)
     if steps is None:
-        steps = [StepRun(getattr(action, "describe", lambda: "run")(), lambda target: action)]
+        steps = [StepRun(action.describe(), lambda _target: action)]
     spec = spec if spec is not None else rollout_spec(kw)
     renderer = make_renderer(mode, total=len(targets), progress=not kw["no_progress"], outdir=kw["outdir"],
                              raw=kw.get("raw", False))
@@ -94,7 +94,7 @@ def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, i
     place: readers never see a half-written file, and an interrupted transfer leaves the
     old file intact. DEST ending in '/' or naming a directory receives SRC's name.
     """
-    from hostops.transfer import prepare_put
+    from hostops.put import prepare_put
 
     options = build_options(kw)
     output_mode(kw)
@@ -118,7 +118,7 @@ def get_cmd(src: str, dest: str, recursive: bool, follow_links: bool, inventorie
             **kw: Any) -> int:
     """Copy SRC from every selected host into DEST/<host>/ (files from different hosts never
     overwrite each other). Partial downloads are removed; files are created 0600."""
-    from hostops.transfer import prepare_get
+    from hostops.get import prepare_get
 
     options = build_options(kw)
     output_mode(kw)
@@ -145,7 +145,7 @@ def script_cmd(script: str, args, stdin_file, inventories, adhoc_hosts, pattern,
     \b
     hostops script ./check.sh -i prod.yml -- --verbose
     """
-    from hostops.transfer import prepare_script
+    from hostops.script import prepare_script
 
     options = build_options(kw, stdin_file)
     output_mode(kw)

@@ -65,7 +65,7 @@ class _Judge:
         self.progress = Progress(sys.stderr, len(targets), progress)
         self.reports: list[Any] = []
 
-    def started(self, host: str) -> None:
+    def started(self, host: str) -> None:  # noqa: ARG002  (the Events protocol)
         self.progress.running += 1
         self.progress.update()
 
@@ -87,7 +87,7 @@ class _Judge:
         self.progress.clear()
         warn(message)
 
-    def finish(self, report: Any) -> None:
+    def finish(self, report: Any) -> None:  # noqa: ARG002  (the Events protocol)
         self.progress.clear()
 
 
@@ -114,7 +114,7 @@ def _scan(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str, 
         warn(warning)
     judged = _Judge(targets, known, not kw["no_progress"])
     action = ScanAction()
-    report = run_rollout(scan_targets(targets), [StepRun(action.describe(), lambda target: action)], options,
+    report = run_rollout(scan_targets(targets), [StepRun(action.describe(), lambda _target: action)], options,
                          events=judged, warn_unchecked_keys=False)
     return judged.reports, report, options
 
@@ -180,7 +180,7 @@ def accept_cmd(inventories, adhoc_hosts, pattern, fingerprints, hash_known_hosts
     forget. Exit 0 when every selected host's key is now in known_hosts, else 4.
     """
     from hostops.keys import accept, normalize_fingerprint
-    from hostops.knownhosts import hash_wanted, write_file
+    from hostops.knownhosts_write import hash_wanted, write_file
 
     mode = _check_modes(kw)
     for fp in fingerprints:
@@ -189,10 +189,10 @@ def accept_cmd(inventories, adhoc_hosts, pattern, fingerprints, hash_known_hosts
     reports, report, options = _scan(inventories, adhoc_hosts, pattern, kw)
     path = write_file(options.known_hosts)
     if hash_known_hosts is None:
-        def hashed(name: str) -> bool:
+        def hashed(name: str) -> bool:  # noqa: ARG001  (per-name callback; one answer for all)
             return hash_wanted(name, options.ssh_config)
     else:
-        def hashed(name: str) -> bool:
+        def hashed(name: str) -> bool:  # noqa: ARG001  (per-name callback; one answer for all)
             return bool(hash_known_hosts)
     if not report.interrupted:
         accept(reports, path, fingerprints, hashed)
@@ -217,7 +217,8 @@ def forget_cmd(names: Sequence[str], inventories, adhoc_hosts, pattern, known_ho
     /etc/ssh/ssh_known_hosts are left alone (and reported). Each file is rewritten under
     its lock through a temporary file.
     """
-    from hostops.knownhosts import KnownHosts, forget_names, read_files, user_files
+    from hostops.knownhosts import KnownHosts, read_files, user_files
+    from hostops.knownhosts_write import forget_names
 
     wanted: list[str] = [n.strip() for n in names if n.strip()]
     if inventories or adhoc_hosts:
