@@ -88,12 +88,6 @@ def fetch_host_key(target: Target, ctx):
             hs.close()
 
 
-def scan_targets(targets: Sequence[Target]) -> List[Target]:
-    """The targets to hand the pool for a scan: as they are. ``ScanAction.needs_connection``
-    is False, so the worker does not log in; the action does its own key exchange."""
-    return list(targets)
-
-
 # ------------------------------------------------------------------ judging (in the parent)
 @dataclasses.dataclass
 class KeyReport:

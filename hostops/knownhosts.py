@@ -107,13 +107,6 @@ def _check_key(key_type: str, blob: bytes) -> None:
         raise ParseError(problem)
 
 
-def load_key(key_type: str, blob: bytes):
-    """A paramiko key from a type and blob (raises on bad data)."""
-    import paramiko
-
-    return paramiko.PKey.from_type_string(key_type, blob)
-
-
 def _hmac_sha1(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha1).digest()
 

@@ -95,7 +95,7 @@ def _scan(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str, 
     """Fetch the selected hosts' keys through the worker pool and judge them:
     (key reports, the run's report, options)."""
     from hostops.api import run_rollout
-    from hostops.keys import ScanAction, scan_targets
+    from hostops.keys import ScanAction
     from hostops.knownhosts import KnownHosts, read_files
     from hostops.rollout import StepRun
     from hostops.settings import resolve
@@ -114,7 +114,7 @@ def _scan(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str, 
         warn(warning)
     judged = _Judge(targets, known, not kw["no_progress"])
     action = ScanAction()
-    report = run_rollout(scan_targets(targets), [StepRun(action.describe(), lambda _target: action)], options,
+    report = run_rollout(list(targets), [StepRun(action.describe(), lambda _target: action)], options,
                          events=judged, warn_unchecked_keys=False)
     return judged.reports, report, options
 
