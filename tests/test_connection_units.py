@@ -1,4 +1,5 @@
-"""Units of the transport and worker: error mapping, host-key decisions, timeouts.
+"""Units of the connection layer (remotecmd, ssh, local, handshake, auth, workerctx) and the
+worker: the command loop, error mapping, host-key decisions, timeouts.
 paramiko is mocked where it is used, never as a stand-in for a real SSH exchange."""
 from __future__ import annotations
 
