@@ -46,6 +46,16 @@ def _local_error(exc: OSError, path: str) -> RemoteFileError:
     return RemoteFileError(exc.errno or errno.EIO, f"local {path}: {exc.strerror or exc}")
 
 
+def _mkdir_open(parent_fd: int, name: str) -> int:
+    """Directory ``name`` under ``parent_fd``, created 0700 if missing, opened without following
+    a link (OSError ELOOP/ENOTDIR when something else is there: each caller decides)."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+    except FileExistsError:
+        pass
+    return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+
+
 def _open_host_dir(dest: str, name: str) -> int:
     """``DEST/<host>`` (created 0700), opened without following a link: a ``DEST/<host>`` that is
     a symbolic link (planted, or left by someone) is refused, never written through."""
@@ -57,11 +67,7 @@ def _open_host_dir(dest: str, name: str) -> int:
         raise _local_error(exc, dest) from None
     try:
         try:
-            os.mkdir(name, 0o700, dir_fd=dest_fd)
-        except FileExistsError:
-            pass
-        try:
-            return os.open(name, _DIR_FLAGS, dir_fd=dest_fd)
+            return _mkdir_open(dest_fd, name)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 if stat.S_ISLNK(os.stat(name, dir_fd=dest_fd, follow_symlinks=False).st_mode):
@@ -83,18 +89,13 @@ def _enter_dir(parent_fd: int, name: str, shown: str) -> int:
     directory, as ``rsync -r`` does; the new directory is never reached through a link."""
     try:
         try:
-            os.mkdir(name, 0o700, dir_fd=parent_fd)
-        except FileExistsError:
-            pass
-        try:
-            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            return _mkdir_open(parent_fd, name)
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR) or \
                     not stat.S_ISLNK(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
                 raise
         os.unlink(name, dir_fd=parent_fd)
-        os.mkdir(name, 0o700, dir_fd=parent_fd)
-        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        return _mkdir_open(parent_fd, name)
     except OSError as exc:
         raise _local_error(exc, shown) from None
 
