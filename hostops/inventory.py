@@ -1,4 +1,4 @@
-"""Inventories: Ansible's YAML format unchanged, plus pssh-style plain host lists.
+"""Inventories: the model (groups, hosts, variables with their sources) and how sources load.
 
 The inventory is a tree of groups (``all`` at the root) holding hosts and variables.
 Every group and variable remembers the file and line it came from, so a bad value
@@ -13,23 +13,12 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import yaml
 
-from hostops import groupgraph, hostlist, yamlfile
+from hostops import groupgraph, hostlist, inventory_yaml
 from hostops.errors import InventoryError
-from hostops.yamlfile import LineMap, YamlProblem, type_name
+from hostops.variables import (  # noqa: F401  (re-exported: the inventory API)
+    CONNECTION_VARS, CONNECTIONS, PASSWORD_VARS, SSH_CONNECTIONS, Source, check_var, connection_vars)
+from hostops.yamlfile import LineMap, type_name
 
-# Connection variables: Ansible's name and our short alias → canonical key.
-CONNECTION_VARS = {
-    "ansible_host": "host", "ansible_ssh_host": "host", "host": "host",
-    "ansible_port": "port", "ansible_ssh_port": "port", "port": "port",
-    "ansible_user": "user", "ansible_ssh_user": "user", "user": "user",
-    "ansible_ssh_private_key_file": "identity_file", "identity_file": "identity_file",
-    "ansible_connection": "connection", "connection": "connection",
-}
-#: Variables that would put a password in the inventory: refused, never used.
-PASSWORD_VARS = ("ansible_password", "ansible_ssh_pass", "ansible_ssh_password", "password")
-SSH_CONNECTIONS = ("ssh", "paramiko", "smart")
-CONNECTIONS = SSH_CONNECTIONS + ("local",)
-GROUP_KEYS = ("hosts", "vars", "children")
 
 # Bounds on what an inventory may make hostops do. An inventory is code someone else may write
 # (a generated file, a shared repository): a few lines of aliases and ranges must not be able
@@ -48,17 +37,6 @@ MAX_HOST_ENTRIES = 1_000_000
 #: Real inventories nest a handful; the bound keeps every walk of the tree (variable precedence,
 #: ``--graph``) far from Python's recursion limit.
 MAX_GROUP_DEPTH = 200
-
-
-@dataclasses.dataclass
-class Source:
-    """Where something was defined."""
-
-    file: str
-    line: Optional[int] = None
-
-    def error(self, message: str) -> InventoryError:
-        return InventoryError(message, self.file, self.line)
 
 
 @dataclasses.dataclass
@@ -108,7 +86,7 @@ class Inventory:
         self.warnings: List[str] = []
         self.host_entries = 0  # host entries listed so far (see MAX_HOST_ENTRIES)
         #: where each parent → child link was first made, in order: reports a cycle at its last link
-        self._links: Dict[Tuple[str, str], Tuple[int, Source]] = {("all", "ungrouped"): (0, Source("<built-in>"))}
+        self.links: Dict[Tuple[str, str], Tuple[int, Source]] = {("all", "ungrouped"): (0, Source("<built-in>"))}
         self._depths: Optional[Dict[str, int]] = None  # cache for depth(); None after any change
 
     # ------------------------------------------------------------ loading
@@ -137,7 +115,7 @@ class Inventory:
         if self._looks_like_text(path, text):
             self.add_text(text, path)
         else:
-            self.add_yaml(text, path)
+            inventory_yaml.read(self, text, path)
 
     @staticmethod
     def _looks_like_text(path: str, text: str) -> bool:
@@ -174,70 +152,33 @@ class Inventory:
             if len(port) > 5 or not 1 <= int(port) <= 65535:
                 raise src.error(f"port {port} of {spec.strip()!r} is out of range (1-65535)")
             hvars["port"] = int(port)
-        self._count_entries(m.group("host"), src)
-        for name in self._expand(m.group("host"), src):
-            self._add_host(name, "ungrouped", hvars, {k: src for k in hvars}, src)
-
-    def add_yaml(self, text: str, path: str) -> None:
-        try:
-            data = yamlfile.load(text)
-        except YamlProblem as exc:
-            raise InventoryError(exc.message, path, exc.line) from None
-        if data is None:
-            return
-        if not isinstance(data, dict):
-            raise InventoryError(f"the top level must be a mapping of group names (like 'all:'), "
-                                 f"not {_type_name(data)}", path, yamlfile.start_line(text))
-        self._plan_entries(data, path)
-        for name, body in data.items():
-            self._add_group(str(name), body, "all" if name != "all" else None,
-                            Source(path, data.key_lines.get(name) if isinstance(data, _Map) else None), path)
-        self._check_group_tree()
-
-    def _plan_entries(self, data: Dict[Any, Any], path: str) -> None:
-        """Count the host entries a YAML inventory would add (ranges expanded, aliased groups
-        once per use) and refuse it past MAX_HOST_ENTRIES before expanding anything.
-
-        A walk of the loaded structure, iterative and bounded by yamlfile.MAX_NODES; whatever
-        is malformed is left for the real pass to report.
-        """
-        planned = self.host_entries
-        todo: List[Any] = list(data.values())
-        while todo:
-            body = todo.pop()
-            if not isinstance(body, dict):
-                continue
-            hosts = body.get("hosts")
-            if isinstance(hosts, dict):
-                for hname in hosts:
-                    try:
-                        planned += hostlist.count(str(hname))
-                    except InventoryError:
-                        planned += 1
-                    if planned > MAX_HOST_ENTRIES:
-                        line = hosts.key_lines.get(hname) if isinstance(hosts, _Map) else None
-                        raise InventoryError(self._entries_message(str(hname)), path, line)
-            children = body.get("children")
-            if isinstance(children, dict):
-                todo.extend(children.values())
+        self.count_entries(m.group("host"), src)
+        for name in self.expand(m.group("host"), src):
+            self.add_host(name, "ungrouped", hvars, {k: src for k in hvars}, src)
 
     @staticmethod
-    def _entries_message(name: str) -> str:
+    def entries_limit() -> int:
+        """MAX_HOST_ENTRIES, read when asked (the readers plan against it before expanding)."""
+        return MAX_HOST_ENTRIES
+
+    @staticmethod
+    def entries_message(name: str) -> str:
         shown = name if len(name) < 60 else name[:57] + "..."
         return (f"with {shown!r} the inventory lists more than {MAX_HOST_ENTRIES} host entries (ranges "
                 f"expanded, aliased groups counted each time they are used); the limit is {MAX_HOST_ENTRIES}")
 
-    def _count_entries(self, name: str, src: Source) -> None:
+    def count_entries(self, name: str, src: Source) -> None:
         """Account for the host entries ``name`` expands to before expanding it."""
         try:
             n = hostlist.count(name)
         except InventoryError as exc:
             raise src.error(exc.message) from None
         if self.host_entries + n > MAX_HOST_ENTRIES:
-            raise src.error(self._entries_message(name))
+            raise src.error(self.entries_message(name))
         self.host_entries += n
 
-    def _add_group(self, name: str, body: Any, parent: Optional[str], src: Source, path: str) -> None:
+    def ensure_group(self, name: str, src: Source) -> Group:
+        """The group called ``name``, created (remembering ``src``) if it is new."""
         if name in self.hosts:
             raise src.error(f"{name!r} is both a host and a group; rename one of them")
         group = self.groups.get(name)
@@ -245,86 +186,29 @@ class Inventory:
             group = self.groups[name] = Group(name, source=src)
         elif group.source is None:
             group.source = src
-        if parent is not None:
-            self._link(parent, name, src)
-        if body is None:
-            return
-        if not isinstance(body, dict):
-            raise src.error(f"group {name!r} must be a mapping with hosts/vars/children, not {_type_name(body)}")
-        for key in body:
-            if key not in GROUP_KEYS:
-                line = body.key_lines.get(key) if isinstance(body, _Map) else src.line
-                self.warnings.append(f"{path}:{line}: ignoring unknown key {key!r} in group {name!r} "
-                                     f"(expected {', '.join(GROUP_KEYS)})")
-
-        def line_of(key: str) -> Source:
-            return Source(path, body.key_lines.get(key) if isinstance(body, _Map) else src.line)
-
-        self._add_group_vars(group, body.get("vars"), line_of("vars"), path)
-        self._add_group_hosts(name, body.get("hosts"), line_of("hosts"), path)
-        children = body.get("children")
-        if children is not None:
-            if not isinstance(children, dict):
-                raise line_of("children").error(
-                    f"children of group {name!r} must be a mapping of group names, not {_type_name(children)}")
-            for cname, cbody in children.items():
-                csrc = Source(path, children.key_lines.get(cname) if isinstance(children, _Map) else None)
-                self._add_group(str(cname), cbody, name, csrc, path)
+        return group
 
     @staticmethod
-    def _add_group_vars(group: "Group", gvars: Any, src: Source, path: str) -> None:
-        if gvars is None:
-            return
-        if not isinstance(gvars, dict):
-            raise src.error(f"vars of group {group.name!r} must be a mapping, not {_type_name(gvars)}")
-        for key, value in gvars.items():
-            vsrc = Source(path, gvars.key_lines.get(key) if isinstance(gvars, _Map) else None)
-            _check_var(str(key), value, vsrc)
-            group.vars[str(key)] = value
-            group.var_sources[str(key)] = vsrc
-
-    def _add_group_hosts(self, name: str, hosts: Any, src: Source, path: str) -> None:
-        if hosts is None:
-            return
-        if not isinstance(hosts, dict):
-            raise src.error(
-                f"hosts of group {name!r} must be a mapping (host name followed by ':'), not {_type_name(hosts)}")
-        for hname, hvars in hosts.items():
-            hsrc = Source(path, hosts.key_lines.get(hname) if isinstance(hosts, _Map) else None)
-            if hname is None or isinstance(hname, (bool, float)):
-                raise hsrc.error(f"{hname!r} is not a valid host name")
-            if hvars is not None and not isinstance(hvars, dict):
-                raise hsrc.error(f"variables of host {hname!r} must be a mapping, not {_type_name(hvars)}")
-            sources = {}
-            for key, value in (hvars or {}).items():
-                vsrc = Source(path, hvars.key_lines.get(key) if isinstance(hvars, _Map) else hsrc.line)
-                _check_var(str(key), value, vsrc)
-                sources[str(key)] = vsrc
-            self._count_entries(str(hname), hsrc)
-            for expanded in self._expand(str(hname), hsrc):
-                self._add_host(expanded, name, {str(k): v for k, v in (hvars or {}).items()}, sources, hsrc)
-
-    @staticmethod
-    def _expand(name: str, src: Source) -> List[str]:
+    def expand(name: str, src: Source) -> List[str]:
         try:
             return hostlist.expand(name)
         except InventoryError as exc:
             raise src.error(exc.message) from None
 
-    def _link(self, parent: str, child: str, src: Source) -> None:
+    def link(self, parent: str, child: str, src: Source) -> None:
         if child == "all":
             raise src.error("'all' cannot be the child of another group")
         if child == parent:
             raise src.error(f"groups form a cycle: {child} -> {child}; a group cannot contain itself")
         pgroup = self.groups[parent]
         cgroup = self.groups[child]
-        if (parent, child) not in self._links:
-            self._links[(parent, child)] = (len(self._links), src)
+        if (parent, child) not in self.links:
+            self.links[(parent, child)] = (len(self.links), src)
             pgroup.children.append(child)
             cgroup.parents.append(parent)
             self._depths = None
 
-    def _check_group_tree(self) -> None:
+    def check_group_tree(self) -> None:
         """Refuse a cycle of groups (as Ansible does) and a chain deeper than MAX_GROUP_DEPTH.
 
         Checked once a file is read, in time linear in groups and links (checking at every link
@@ -333,10 +217,10 @@ class Inventory:
         cycle = self._find_cycle()
         if cycle:
             edges = list(zip(cycle, cycle[1:]))
-            last = max(range(len(edges)), key=lambda i: self._links[edges[i]][0])
+            last = max(range(len(edges)), key=lambda i: self.links[edges[i]][0])
             ring = cycle[last + 1:-1] + cycle[:last + 1]  # so the last link read closes it
             shown = ring + [ring[0]]
-            raise self._links[edges[last]][1].error(
+            raise self.links[edges[last]][1].error(
                 "groups form a cycle: " + " -> ".join(shown) + "; a group cannot contain itself")
         depths = self._all_depths()
         for name, depth in depths.items():
@@ -354,7 +238,7 @@ class Inventory:
                                              {name: len(g.parents) for name, g in self.groups.items()})
         return self._depths
 
-    def _add_host(self, name: str, group: str, hvars: Dict[str, Any], sources: Dict[str, Source],
+    def add_host(self, name: str, group: str, hvars: Dict[str, Any], sources: Dict[str, Source],
                   src: Source) -> None:
         if name in self.groups:
             raise src.error(f"{name!r} is both a host and a group; rename one of them")
@@ -457,42 +341,6 @@ class Inventory:
 
     def __len__(self) -> int:
         return len(self.hosts)
-
-
-def _check_var(key: str, value: Any, src: Source) -> None:
-    """Reject what must never be in an inventory and connection values of the wrong type."""
-    if key in PASSWORD_VARS:
-        raise src.error(f"{key} is refused: passwords do not belong in inventories; "
-                        "use SSH keys or ssh-agent instead")
-    canon = CONNECTION_VARS.get(key)
-    if canon is None:
-        return
-    if canon == "port":
-        if isinstance(value, bool) or not (isinstance(value, int) or
-                                           (isinstance(value, str) and re.fullmatch(r"[0-9]{1,5}", value))):
-            shown = value if not isinstance(value, str) or len(value) < 40 else value[:37] + "..."
-            raise src.error(f"{key} must be a port number, not {_type_name(value)} {shown!r}")
-        if not 1 <= int(value) <= 65535:
-            raise src.error(f"{key} {value} is out of range (1-65535)")
-    elif canon == "connection":
-        if value not in CONNECTIONS:
-            raise src.error(f"{key}: {value!r} is not supported; use one of {', '.join(CONNECTIONS)}")
-    elif not isinstance(value, str) or not value:
-        raise src.error(f"{key} must be a non-empty string, not {_type_name(value)}")
-
-
-def connection_vars(hvars: Dict[str, Any]) -> Dict[str, Any]:
-    """The canonical connection settings (host, port, user, identity_file, connection) in ``hvars``.
-
-    Ansible's names win over our short aliases when both are set (``CONNECTION_VARS`` lists
-    them first), as an Ansible user expects.
-    """
-    out: Dict[str, Any] = {}
-    for key, canon in CONNECTION_VARS.items():
-        if key in hvars and canon not in out:
-            value = hvars[key]
-            out[canon] = int(value) if canon == "port" else value
-    return out
 
 
 def default_inventory_path() -> str:

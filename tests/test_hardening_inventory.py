@@ -148,8 +148,8 @@ def test_cli_refuses_billion_laughs_in_bounded_memory(tmp_path, extra):
 def test_alias_range_bomb_is_refused_before_any_host_is_added(tmp_path, monkeypatch):
     text = alias_range_bomb()
     path = write(tmp_path, "bomb.yml", text)
-    add_host = Counted(Inventory._add_host, stop_after=inventory_module.MAX_HOST_ENTRIES)
-    monkeypatch.setattr(Inventory, "_add_host", add_host)
+    add_host = Counted(Inventory.add_host, stop_after=inventory_module.MAX_HOST_ENTRIES)
+    monkeypatch.setattr(Inventory, "add_host", add_host)
     with pytest.raises(InventoryError) as info:
         Inventory.load([path])
     assert info.value.line == lineno(text, "&G"), str(info.value)  # the anchored group's range
@@ -174,8 +174,8 @@ def test_alias_inside_itself_is_refused_with_its_line(tmp_path):
 def test_many_range_lines_in_a_host_file_are_bounded(tmp_path, monkeypatch):
     """Not only YAML: a host list of range lines is counted before each line expands."""
     monkeypatch.setattr(inventory_module, "MAX_HOST_ENTRIES", 1000)
-    add_host = Counted(Inventory._add_host, stop_after=1000)
-    monkeypatch.setattr(Inventory, "_add_host", add_host)
+    add_host = Counted(Inventory.add_host, stop_after=1000)
+    monkeypatch.setattr(Inventory, "add_host", add_host)
     path = write(tmp_path, "hosts.txt", "h[1:300]\n" * 5)
     with pytest.raises(InventoryError) as info:
         Inventory.load([path])
