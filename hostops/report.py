@@ -35,7 +35,7 @@ from hostops.hostlist import compact
 
 MAX_LINE = 64 * 1024 * 1024      # a record longer than this is skipped (a host's output is at most 2 × --max-output)
 DEFAULT_MAX_OUTPUT = 64 * 1024   # bytes of each host's stdout and stderr shown in the page
-OUTPUT_BUDGET = 16 * 1024 * 1024  # output text kept for the whole report; past it, outputs are named, not shown
+OUTPUT_BUDGET = 8 * 1024 * 1024  # output text kept for the whole report; past it, outputs are named, not shown
 SKIPPED_SHOWN = 20               # skipped lines listed by file:line (the rest are counted)
 
 #: Non-success first (the most serious first), successes last: the order of every list in the report.

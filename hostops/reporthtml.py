@@ -25,6 +25,7 @@ from collections.abc import Iterable
 
 from hostops import __version__, report
 from hostops.errors import UsageError
+from hostops.exitcodes import for_statuses
 from hostops.report import SUCCESS, HostRow, LogSet, Output, OutputGroup, Run
 
 _e = html.escape  # quote=True: safe in text and in attribute values alike
@@ -128,8 +129,8 @@ def _run(run: Run, index: int, max_output: int) -> str:
     parts = [head, _summary(run, index), _timeline(timeline(run))]
     if run.is_runbook:
         parts.append(_step_table(run))
+    parts.append(_outputs(run, max_output))  # before the hosts table: a fleet's table is long
     parts.append(_hosts_table(run))
-    parts.append(_outputs(run, max_output))
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -148,6 +149,12 @@ def _summary(run: Run, index: int) -> str:
     facts.append(("hosts", str(total)))
     if run.exit_code is not None:
         facts.append(("exit code", str(run.exit_code)))
+    elif run.summary is not None:  # today's runbook end record has none: derived as hostops derives it
+        derived = for_statuses(counts, bool(run.summary.get("interrupted")))
+        facts.append(("exit code", f"{int(derived)} <span class=\"note\">(derived from the statuses: the log "
+                                   "does not record it)</span>"))
+    if run.version is not None:
+        facts.append(("log schema", _e(str(run.version))))
     if run.summary is None:
         facts.append(("end", "<b>no end record</b>: the run was killed, or is still going"))
     else:

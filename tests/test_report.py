@@ -181,6 +181,7 @@ def test_runbook_table_and_incomplete_hosts(tmp_path):
     assert run.counts() == {"failed": 1, "incomplete": 1, "ok": 1}  # h3 never got to restart
     page = render(rep.read_logs([str(tmp_path / "run.jsonl")]))
     assert "Hosts × steps" in page and "failed at step" in page
+    assert "<dt>exit code</dt><dd>5 <span class=\"note\">(derived" in page  # today's runbook end record has none
 
 
 # ================================================================== bounds
@@ -220,7 +221,8 @@ def test_everything_from_the_log_is_escaped(tmp_path):
            host(name, "failed", out="\n".join(HOSTILE), err=HOSTILE[2], error="<b>boom</b>", step="<i>st</i>"),
            host("h<b>2", out=HOSTILE[0], step="<i>st</i>"), end(stopped="<script>x</script>")]
     page = render(rep.read_logs([write_log(tmp_path / "evil.jsonl", run)]))
-    assert "<script" not in page and "<img" not in page and "<svg onload" not in page and "<b>" not in page
+    assert "<script" not in page and "<img" not in page and "<svg onload" not in page
+    assert "<b>boom" not in page and "<i>st" not in page and "&lt;i&gt;st&lt;/i&gt;" in page
     assert "&lt;script&gt;document.title=&#x27;P&#x27;+&#x27;WNED&#x27;&lt;/script&gt;" in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
 
@@ -268,7 +270,7 @@ def test_cli_default_output_stdout_and_errors(tmp_path):
     assert default_output([log]) == log + ".html"
     page = open(log + ".html").read()
     assert stat.S_IMODE(os.stat(log + ".html").st_mode) == 0o600 and "hello" in page
-    assert f"written to {log}.html, 1 line(s) skipped" in res.stderr
+    assert f"report of 1 run (1 host) written to {log}.html, 1 line(s) skipped" in res.stderr
     res = runner.invoke(_entry, ["report", log, "-o", "-"])
     assert res.exit_code == 0 and res.stdout.startswith("<!DOCTYPE html>")
     res = runner.invoke(_entry, ["report", "-"], input=open(log).read())
@@ -462,6 +464,7 @@ def test_runbook_report_shows_the_host_step_table(hostops, inventory, known_host
     assert run.code == 5, run
     assert hostops("report", str(log)).code == 0
     dom = browse(str(log) + ".html", tmp_path, "--dump-dom")
+    assert re.search(r"<dt>exit code</dt><dd>5\b", dom)
     table = re.search(r'<table class="steps-table">(.*?)</table>', dom, re.S).group(1)
     assert re.findall(r"<th>([^<]*)</th>", table) == ["host", "check", "restart", "collect logs"]
     rows = [(h, re.findall(r'<td class="cell s-(\w+)"', cells))

@@ -53,5 +53,6 @@ def report_cmd(logs: tuple, output: str | None, max_output: int) -> int:
     skipped = f", {data.skipped_count} line(s) skipped (not log records; listed on the page)" \
         if data.skipped_count else ""
     where = "standard output" if target == "-" else target
-    click.echo(f"hostops: report of {runs} run(s), {hosts} host result(s) written to {where}{skipped}", err=True)
+    click.echo(f"hostops: report of {runs} run{'s' if runs != 1 else ''} ({hosts} host{'s' if hosts != 1 else ''}) "
+               f"written to {where}{skipped}", err=True)
     return 0
