@@ -391,7 +391,8 @@ def write_report(path: str, page: str) -> None:
         fd = os.open(tmp, flags, 0o600)
     except OSError as exc:
         reason = "a symbolic link is in the way" if exc.errno == errno.ELOOP else exc.strerror
-        raise UsageError(f"-o {path}: cannot create {tmp}: {reason}") from None
+        raise UsageError(f"-o {path}: cannot create {tmp}: {reason} (write elsewhere with -o FILE, or to "
+                         "standard output with -o -)") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(page.encode("utf-8", errors="replace"))  # "replace": a lone surrogate from a JSON escape

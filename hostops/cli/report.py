@@ -21,7 +21,7 @@ EPILOG = ("Exit codes: 0 the report was written; 2 a log cannot be read or holds
 @click.option("-o", "--output", "output", metavar="FILE", default=None,
               help="Where to write the page (0600, replaced atomically). Default: LOG.html beside the first "
                    "log; '-' for standard output.")
-@click.option("--max-output", type=SIZE, default=str(DEFAULT_MAX_OUTPUT), show_default=True, metavar="SIZE",
+@click.option("--max-output", type=SIZE, default=f"{DEFAULT_MAX_OUTPUT // 1024}K", show_default=True, metavar="SIZE",
               help="Output shown per host and stream (K/M suffixes); longer output is cut, and the page says so.")
 def report_cmd(logs: tuple, output: str | None, max_output: int) -> int:
     """Turn --log files into one HTML page: timeline, summary, folded outputs.
