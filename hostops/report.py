@@ -320,19 +320,23 @@ def adapt_record(obj: Any) -> tuple[str, dict[str, Any]]:
 
 
 def _epoch(value: Any) -> float | None:
+    """Epoch seconds from a number or an ISO 8601 text; None for anything else or out of range
+    (a time that no clock gives would break the timeline's scale)."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
+        epoch = float(value)
+    elif isinstance(value, str):
         try:
             when = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return None
         if when.tzinfo is None:
             when = when.replace(tzinfo=_dt.timezone.utc)
-        return when.timestamp()
-    return None
+        epoch = when.timestamp()
+    else:
+        return None
+    return epoch if 0 <= epoch < 2 ** 33 else None  # NaN fails both tests
 
 
 def _text(value: Any) -> str:
@@ -359,7 +363,9 @@ def _int(value: Any) -> int | None:
 
 
 def _float(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else 0.0
+    """A duration: a number of seconds, 0 for anything else (negative, NaN, infinite, a year or more)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 366 * 86400
+    return float(value) if ok else 0.0
 
 
 # ------------------------------------------------------------------ reading

@@ -20,6 +20,8 @@ from html import unescape
 import click
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hostops import report as rep
 from hostops.cli import main
@@ -83,6 +85,21 @@ def test_adapter_reads_todays_records_and_tolerates_a_newer_schema():
 
 
 # ================================================================== reading
+def test_times_and_durations_no_clock_gives_are_dropped_not_a_crash(tmp_path):
+    inf, nan = float("inf"), float("nan")
+    log = write_log(tmp_path / "odd.jsonl", [
+        {"event": "start", "time": inf, "hosts": ["a", "b", "c"]},
+        {"event": "host", "host": "a", "status": "ok", "start": 1e300, "duration": inf, "time": nan},
+        {"event": "host", "host": "b", "status": "ok", "start": -5, "duration": -1, "time": "9999-99-99"},
+        {"event": "host", "host": "c", "status": "ok", "start": "10000-01-01T00:00:00", "duration": nan},
+        {"event": "end", "time": 1e19, "summary": {"elapsed": "soon"}}])
+    logs = rep.read_logs([log])
+    run = logs.runs[0]
+    assert (run.started, run.ended) == (None, None)
+    assert [(r.start, r.duration, r.time) for r in run.records] == [(None, 0.0, None)] * 3
+    assert "Timeline" in render(logs)
+
+
 def test_bad_lines_are_skipped_counted_and_named(tmp_path):
     log = write_log(tmp_path / "run.jsonl", [
         start(["a", "b"]), "this is not json", host("a"), "[1, 2]", '{"event": "weird"}', host("b"), end(),
@@ -123,6 +140,35 @@ def test_several_runs_in_one_file_and_records_without_a_start(tmp_path):
     assert runs[2].summary is None
     assert runs[2].counts() == {"failed": 1, "untouched": 1}
     assert "no end record" in render(rep.read_logs([log]))
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                    max_leaves=8)
+FIELDS = ["time", "event", "host", "hosts", "status", "exit_code", "stdout", "stderr", "error", "start", "duration",
+          "step", "summary", "action", "options", "version"]
+RECORD = st.fixed_dictionaries({"event": st.sampled_from(["start", "host", "end"]), "host": st.text(min_size=1, max_size=8)},
+                               optional={f: JSON for f in FIELDS if f not in ("event", "host")})
+LINE = st.one_of(RECORD.map(json.dumps), RECORD.map(lambda r: json.dumps(r)[:-3]), JSON.map(json.dumps),
+                 st.text(max_size=30).map(lambda t: t.replace("\n", " ")))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(LINE, max_size=12))
+def test_any_log_is_read_and_rendered_or_refused_never_a_crash(tmp_path, lines):
+    """Whatever a log holds (odd types in every field, NaN, huge numbers, cut lines, garbage):
+    a page, or one FileError when nothing in it is a record; every line is a record or counted."""
+    log = write_log(tmp_path / "fuzz.jsonl", lines)
+    try:
+        logs = rep.read_logs([log])
+    except FileError:
+        return
+    starts = sum(1 for r in logs.runs if r.action != "(no start record)")
+    ends = sum(1 for r in logs.runs if r.summary is not None)
+    records = sum(len(r.records) for r in logs.runs)
+    assert starts + records + ends + logs.skipped_count == len([x for x in lines if x.encode().strip()])
+    page = render(logs)
+    assert "<script" not in page and page.endswith("</html>\n")
 
 
 # ================================================================== the model: order, folding, table
