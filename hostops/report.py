@@ -201,7 +201,8 @@ class Run:
 
     def groups(self) -> list[OutputGroup]:
         """Identical results folded: per step, hosts whose status, exit code, error, stdout and
-        stderr are all the same share one group; groups with failures first, then the biggest."""
+        stderr are all the same share one group. Failures first (of every step, in step order),
+        then the successes step by step, the biggest group first."""
         found: dict[tuple, OutputGroup] = {}
         for rec in self.records:
             key = (rec.step, rec.status, rec.exit_code, rec.error, rec.stdout.key, rec.stderr.key)
@@ -211,8 +212,8 @@ class Run:
                                                  rec.stderr, [])
             group.hosts.append(rec.host)
         order = {s: i for i, s in enumerate(self.steps)}
-        return sorted(found.values(), key=lambda g: (order.get(g.step or "", 0), severity(g.status),
-                                                     -len(g.hosts), compact(g.hosts)))
+        return sorted(found.values(), key=lambda g: (g.status in SUCCESS, order.get(g.step or "", 0),
+                                                     severity(g.status), -len(g.hosts), g.folded))
 
     def table(self) -> tuple[list[str], list[tuple[str, dict[str, str]]]]:
         """The runbook's host × step table: (steps, [(host, {step: status})]), failed hosts first.

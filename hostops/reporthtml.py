@@ -250,13 +250,10 @@ def _step_table(run: Run) -> str:
 
 def _outputs(run: Run, max_output: int) -> str:
     groups = run.groups()
+    order = "failures first (every step's), then successes step by step" if run.is_runbook else "failures first"
     out = ["<h3>Output</h3><p class=\"note\">Hosts with identical results are folded into one group; "
-           f"failures first. Each stream shows at most {_size(max_output)} per host.</p>"]
-    step: object = object()
+           f"{order}. Each stream shows at most {_size(max_output)} per host.</p>"]
     for group in groups:
-        if group.step != step and run.is_runbook:
-            out.append(f"<h3>Step <code>{_e(group.step or '')}</code></h3>")
-        step = group.step
         out.append(_group(group, open_=group.status not in SUCCESS or len(groups) <= 20))
     if not groups:
         out.append("<p class=\"note\">No host record in this run.</p>")
@@ -267,8 +264,9 @@ def _group(group: OutputGroup, open_: bool) -> str:
     bad = "" if group.status in SUCCESS else " bad"
     n = len(group.hosts)
     code = "" if group.exit_code is None else f" · exit {group.exit_code}"
+    step = "" if group.step is None else f"<span class=\"step\">step <code>{_e(group.step)}</code></span> "
     parts = [f"<details class=\"group{bad}\" data-status=\"{_e(group.status)}\"{' open' if open_ else ''}>"
-             f"<summary><span class=\"chip {cls(group.status)}\">{_e(group.status)}</span> "
+             f"<summary><span class=\"chip {cls(group.status)}\">{_e(group.status)}</span> {step}"
              f"<span class=\"hosts\">{_e(group.folded)}</span> <span class=\"note\">({n} host{'s' if n != 1 else ''}"
              f"{code})</span></summary>"]
     if group.error:

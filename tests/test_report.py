@@ -225,6 +225,8 @@ def test_runbook_table_and_incomplete_hosts(tmp_path):
     assert rows == [("h2", {"check": "ok", "restart": "failed", "collect logs": "ok"}),
                     ("h3", {"check": "ok"}), ("h1", {"check": "ok", "restart": "ok"})]
     assert run.counts() == {"failed": 1, "incomplete": 1, "ok": 1}  # h3 never got to restart
+    assert [(g.step, g.status, g.folded) for g in run.groups()] == [  # failures of any step first
+        ("restart", "failed", "h2"), ("check", "ok", "h[1-3]"), ("restart", "ok", "h1"), ("collect logs", "ok", "h2")]
     page = render(rep.read_logs([str(tmp_path / "run.jsonl")]))
     assert "Hosts × steps" in page and "failed at step" in page
     assert "<dt>exit code</dt><dd>5 <span class=\"note\">(derived" in page  # today's runbook end record has none
@@ -518,5 +520,6 @@ def test_runbook_report_shows_the_host_step_table(hostops, inventory, known_host
     assert rows[0] == ("h003", ["ok", "failed", "ok"])  # the failed host first; its when_failed step ran
     assert sorted(rows[1:]) == [(h, ["ok", "ok", "none"]) for h in ("h001", "h002", "h004")]
     groups = dom_groups(dom)
+    assert groups[0] == ("failed", "h003", "")  # restart's failure before check's successes
     assert ("ok", "h[001-002,004]", "") in groups  # restart: the same (empty) result, folded
     assert ("ok", "h003", "logs of h003\n") in groups

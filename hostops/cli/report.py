@@ -44,8 +44,12 @@ def report_cmd(logs: tuple, output: str | None, max_output: int) -> int:
     page = render(data)
     target = output or default_output(list(logs))
     if target == "-":
+        from hostops.stdstreams import stream_error
+
         sys.stdout.buffer.write(page.encode("utf-8", errors="replace"))
         sys.stdout.flush()
+        if stream_error("stdout") is not None:  # the reader went away (| head): main() says 141, nothing more
+            return 0
     else:
         write_report(target, page)
     runs = len(data.runs)
