@@ -17,6 +17,7 @@ from hostops import __version__
 from hostops.cli import commands
 from hostops.cli.keys import keys_group
 from hostops.cli.options import CONTEXT
+from hostops.cli.report import report_cmd
 from hostops.errors import HostopsError
 from hostops.exitcodes import HELP_TEXT, ExitCode
 
@@ -37,7 +38,7 @@ def cli() -> None:
     """
 
 for _command in (commands.exec_cmd, commands.put_cmd, commands.get_cmd, commands.script_cmd, commands.run_cmd,
-                 commands.inventory_cmd, keys_group):
+                 commands.inventory_cmd, keys_group, report_cmd):
     cli.add_command(_command)
 
 
