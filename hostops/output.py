@@ -158,7 +158,6 @@ class Renderer:
         pass
 
     def result(self, result: HostResult) -> None:
-        self.progress.finished(result.host, result.ok)
         if self.outdir:
             try:
                 write_outdir(self.outdir, result)
@@ -166,7 +165,8 @@ class Renderer:
                 self.outdir_failed.append(result.host)
                 note = f"could not write -o file: {exc.strerror or exc}"
                 result.error = (result.error + "; " if result.error else "") + note
-        with self.progress.hidden():
+        with self.progress.hidden():  # drawn again after the block, with this host counted
+            self.progress.finished(result.host, result.ok)
             self.show(result)
 
     def show(self, result: HostResult) -> None:

@@ -187,11 +187,12 @@ class Progress:
     Events come from the run (:meth:`started`, :meth:`finished`); a renderer about to write
     calls :meth:`clear` (the line is erased and held off) and :meth:`show` after (it comes
     back at once, or within MIN_GAP). :meth:`close` erases it for good and stops the ticker.
-    ``clock`` and ``width`` are injectable for tests; nothing is drawn unless ``enabled``."""
+    ``clock`` and ``width`` are injectable for tests, and ``ticker=False`` leaves the redraws
+    between events to whoever calls :meth:`poll`; nothing is drawn unless ``enabled``."""
 
     def __init__(self, stream: IO, total: int, enabled: bool, *, escape: Callable[[str], str] = str,
                  color: bool = False, clock: Callable[[], float] = time.monotonic,
-                 width: Callable[[], int] | None = None, interval: float = INTERVAL):
+                 width: Callable[[], int] | None = None, interval: float = INTERVAL, ticker: bool = True):
         self.stream = stream
         self.total = total
         self.enabled = enabled
@@ -200,6 +201,7 @@ class Progress:
         self.clock = clock
         self.width = width if width is not None else (lambda: terminal_width(stream))
         self.interval = interval
+        self.ticker = ticker
         self.label = ""
         self.done = 0
         self.running: dict[str, float] = {}  # host → when it started
@@ -282,7 +284,7 @@ class Progress:
         self._dirty = True
         if not self.enabled or self._closed:
             return
-        if self._thread is None:
+        if self._thread is None and self.ticker:
             self._thread = threading.Thread(target=self._tick, name="hostops-progress", daemon=True)
             self._thread.start()
         if self.clock() - self._last >= MIN_GAP:
@@ -307,9 +309,22 @@ class Progress:
             self.draws += 1
 
     def due(self) -> float:
-        """Seconds until the next draw is due (<= 0: now)."""
+        """Seconds until the next draw is due (<= 0: now): MIN_GAP after the last draw when
+        something changed since, else the interval (the elapsed times move on their own)."""
         gap = MIN_GAP if self._dirty else self.interval
         return self._last + gap - self.clock()
+
+    def poll(self) -> float:
+        """What the ticker does each round: draw if due; the seconds to wait before the next
+        round (bounded by the interval; the interval while a renderer holds the line off)."""
+        with self._lock:
+            if self._held or self._closed:
+                return self.interval
+            wait = self.due()
+            if wait <= 0:
+                self.draw()
+                wait = self.due()
+            return min(max(wait, 0.0), self.interval)
 
     def _erase(self) -> None:
         if not self._shown:
@@ -325,11 +340,6 @@ class Progress:
         """The ticker thread: redraw when due; every wait bounded, so close() is seen at once."""
         with self._wake:
             while not self._closed and self.enabled:
-                if self._held:  # a renderer is writing; show() wakes us
-                    self._wake.wait(self.interval)
-                    continue
-                wait = self.due()
-                if wait <= 0:
-                    self.draw()
-                    continue
-                self._wake.wait(min(wait, self.interval))
+                wait = self.poll()
+                if wait > 0:
+                    self._wake.wait(wait)
