@@ -123,9 +123,11 @@ def format_line(*, done: int, total: int, running: Mapping[str, float], failed: 
     """The line's text in fewer than ``width`` columns (never into the last one, so a terminal
     never wraps it): the counts first, then the slowest hosts still running (``running``:
     host name → when it started, on the clock ``now`` is read from) as many as fit. Host
-    names are untrusted: ``escape`` makes each one line of printable text first."""
+    names (and a runbook's step names in ``label``) are untrusted: ``escape`` makes each one
+    line of printable text first. With ``color``, a non-zero failed count is red."""
     room = max(10, width - 1)
-    head = [cut(label, 40)] if label else []
+    head = [cut(escape(label), 40)] if label else []
+    before_failed = "[" + " · ".join(head + [f"{done}/{total} done", f"{len(running)} running", ""])
     head += [f"{done}/{total} done", f"{len(running)} running", f"{failed} failed", seconds(elapsed)]
     text = "[" + " · ".join(head)
     slow = sorted(running.items(), key=lambda kv: (kv[1], kv[0]))[:SLOWEST]
@@ -140,9 +142,10 @@ def format_line(*, done: int, total: int, running: Mapping[str, float], failed: 
     text += "]"
     if columns(text) > room:
         text = cut(text[:-1], room - 1) + "]"
-    if color and failed:
-        plain = f"{failed} failed"
-        text = text.replace(f" · {plain} · ", f" · \x1b[31m{plain}\x1b[0m · ", 1)
+    plain = f"{failed} failed"
+    if color and failed and text.startswith(before_failed + plain):
+        at = len(before_failed)
+        text = f"{text[:at]}\x1b[31m{plain}\x1b[0m{text[at + len(plain):]}"
     return text
 
 
@@ -212,6 +215,7 @@ class Progress:
         self._wake = threading.Condition(self._lock)
         self._shown = False     # the line is on the screen now
         self._held = False      # a renderer is writing: no redraw until show()
+        self._depth = 0         # hidden() blocks under way (they nest: a warning inside a write)
         self._dirty = False     # something changed since the last draw
         self._closed = False
         self._last = float("-inf")
@@ -253,13 +257,17 @@ class Progress:
 
     @contextmanager
     def hidden(self) -> Iterator[None]:
-        """``with progress.hidden(): write…``: nothing drawn meanwhile, the line back after."""
+        """``with progress.hidden(): write…``: nothing drawn meanwhile, the line back after
+        the outermost block (a warning written from inside another write keeps it off)."""
         with self._lock:
-            self.clear()
+            self._depth += 1
+            self._erase()
             try:
                 yield
             finally:
-                self.show()
+                self._depth -= 1
+                if not self._depth:
+                    self.show()
 
     def close(self) -> None:
         """The end: erase the line for good and stop the ticker (bounded wait)."""
@@ -281,7 +289,7 @@ class Progress:
                                escape=self.escape, color=self.color)
 
     def _changed(self) -> None:
-        self._dirty = True
+        pending, self._dirty = self._dirty, True
         if not self.enabled or self._closed:
             return
         if self._thread is None and self.ticker:
@@ -289,13 +297,13 @@ class Progress:
             self._thread.start()
         if self.clock() - self._last >= MIN_GAP:
             self.draw()
-        else:
-            self._wake.notify_all()  # the ticker draws it when the gap is over
+        elif not pending:  # the ticker draws it when the gap is over (woken once, not per --stream line)
+            self._wake.notify_all()
 
     def draw(self) -> None:
         """Draw the line now (one write: the erase and the text), unless held off or closed."""
         with self._lock:
-            if not self.enabled or self._held or self._closed:
+            if not self.enabled or self._held or self._depth or self._closed:
                 return
             self._last = self.clock()
             self._dirty = False
@@ -318,7 +326,7 @@ class Progress:
         """What the ticker does each round: draw if due; the seconds to wait before the next
         round (bounded by the interval; the interval while a renderer holds the line off)."""
         with self._lock:
-            if self._held or self._closed:
+            if self._held or self._depth or self._closed:
                 return self.interval
             wait = self.due()
             if wait <= 0:

@@ -577,3 +577,37 @@ def test_colour_always_through_a_pipe(isolated_home, tmp_path):
     assert out.startswith("l0 | OK | rc=0") and "\x1b" not in out + err
     code, out, err = _piped(["exec", "echo hi", "-i", inv, "--color", "sometimes"], isolated_home)
     assert code == 2 and "--color" in err
+
+
+def test_a_warning_inside_a_write_keeps_the_line_off():
+    """A write that fails (stdout's reader gone) warns from inside the renderer's write: the
+    line must not come back in the middle of it."""
+    clock = Clock()
+    p, err = _progress(clock)
+    p.started("h")
+    clock.now += 1
+    with p.hidden():
+        err.write("a block, first half")
+        with p.hidden():
+            err.write("\nhostops: warning: ...\n")
+        clock.now += 1
+        p.poll()
+        err.write("second half\n")
+        written = err.getvalue()
+    assert "first half\nhostops: warning: ...\nsecond half\n" in written
+    assert _draws(err.getvalue()[len(written):])  # back after the outer block
+    p.clear()  # a bare clear (the gather renderer's) holds it off until show() or a hidden block ends
+    clock.now += 1
+    p.poll()
+    assert err.getvalue().endswith(ERASE)
+    with p.hidden():
+        pass
+    assert _draws(err.getvalue())[-1].startswith("[0/42 done · 1 running")
+    assert not err.getvalue().endswith(ERASE)
+
+
+def test_a_step_name_is_escaped_and_a_label_can_say_failed():
+    line = format_line(done=0, total=2, running={}, failed=1, elapsed=1.0, now=1.0, width=200,
+                       label="step 1/2 a · 1 failed · \x1b[2Jx\ny", escape=one_line, color=True)
+    assert line == ("[step 1/2 a · 1 failed · \\x1b[2Jx\\x0ay · 0/2 done · 0 running · \x1b[31m1 failed\x1b[0m · "
+                    "1.0s]")
