@@ -5,8 +5,9 @@ newline and tab is shown escaped (``\\x1b``, ``\\u202e``), so a host cannot move
 cursor, retitle the terminal, write to the clipboard or fake another host's header.
 
 Owns: escaping, the one colour palette (:data:`PALETTE`, :func:`paint`), the renderers
-(each implements :class:`hostops.api.Events`: the one handler a run reports to), ``-o``
-files, and the inventory listing and graph.
+(each implements :class:`hostops.api.Events`: the one handler a run reports to, and tells the
+progress line of :mod:`hostops.progress` what happens), ``-o`` files, and the inventory
+listing and graph. Whether there is colour is decided in one place, :func:`use_color`.
 Must not import: the API, the pool, the CLI (they import this module), paramiko.
 """
 from __future__ import annotations
@@ -17,11 +18,11 @@ import os
 import re
 import stat
 import sys
-import time
 from collections.abc import Iterable
 from typing import IO, Any
 
 from hostops.hostlist import compact
+from hostops.progress import Progress, color_wanted, progress_wanted, section_label
 from hostops.results import (
     FAILED,
     INTERRUPTED,
@@ -87,9 +88,10 @@ def _escape_char(ch: str) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-def use_color(stream: IO) -> bool:
-    # no-color.org: NO_COLOR set to a non-empty value turns colour off
-    return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()
+def use_color(stream: IO, choice: str = "auto") -> bool:
+    """Colour on ``stream``? The one decision (``--color auto|always|never``, ``NO_COLOR``,
+    ``TERM=dumb``), made in :func:`hostops.progress.color_wanted` for renderers and progress line alike."""
+    return color_wanted(stream, choice)
 
 
 #: The one colour palette: host statuses, and host key states (hostops keys).
@@ -128,66 +130,34 @@ def _body(result: HostResult, raw: bool = False) -> str:
     return "\n".join(lines)
 
 
-class Progress:
-    """One self-erasing status line on stderr while hosts are in flight (TTY only)."""
-
-    def __init__(self, stream: IO, total: int, enabled: bool):
-        self.stream = stream
-        self.total = total
-        self.enabled = enabled and hasattr(stream, "isatty") and stream.isatty()
-        self.running = 0
-        self.done = 0
-        self._shown = False
-        self._last = 0.0
-
-    def clear(self) -> None:
-        if self._shown:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self._shown = False
-
-    def update(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._last < 0.1:
-            return
-        self._last = now
-        self.stream.write(f"\r\x1b[K[{self.done}/{self.total} done, {self.running} running]")
-        self.stream.flush()
-        self._shown = True
-
-
 class Renderer:
     """Base renderer, an :class:`hostops.api.Events` handler: started/output/result as events
     arrive, section for a new batch or step, warning, then finish with the run's report."""
 
     def __init__(self, out: IO | None = None, err: IO | None = None, progress: Progress | None = None,
-                 outdir: str | None = None, raw: bool = False):
+                 outdir: str | None = None, raw: bool = False, color: str = "auto"):
         # Resolved now, not at import: the CLI puts guarded streams in place first, and a
         # closed descriptor (sys.stdout None) must not crash a run.
         self.out = _or_null(out if out is not None else sys.stdout)
         self.err = _or_null(err if err is not None else sys.stderr)
         self.raw = raw
-        self.progress = progress or Progress(self.err, 0, False)
+        self.progress = progress or Progress(self.err, 0, False, escape=one_line)
         self.outdir = outdir
         self.outdir_failed: list[str] = []  # hosts whose -o files could not be written
-        self.color = use_color(self.out)
+        self.color = use_color(self.out, color)
+        self.err_color = use_color(self.err, color)
         if outdir:
             from hostops.secrets import private_makedirs
 
             private_makedirs(outdir)  # 0700 whatever the umask: output may hold secrets
 
-    def started(self, host: str) -> None:  # noqa: ARG002  (the Events protocol)
-        self.progress.running += 1
-        self.progress.update()
+    def started(self, host: str) -> None:
+        self.progress.started(host)
 
     def output(self, host: str, stream: str, data: bytes) -> None:
         pass
 
     def result(self, result: HostResult) -> None:
-        self.progress.running = max(0, self.progress.running - 1)
-        self.progress.done += 1
         if self.outdir:
             try:
                 write_outdir(self.outdir, result)
@@ -195,30 +165,34 @@ class Renderer:
                 self.outdir_failed.append(result.host)
                 note = f"could not write -o file: {exc.strerror or exc}"
                 result.error = (result.error + "; " if result.error else "") + note
-        self.progress.clear()
-        self.show(result)
-        self.progress.update(force=True)
+        with self.progress.hidden():  # drawn again after the block, with this host counted
+            self.progress.finished(result.host, result.ok)
+            self.show(result)
 
     def show(self, result: HostResult) -> None:
         raise NotImplementedError
 
     def section(self, title: str, total: int) -> None:  # noqa: ARG002  (the Events protocol)
         """A new step or batch begins (runbooks, --batch): a title line, progress reset."""
-        self.progress.clear()
-        self.progress.total, self.progress.done, self.progress.running = total, 0, 0
-        self.out.write(f"{title}\n")
-        self.out.flush()
+        with self.progress.hidden():
+            self.progress.section(section_label(title), total)
+            self.out.write(f"{title}\n")
+            self.out.flush()
 
     def warning(self, message: str) -> None:
         """One line on stderr, host names and values in it escaped."""
-        self.progress.clear()
-        self.err.write(f"hostops: warning: {one_line(message)}\n")
-        self.err.flush()
+        with self.progress.hidden():
+            self.err.write(f"hostops: warning: {one_line(message)}\n")
+            self.err.flush()
+
+    def close(self) -> None:
+        """The progress line erased for good (also after an error that skipped :meth:`finish`)."""
+        self.progress.close()
 
     def finish(self, summary: RunReport) -> None:
         """The end: a runbook's table, what was interrupted or never started, then the
         summary line (stderr)."""
-        self.progress.clear()
+        self.progress.close()
         epilogue = self.epilogue(summary)
         if epilogue:
             self.out.write(epilogue.rstrip("\n") + "\n")
@@ -298,15 +272,15 @@ class StreamRenderer(Renderer):
     """--stream: each line as it arrives, ``host: line`` (stderr lines on stderr), like pdsh."""
 
     def output(self, host: str, stream: str, data: bytes) -> None:
-        self.progress.clear()
-        target = self.out if stream == "stdout" else self.err
         text = raw_text(data) if self.raw else sanitize(data)
-        target.write(f"{one_line(host)}: {text}" + ("" if text.endswith("\n") else "\n"))
-        target.flush()
+        with self.progress.hidden():
+            target = self.out if stream == "stdout" else self.err
+            target.write(f"{one_line(host)}: {text}" + ("" if text.endswith("\n") else "\n"))
+            target.flush()
 
     def show(self, result: HostResult) -> None:
         if not result.ok:
-            self.err.write(header(result, use_color(self.err)) + (
+            self.err.write(header(result, self.err_color) + (
                 f" | {one_line(result.error)}" if result.error else "") + "\n")
             self.err.flush()
 
@@ -323,7 +297,7 @@ class JsonRenderer(Renderer):
         self.out.flush()
 
     def section(self, title: str, total: int) -> None:  # noqa: ARG002  (the Events protocol)
-        self.progress.total, self.progress.done, self.progress.running = total, 0, 0  # stdout stays JSON
+        self.progress.section(section_label(title), total)  # stdout stays JSON
 
     def epilogue(self, report: RunReport) -> str:  # noqa: ARG002  (overridden by renderers that use it)
         return ""  # JSON mode: nothing but JSON lines on stdout
@@ -391,10 +365,14 @@ def _remove_if_same(path: str, st: os.stat_result) -> None:
 
 
 def make_renderer(mode: str, *, out: IO | None = None, err: IO | None = None, total: int = 0,
-                  progress: bool = True, outdir: str | None = None, raw: bool = False) -> Renderer:
+                  progress: bool | None = None, outdir: str | None = None, raw: bool = False,
+                  color: str = "auto") -> Renderer:
+    """The renderer for an output mode. ``progress``: None shows the progress line on a
+    terminal only (not TERM=dumb); True/False (``--progress``/``--no-progress``) force it.
+    ``color``: ``auto``, ``always`` or ``never`` (:func:`use_color`)."""
     out = _or_null(out if out is not None else sys.stdout)
     err = _or_null(err if err is not None else sys.stderr)
-    prog = Progress(err, total, progress and mode != "stream")
+    prog = make_progress(err, total, progress, color)
     kinds = {"blocks": BlockRenderer, "quiet": BlockRenderer, "gather": GatherRenderer,
              "stream": StreamRenderer, "json": JsonRenderer}
     if raw:
@@ -402,8 +380,13 @@ def make_renderer(mode: str, *, out: IO | None = None, err: IO | None = None, to
             if hasattr(stream, "reconfigure"):
                 stream.reconfigure(errors="surrogateescape")
     if mode == "quiet":
-        return BlockRenderer(out, err, prog, outdir, quiet=True, raw=raw)
-    return kinds[mode](out, err, prog, outdir, raw=raw)
+        return BlockRenderer(out, err, prog, outdir, quiet=True, raw=raw, color=color)
+    return kinds[mode](out, err, prog, outdir, raw=raw, color=color)
+
+
+def make_progress(err: IO, total: int, progress: bool | None = None, color: str = "auto") -> Progress:
+    """The progress line on ``err`` (see :func:`make_renderer`), host names escaped as all output is."""
+    return Progress(err, total, progress_wanted(err, progress), escape=one_line, color=use_color(err, color))
 
 
 # ------------------------------------------------------------------ the inventory

@@ -322,7 +322,9 @@ def warn_user(message: str) -> None:
     """A warning on the terminal from wherever this runs (a worker process shares the CLI's
     stderr): one write per line, so lines from many hosts never interleave."""
     try:
-        clear = "\r\x1b[K" if os.isatty(2) else ""  # over the progress line, which is redrawn after
+        from hostops.progress import worker_erase
+
+        clear = worker_erase(2)  # over the progress line, which the parent redraws on its next tick
         os.write(2, f"{clear}hostops: warning: {message}\n".encode("utf-8", "replace"))
     except OSError:
         pass

@@ -44,10 +44,13 @@ def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, ste
     if steps is None:
         steps = [StepRun(action.describe(), lambda _target: action)]
     spec = spec if spec is not None else rollout_spec(kw)
-    renderer = make_renderer(mode, total=len(targets), progress=not kw["no_progress"], outdir=kw["outdir"],
-                             raw=kw.get("raw", False))
-    report = run_rollout(targets, steps, options, spec, renderer, lock=kw.get("lock_path"),
-                         state_file=state_path(options.log), what=what, keep_connections=keep_connections)
+    renderer = make_renderer(mode, total=len(targets), progress=kw.get("progress"), outdir=kw["outdir"],
+                             raw=kw.get("raw", False), color=kw.get("color") or "auto")
+    try:
+        report = run_rollout(targets, steps, options, spec, renderer, lock=kw.get("lock_path"),
+                             state_file=state_path(options.log), what=what, keep_connections=keep_connections)
+    finally:
+        renderer.close()  # the progress line gone before any error is printed
     return int(report.exit_code)
 
 

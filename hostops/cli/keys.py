@@ -57,17 +57,16 @@ class _Judge:
     """The events handler of a scan: a progress line, and each host's key judged against
     known_hosts as its result arrives."""
 
-    def __init__(self, targets: Sequence[Any], known: Any, progress: bool):
-        from hostops.output import Progress
+    def __init__(self, targets: Sequence[Any], known: Any, progress: bool | None, color: str = "auto"):
+        from hostops.output import make_progress
 
         self.by_name = {t.name: t for t in targets}
         self.known = known
-        self.progress = Progress(sys.stderr, len(targets), progress)
+        self.progress = make_progress(sys.stderr, len(targets), progress, color)
         self.reports: list[Any] = []
 
-    def started(self, host: str) -> None:  # noqa: ARG002  (the Events protocol)
-        self.progress.running += 1
-        self.progress.update()
+    def started(self, host: str) -> None:
+        self.progress.started(host)
 
     def output(self, host: str, stream: str, data: bytes) -> None:
         pass
@@ -75,20 +74,18 @@ class _Judge:
     def result(self, result: Any) -> None:
         from hostops.keys import judge
 
-        self.progress.running = max(0, self.progress.running - 1)
-        self.progress.done += 1
-        self.progress.update()
+        self.progress.finished(result.host, result.ok)
         self.reports.append(judge(result, self.by_name[result.host], self.known))
 
     def section(self, title: str, total: int) -> None:
         pass
 
     def warning(self, message: str) -> None:
-        self.progress.clear()
-        warn(message)
+        with self.progress.hidden():
+            warn(message)
 
     def finish(self, report: Any) -> None:  # noqa: ARG002  (the Events protocol)
-        self.progress.clear()
+        self.progress.close()
 
 
 def _scan(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str, kw: dict) -> tuple[Any, Any, Any]:
@@ -112,10 +109,13 @@ def _scan(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str, 
     known = KnownHosts(read_files(options.known_hosts))
     for warning in known.warnings:
         warn(warning)
-    judged = _Judge(targets, known, not kw["no_progress"])
+    judged = _Judge(targets, known, kw.get("progress"), kw.get("color") or "auto")
     action = ScanAction()
-    report = run_rollout(list(targets), [StepRun(action.describe(), lambda _target: action)], options,
-                         events=judged, warn_unchecked_keys=False)
+    try:
+        report = run_rollout(list(targets), [StepRun(action.describe(), lambda _target: action)], options,
+                             events=judged, warn_unchecked_keys=False)
+    finally:
+        judged.progress.close()  # gone before any error is printed
     return judged.reports, report, options
 
 

@@ -159,7 +159,12 @@ def output_options(func: Callable) -> Callable:
         click.option("--json", "as_json", is_flag=True, help="One JSON object per host per line on stdout."),
         click.option("-q", "--quiet", is_flag=True, help="Only failed hosts and the summary."),
         click.option("-o", "--outdir", metavar="DIR", default=None, help="Also write DIR/<host>.out and .err."),
-        click.option("--no-progress", is_flag=True, help="No progress line on stderr (shown only on a TTY)."),
+        click.option("--progress/--no-progress", "progress", default=None,
+                     help="Force the progress line on stderr on or off (default: only on a terminal, "
+                          "not with TERM=dumb)."),
+        click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+                     help="Colour: auto (only on a terminal, off with NO_COLOR or TERM=dumb), always "
+                          "(also through a pipe, e.g. | less -R; beats NO_COLOR), never."),
         click.option("--raw", is_flag=True, help="Print remote output bytes as they are (terminal escape "
                                                  "sequences are shown escaped unless this is given)."),
     ]
