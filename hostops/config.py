@@ -57,7 +57,7 @@ def _name(value: Any) -> str:
         return f"a string ({value[:40]!r})" if value.strip() else "an empty string"
     if isinstance(value, (int, float)):
         return f"the number {value!r}"
-    return {list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+    return "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else type(value).__name__
 
 
 def _string(value: Any) -> str:

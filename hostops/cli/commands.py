@@ -246,7 +246,8 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
 @inventory_options
 @click.option("--json", "as_json", is_flag=True, help="JSON, like ansible-inventory --list.")
 @click.option("--graph", is_flag=True, help="The group tree, like ansible-inventory --graph.")
-@click.option("-u", "--user", default=None, help="As for exec: shows the resolved user.")
+@click.option("-u", "--user", default=None, envvar="HOSTOPS_USER", show_envvar=True,
+              help="As for exec: shows the resolved user.")
 @click.option("-p", "--port", type=click.IntRange(1, 65535), default=None, help="As for exec.")
 @click.option("--ssh-config", metavar="FILE", default=None, help="As for exec.")
 @state_dir_option()

@@ -41,8 +41,22 @@ def apply_config(ctx: click.Context) -> None:
     if config.found_as == "current directory" and _is_terminal(sys.stderr):
         click.echo(f"hostops: using config {config.path}", err=True)
     ctx.meta["hostops.config"] = config
+    _give_env_vars(ctx.command)
     if config.values:
         ctx.default_map = _merge(default_map(ctx.command, config.param_defaults()), dict(ctx.default_map or {}))
+
+
+def _give_env_vars(command: Any) -> None:
+    """Every option a key feeds reads the key's environment variable, also one declared
+    without it (keys forget --known-hosts): the environment must beat the file everywhere."""
+    from hostops.config import KEYS
+
+    env = {k.param: k.env for k in KEYS if k.env and k.param}
+    for sub in getattr(command, "commands", {}).values():
+        _give_env_vars(sub)
+        for param in getattr(sub, "params", ()):
+            if isinstance(param, click.Option) and param.name in env and not param.envvar:
+                param.envvar = env[param.name]
 
 
 def _merge(base: dict, wins: dict) -> dict:
