@@ -119,7 +119,8 @@ class Key:
 #: Every key a config file may hold. Issues 15/16 add e.g.
 #: ``Key("persist", BOOL, "persist", None, "keep connections between runs")``: one line each.
 KEYS: Tuple[Key, ...] = (
-    Key("inventory", PATHS, "inventories", "HOSTOPS_INVENTORY", "inventory file(s), merged in order (-i)",
+    # param None: read by cli.options.default_inventories when a command needs hosts and has no -i/-H
+    Key("inventory", PATHS, None, "HOSTOPS_INVENTORY", "inventory file(s), merged in order (-i)",
         "none: give -i or -H (-l localhost alone: this machine)"),
     Key("forks", POSITIVE_INT, "forks", "HOSTOPS_FORKS", "hosts in flight at once (-f)"),
     Key("user", STRING, "user", "HOSTOPS_USER", "remote user (-u); inventory ansible_user still wins",
@@ -168,9 +169,6 @@ class Config:
         """click parameter name → value, for ``default_map``."""
         return {KEY_BY_NAME[k].param: (list(v) if isinstance(v, tuple) else v)  # type: ignore[misc]
                 for k, v in self.values.items() if KEY_BY_NAME[k].param}
-
-    def key_of_param(self, param: str) -> Optional[str]:
-        return next((k for k in self.values if KEY_BY_NAME[k].param == param), None)
 
 
 def user_config_path(environ: Mapping[str, str]) -> str:

@@ -56,7 +56,9 @@ def test_keys_values_and_lines(tmp_path, monkeypatch):
         "host_key_policy": "accept-new", "connect_timeout": 2.5, "output": "json", "color": "never"}
     assert config.lines["inventory"] == 2 and config.lines["color"] == 10
     assert config.where("forks") == f"{path}:3"
-    assert config.param_defaults()["inventories"] == [os.path.join(base, "hosts.yml"), "/abs/more.yml"]
+    defaults = config.param_defaults()  # click parameter → default (lists for multiple options)
+    assert defaults["known_hosts"] == [os.path.join(base, "kh")] and defaults["forks"] == 20
+    assert "inventories" not in defaults  # read when a command needs hosts (keys forget must not)
 
 
 @pytest.mark.parametrize("text, line, needle", [
@@ -395,3 +397,32 @@ def test_real_ssh_run_configured_only_by_the_file(hostops, lab, isolated_home, k
     assert fixed.code == 0, fixed  # a flag wins over the file
     via_env = hostops("exec", "true", env={"HOSTOPS_CONFIG": wrong, "HOSTOPS_USER": lab.user})
     assert via_env.code == 0, via_env  # and so does the environment
+
+
+# ------------------------------------------------------------------ a default inventory is for commands that need hosts
+def test_keys_forget_name_does_not_forget_the_default_inventory(hostops, lab, isolated_home, inventory, known_hosts):
+    """keys forget takes -i only to add hosts to forget: a configured or $HOSTOPS_INVENTORY
+    inventory must not turn 'forget this one name' into 'forget every host'."""
+    inv = inventory(8)
+    write_config(isolated_home / "hostops.yml", f"inventory: {inv}\nknown_hosts: {known_hosts}\n", 0o644)
+    before = [ln for ln in open(known_hosts).read().splitlines() if ln.strip()]
+    one = f"[127.0.0.1]:{lab.port}"
+    assert sum(ln.startswith(one + " ") for ln in before) >= 1
+    run = hostops("keys", "forget", one, env={"HOSTOPS_INVENTORY": inv})
+    assert run.code == 0, run
+    after = [ln for ln in open(known_hosts).read().splitlines() if ln.strip()]
+    assert not any(ln.startswith(one + " ") for ln in after)
+    assert len(after) == len(before) - sum(ln.startswith(one + " ") for ln in before)  # the rest is kept
+
+
+@pytest.mark.parametrize("where", ["env", "file"])
+def test_missing_default_inventory_says_who_named_it(hostops, isolated_home, tmp_path, where):
+    missing = str(tmp_path / "gone.yml")
+    env = {"HOSTOPS_INVENTORY": missing} if where == "env" else None
+    if where == "file":
+        write_config(isolated_home / "hostops.yml", f"forks: 3\ninventory: {missing}\n", 0o644)
+    run = hostops("exec", "true", env=env)
+    assert run.code == 2, run
+    named_by = "$HOSTOPS_INVENTORY" if where == "env" else "./hostops.yml:2"
+    assert run.err.splitlines() == [f"hostops: error: {missing}: no such inventory file (named by {named_by}); "
+                                    "fix it there, or give -i"]

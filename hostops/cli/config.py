@@ -22,6 +22,7 @@ from hostops.cli.options import (
     CONTEXT,
     connection_options,
     current_config,
+    default_inventories,
     inventory_options,
     output_format_option,
     param_source,
@@ -118,7 +119,12 @@ def config_cmd(ctx: click.Context, as_json: bool, **_kw: Any) -> int:
 
 def _effective(ctx: click.Context, key: Any, config: Any) -> dict:
     """{"value", "source": flag|env|config|default, "where": flag, $VAR or file:line, "note"}."""
-    if key.param in ctx.params:
+    if key.name == "inventory":
+        value, source = ctx.params.get("inventories"), "flag"
+        if not value:
+            value, named_by = default_inventories()
+            source = "env" if named_by.startswith("$") else "config" if named_by else "default"
+    elif key.param in ctx.params:
         value, source = ctx.params[key.param], param_source(key.param) or "default"
     elif key.name in config.values:  # a key no option reads yet (e.g. color before --color exists)
         value, source = config.values[key.name], "config"
@@ -128,8 +134,8 @@ def _effective(ctx: click.Context, key: Any, config: Any) -> dict:
         value = list(value)
     if value == []:
         value = None
-    where = {"env": f"${key.env}" if key.env else "env", "config": config.where(key.name) if config.path else None,
-             "flag": _flag_of(ctx, key.param)}.get(source)
+    where: str | None = {"env": f"${key.env}", "config": config.where(key.name) if config.path else None,
+                         "flag": _flag_of(ctx, key.param or "inventories")}.get(source)
     note = key.default if value is None else None
     if key.name == "state_dir" and value is None:
         from hostops.state import default_state_dir

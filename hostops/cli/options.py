@@ -9,6 +9,7 @@ paramiko or YAML at import time (``hostops --help`` stays fast).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -41,11 +42,10 @@ def _apply(func: Callable, options: list[Callable]) -> Callable:
 # ------------------------------------------------------------------ shared options
 def inventory_options(func: Callable) -> Callable:
     return _apply(func, [
-        click.option("-i", "--inventory", "inventories", multiple=True, metavar="FILE", type=click.Path(),
-                     envvar="HOSTOPS_INVENTORY", show_envvar=True,
+        click.option("-i", "--inventory", "inventories", multiple=True, metavar="FILE",
                      help="Inventory file (Ansible YAML, or one host per line). Repeatable: files merge. "
-                          "Default: $HOSTOPS_INVENTORY (FILE[:FILE...]), else the config file's 'inventory'; "
-                          "none otherwise (-l localhost alone runs on this machine)."),
+                          "Without -i and -H: $HOSTOPS_INVENTORY (FILE[:FILE...]), else the config file's "
+                          "'inventory'; none otherwise (-l localhost alone runs on this machine)."),
         click.option("-H", "--host", "adhoc_hosts", multiple=True, metavar="[USER@]HOST[:PORT]",
                      help="Add an ad-hoc host (ranges allowed: web[01:05]). Repeatable."),
         click.option("-l", "--limit", "pattern", default="all", show_default=True, metavar="PATTERN",
@@ -63,18 +63,20 @@ def load_selection(inventories: Sequence[str], adhoc_hosts: Sequence[str], patte
     """Load the inventory and select hosts; no match is a usage error (exit 2).
     ``state_file``: where @failed/@ok/… look (the last run's outcome).
 
-    -H without -i means those hosts only: a default inventory (environment, config file) is
-    not added to them. No inventory at all is a usage error, except ``-l localhost`` (``limit``,
-    else ``pattern``), which names the embedded localhost inventory (no SSH)."""
+    Without -i and -H, :func:`default_inventories`; -H without -i means those hosts only. No
+    inventory at all is a usage error, except ``-l localhost`` (``limit``, else ``pattern``),
+    which names the embedded localhost inventory (no SSH)."""
     from hostops.inventory import Inventory, default_inventory_path
 
     paths = list(inventories)
-    if adhoc_hosts and param_source("inventories") not in (None, "flag"):
-        paths = []
     if not paths and not adhoc_hosts:
-        if (limit if limit is not None else pattern) != "localhost":
+        paths, where = default_inventories()
+        for path in paths:
+            if not os.path.exists(path):
+                raise UsageError(f"{path}: no such inventory file (named by {where}); fix it there, or give -i")
+        if not paths and (limit if limit is not None else pattern) != "localhost":
             raise UsageError(NO_INVENTORY)
-        paths = [default_inventory_path()]
+        paths = paths or [default_inventory_path()]
     inv = Inventory.load(paths, adhoc_hosts)
     for warning in inv.warnings:
         warn(warning)
@@ -84,6 +86,20 @@ def load_selection(inventories: Sequence[str], adhoc_hosts: Sequence[str], patte
         raise SelectionError(f"no host matched {pattern!r} in {where}; "
                              f"see the hosts with: hostops inventory -i FILE --graph")
     return inv, names
+
+
+def default_inventories() -> tuple[list[str], str]:
+    """The inventory of a command given neither -i nor -H, and where it was named:
+    $HOSTOPS_INVENTORY (FILE[:FILE...]), else the config file's ``inventory``, else ([], "").
+    Read here, when a command needs hosts, rather than as -i's default: a command whose
+    inventory is optional (keys forget) must not act on every host of a default one."""
+    env = os.environ.get("HOSTOPS_INVENTORY", "")
+    if env.strip():
+        return [p for p in env.split(os.pathsep) if p], "$HOSTOPS_INVENTORY"
+    config = current_config()
+    if config is not None and "inventory" in config.values:
+        return list(config.values["inventory"]), config.where("inventory")
+    return [], ""
 
 
 def select_targets(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str,
