@@ -426,3 +426,13 @@ def test_missing_default_inventory_says_who_named_it(hostops, isolated_home, tmp
     named_by = "$HOSTOPS_INVENTORY" if where == "env" else "./hostops.yml:2"
     assert run.err.splitlines() == [f"hostops: error: {missing}: no such inventory file (named by {named_by}); "
                                     "fix it there, or give -i"]
+
+
+@pytest.mark.parametrize("how", ["file", "flag"])
+def test_stream_mode_from_config_or_output_flag_streams_lines(hostops, isolated_home, local_inv, how):
+    """output: stream (or --output stream) is --stream: each line as it comes, prefixed 'host: '."""
+    text = f"inventory: {local_inv}\n" + ("output: stream\n" if how == "file" else "")
+    write_config(isolated_home / "hostops.yml", text, 0o644)
+    run = hostops("exec", "echo first; echo second", *([] if how == "file" else ["--output", "stream"]))
+    assert run.code == 0, run
+    assert sorted(run.out.splitlines()) == ["one: first", "one: second", "two: first", "two: second"]

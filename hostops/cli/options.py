@@ -145,7 +145,8 @@ def connection_options(func: Callable) -> Callable:
         click.option("-J", "--jump", default=None, metavar="[USER@]HOST[:PORT][,...]",
                      help="Reach every host through these jump hosts (like ssh -J / ProxyJump)."),
         click.option("--known-hosts", multiple=True, metavar="FILE", type=click.Path(),
-                     envvar="HOSTOPS_KNOWN_HOSTS", show_envvar=True, help="known_hosts file(s) to use instead of ~/.ssh/known_hosts; new keys go to the first."),
+                     envvar="HOSTOPS_KNOWN_HOSTS", show_envvar=True,
+                     help="known_hosts file(s) to use instead of ~/.ssh/known_hosts; new keys go to the first."),
         click.option("--host-key-policy", type=click.Choice(["strict", "accept-new", "off"]), default="strict",
                      show_default=True, help="strict refuses unknown and changed keys; accept-new records unknown "
                                              "keys, refuses changed ones; off accepts anything (unsafe)."),
@@ -282,11 +283,18 @@ def build_options(kw: dict, stdin: str | None = None, sudo_steps: bool = False) 
         ssh_config=kw["ssh_config"], known_hosts=tuple(kw["known_hosts"]),
         host_key_policy=kw["host_key_policy"], connect_timeout=kw["connect_timeout"], timeout=kw["timeout"],
         sudo=kw["sudo"], forks=kw["forks"], processes=kw["processes"], start_method=kw["start_method"],
-        log=kw["log_path"], stream_output=kw.get("stream", False), keepalive=kw["keepalive"],
+        log=kw["log_path"], stream_output=_streams(kw), keepalive=kw["keepalive"],
         kill_grace=kw["kill_grace"], max_output=kw["max_output"], sudo_user=kw.get("sudo_user"),
         secrets=build_secrets(kw), jump=kw.get("jump"), explicit=_given_on_command_line(),
         state_dir=kw.get("state_dir"),
     )
+
+
+def _streams(kw: dict) -> bool:
+    """Whether workers send output as it comes: --stream, or --output stream / ``output: stream``."""
+    if "output" in kw:  # the run commands: whatever chose the mode
+        return output_mode(kw) == "stream"
+    return bool(kw.get("stream", False))
 
 
 def _given_on_command_line() -> tuple:
