@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import subprocess
 import sys
+import threading
 
 import click
 import pytest
@@ -352,19 +354,36 @@ def test_color_reaches_a_color_option_through_default_map():
 
 # ------------------------------------------------------------------ announcing ./hostops.yml
 def test_local_config_is_announced_on_a_terminal_only(hostops, isolated_home, local_inv):
-    import pexpect
-
     write_config(isolated_home / "hostops.yml", f"inventory: {local_inv}\n", 0o644)
     quiet = hostops("exec", "true")  # stderr is a pipe, as under cron
     assert quiet.code == 0, quiet
     assert "using config" not in quiet.err
-    env = dict(os.environ, HOME=str(isolated_home), PYTHONPATH=ROOT, TERM="dumb")
-    child = pexpect.spawn(sys.executable, ["-m", "hostops", "exec", "true", "--no-progress"], cwd=str(isolated_home),
-                          env=env, encoding="utf-8", timeout=60)
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0, child.before
-    assert "hostops: using config ./hostops.yml" in child.before
+    code, err = run_with_terminal_stderr(["exec", "true", "--no-progress"], isolated_home)
+    assert code == 0, err
+    assert "hostops: using config ./hostops.yml" in err
+
+
+def run_with_terminal_stderr(args, home) -> tuple:
+    """The CLI with stderr on a pseudo-terminal (stdlib pty): (exit code, what stderr showed)."""
+    master, slave = os.openpty()
+    env = dict(os.environ, HOME=str(home), PYTHONPATH=ROOT, TERM="dumb")
+    proc = subprocess.Popen([sys.executable, "-m", "hostops", *args], cwd=str(home), env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: _read_pty(master), b"")), daemon=True)
+    reader.start()
+    code = proc.wait(timeout=120)
+    reader.join(timeout=30)
+    os.close(master)
+    return code, b"".join(chunks).decode("utf-8", "replace")
+
+
+def _read_pty(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # EIO once the child's side is closed: the end
+        return b""
 
 
 # ------------------------------------------------------------------ a real run, configured only by the file
