@@ -200,7 +200,7 @@ def test_precedence_flag_env_file_default(hostops, isolated_home):
     assert flag["user"] == {"value": "from-flag", "source": "flag", "where": "--user", "note": None}
 
 
-def test_precedence_reaches_the_resolved_hosts(hostops, isolated_home, local_inv, tmp_path):
+def test_precedence_reaches_the_resolved_hosts(hostops, isolated_home, tmp_path):
     """Not only `hostops config`: what a command resolves follows the same order."""
     ssh_inv = tmp_path / "ssh.yml"
     ssh_inv.write_text("all:\n  hosts:\n    web1: {ansible_host: 127.0.0.1}\n")
