@@ -59,7 +59,8 @@ class Options:
     kill_grace: float = 5.0          # TERM → KILL delay for remote commands being stopped
     max_output: int = 4 * 1024 * 1024  # bytes kept per host and stream
     jump: Optional[str] = None       # -J/--jump [user@]host[:port][,…] for every host
-    explicit: Tuple[str, ...] = ()   # options given on the command line: they beat ssh_config
+    explicit: Tuple[str, ...] = ()   # options given (flag, environment, config file): they beat ssh_config
+    state_dir: Optional[str] = None  # where last-run.json goes without --log (None: $XDG_STATE_HOME/hostops)
 
     def run_options(self) -> "RunOptions":
         """The run-wide part: the same for every host."""

@@ -26,11 +26,17 @@ from hostops.secrets import Secrets, private_makedirs
 STATE_PATTERNS = tuple(results.STATE_PATTERNS)  # "ok", "failed", "unreachable", "untouched"
 
 
-def state_path(log_path: str | None = None) -> str:
+def state_path(log_path: str | None = None, state_dir: str | None = None) -> str:
+    """Beside ``--log FILE``, else in ``state_dir`` (--state-dir / config ``state_dir``), else
+    in :func:`default_state_dir`."""
     if log_path:
         return log_path + ".last-run.json"
+    return os.path.join(state_dir or default_state_dir(), "last-run.json")
+
+
+def default_state_dir() -> str:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "hostops", "last-run.json")
+    return os.path.join(base, "hostops")
 
 
 def write_report(path: str, what: str, report: results.RunReport, secrets: Secrets | None = None) -> None:

@@ -65,8 +65,10 @@ def test_bad_usage_one_line_exit_2_nothing_run(hostops, tmp_path, args, needle):
     assert len([ln for ln in run.err.splitlines() if ln.strip() and not ln.startswith(("Usage:", "Try "))]) == 1
 
 
-def test_embedded_default_inventory_runs_locally(hostops):
-    run = hostops("exec", "echo local-$((40+2))", "--json")
+@pytest.mark.parametrize("how", [["-l", "localhost"], ["-i", os.path.join(ROOT, "inventories", "localhost.yml")]])
+def test_embedded_default_inventory_runs_locally_when_named(hostops, how):
+    """No inventory is exit 2 (tests/test_safe_defaults.py); this machine is still one name away."""
+    run = hostops("exec", "echo local-$((40+2))", *how, "--json")
     assert run.code == 0, run
     (line,) = run.json_lines()
     assert line["host"] == "localhost" and line["stdout"] == "local-42\n"

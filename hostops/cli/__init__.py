@@ -15,6 +15,7 @@ import click
 
 from hostops import __version__
 from hostops.cli import commands
+from hostops.cli.config import apply_config, config_cmd
 from hostops.cli.keys import keys_group
 from hostops.cli.options import CONTEXT
 from hostops.cli.report import report_cmd
@@ -24,7 +25,8 @@ from hostops.exitcodes import HELP_TEXT, ExitCode
 
 @click.group(context_settings=CONTEXT, epilog=HELP_TEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="hostops")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Run commands on many hosts over SSH, in parallel.
 
     \b
@@ -35,10 +37,15 @@ def cli() -> None:
     hostops script ./check.sh -i hosts.yml -- --verbose
     hostops run runbooks/rolling-restart.yml -i hosts.yml --dry-run
     hostops inventory -i hosts.yml --graph
+    hostops config
+
+    Defaults come from flags, else HOSTOPS_* environment variables, else a config file
+    ($HOSTOPS_CONFIG, ./hostops.yml, ~/.config/hostops/config.yml): see hostops config.
     """
+    apply_config(ctx)
 
 for _command in (commands.exec_cmd, commands.put_cmd, commands.get_cmd, commands.script_cmd, commands.run_cmd,
-                 commands.inventory_cmd, keys_group, report_cmd):
+                 commands.inventory_cmd, keys_group, report_cmd, config_cmd):
     cli.add_command(_command)
 
 

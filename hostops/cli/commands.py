@@ -21,8 +21,10 @@ from hostops.cli.options import (
     inventory_options,
     inventory_secrets,
     load_selection,
+    output_format_option,
     output_mode,
     output_options,
+    state_dir_option,
     rollout_options,
     rollout_spec,
     select_targets,
@@ -48,25 +50,42 @@ def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, ste
                              raw=kw.get("raw", False), color=kw.get("color") or "auto")
     try:
         report = run_rollout(targets, steps, options, spec, renderer, lock=kw.get("lock_path"),
-                             state_file=state_path(options.log), what=what, keep_connections=keep_connections)
+                             state_file=state_path(options.log, options.state_dir), what=what,
+                             keep_connections=keep_connections)
     finally:
         renderer.close()  # the progress line gone before any error is printed
     return int(report.exit_code)
 
 
+def command_line(words: Sequence[str]) -> str:
+    """exec's COMMAND words joined with spaces, as pdsh and clush do; an empty command is refused."""
+    command = " ".join(words)
+    if not command.strip():
+        raise UsageError("exec needs a command to run, not an empty string: hostops exec 'uptime' -i FILE")
+    return command
+
+
 @click.command("exec", context_settings=CONTEXT, epilog=HELP_TEXT)
-@click.argument("command")
+@click.argument("words", metavar="COMMAND...", nargs=-1, required=True)
 @inventory_options
 @connection_options
 @output_options
+@output_format_option
 @rollout_options
 @click.option("--stdin", "stdin_file", metavar="FILE", default=None,
               help="Send FILE to the command's stdin on every host.")
-def exec_cmd(command: str, inventories, adhoc_hosts, pattern, stdin_file, **kw: Any) -> int:
-    """Run COMMAND on every selected host."""
+def exec_cmd(words: Sequence[str], inventories, adhoc_hosts, pattern, stdin_file, **kw: Any) -> int:
+    """Run COMMAND on every selected host (through the remote user's shell).
+
+    Several words are joined with spaces, as pdsh and clush do: 'hostops exec uptime -i FILE'
+    and 'hostops exec "df -h /" -i FILE' both work. Quote the command when it holds anything
+    your own shell would act on (; | & > $ * quotes), and put it after '--' when a word starts
+    with '-': hostops exec -i FILE -- ls -la
+    """
     from hostops.transfer import check_stdin
     from hostops.actions import ExecAction
 
+    command = command_line(words)
     options = build_options(kw, stdin_file)
     output_mode(kw)
     check_stdin(stdin_file)
@@ -88,6 +107,7 @@ def exec_cmd(command: str, inventories, adhoc_hosts, pattern, stdin_file, **kw: 
 @inventory_options
 @connection_options
 @output_options
+@output_format_option
 @rollout_options
 def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, inventories, adhoc_hosts, pattern,
             **kw: Any) -> int:
@@ -116,6 +136,7 @@ def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, i
 @inventory_options
 @connection_options
 @output_options
+@output_format_option
 @rollout_options
 def get_cmd(src: str, dest: str, recursive: bool, follow_links: bool, inventories, adhoc_hosts, pattern,
             **kw: Any) -> int:
@@ -140,6 +161,7 @@ def get_cmd(src: str, dest: str, recursive: bool, follow_links: bool, inventorie
 @inventory_options
 @connection_options
 @output_options
+@output_format_option
 @rollout_options
 def script_cmd(script: str, args, stdin_file, inventories, adhoc_hosts, pattern, **kw: Any) -> int:
     """Upload SCRIPT to a private temporary directory on every selected host, run it with
@@ -169,6 +191,7 @@ def script_cmd(script: str, args, stdin_file, inventories, adhoc_hosts, pattern,
 @inventory_options
 @connection_options
 @output_options
+@output_format_option
 @rollout_options
 def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, inventories, adhoc_hosts, pattern,
             **kw: Any) -> int:
@@ -187,9 +210,9 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
     from hostops.settings import resolve
     from hostops.state import state_path
 
-    options = build_options(kw)
-    output_mode(kw)
-    book = rb.load(runbook)
+    book = rb.load(runbook)  # first: a sudo step makes --sudo-user meaningful without --sudo
+    options = build_options(kw, sudo_steps=any(step.sudo for step in book.steps))
+    mode = output_mode(kw)
     spec = rollout_spec(kw, book.batch, book.max_fail)
     extra_vars = rb.parse_extra_vars(extra)
     steps = book.steps
@@ -201,9 +224,10 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
         steps = steps[index:]
         book.steps = steps
     limit = pattern if pattern != "all" else book.hosts
-    inv, names = load_selection(inventories, adhoc_hosts, book.hosts, state_path(options.log))
+    state_file = state_path(options.log, options.state_dir)
+    inv, names = load_selection(inventories, adhoc_hosts, book.hosts, state_file, limit=pattern)
     if limit != book.hosts:  # -l narrows the runbook's hosts, as Ansible's --limit does
-        wanted = set(inv.select(limit, state_path(options.log)))
+        wanted = set(inv.select(limit, state_file))
         names = [n for n in names if n in wanted]
         if not names:
             raise SelectionError(f"no host of the runbook's {book.hosts!r} matched -l {limit!r}")
@@ -211,7 +235,7 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
     options = dataclasses.replace(options, secrets=options.secrets.with_values(inventory_secrets(inv, names)))
     targets = resolve(inv, names, options)
     if dry_run:
-        if kw["as_json"]:
+        if mode == "json":
             click.echo(json.dumps(rb.plan_json(book, plans, names, spec)))
         else:
             click.echo(rb.render_plan(book, plans, names, spec))
@@ -225,15 +249,19 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
 @inventory_options
 @click.option("--json", "as_json", is_flag=True, help="JSON, like ansible-inventory --list.")
 @click.option("--graph", is_flag=True, help="The group tree, like ansible-inventory --graph.")
-@click.option("-u", "--user", default=None, help="As for exec: shows the resolved user.")
+@click.option("-u", "--user", default=None, envvar="HOSTOPS_USER", show_envvar=True,
+              help="As for exec: shows the resolved user.")
 @click.option("-p", "--port", type=click.IntRange(1, 65535), default=None, help="As for exec.")
 @click.option("--ssh-config", metavar="FILE", default=None, help="As for exec.")
-def inventory_cmd(inventories, adhoc_hosts, pattern, as_json: bool, graph: bool, user, port, ssh_config) -> int:
+@state_dir_option()
+def inventory_cmd(inventories, adhoc_hosts, pattern, as_json: bool, graph: bool, user, port, ssh_config,
+                  state_dir) -> int:
     """List the selected hosts with their resolved connection settings."""
     from hostops.output import inventory_graph, inventory_json, inventory_lines
     from hostops.settings import Options, resolve
+    from hostops.state import state_path
 
-    inv, names = load_selection(inventories, adhoc_hosts, pattern)
+    inv, names = load_selection(inventories, adhoc_hosts, pattern, state_path(None, state_dir))
     targets = resolve(inv, names, Options(user=user, port=port, ssh_config=ssh_config))
     if graph:
         click.echo(inventory_graph(inv, set(names)))

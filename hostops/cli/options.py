@@ -44,7 +44,8 @@ def inventory_options(func: Callable) -> Callable:
     return _apply(func, [
         click.option("-i", "--inventory", "inventories", multiple=True, metavar="FILE",
                      help="Inventory file (Ansible YAML, or one host per line). Repeatable: files merge. "
-                          "Default: $HOSTOPS_INVENTORY, else the embedded localhost inventory."),
+                          "Without -i and -H: $HOSTOPS_INVENTORY (FILE[:FILE...]), else the config file's "
+                          "'inventory'; none otherwise (-l localhost alone runs on this machine)."),
         click.option("-H", "--host", "adhoc_hosts", multiple=True, metavar="[USER@]HOST[:PORT]",
                      help="Add an ad-hoc host (ranges allowed: web[01:05]). Repeatable."),
         click.option("-l", "--limit", "pattern", default="all", show_default=True, metavar="PATTERN",
@@ -52,15 +53,30 @@ def inventory_options(func: Callable) -> Callable:
     ])
 
 
+#: The one line for a run given no inventory at all (never a silent run on this machine).
+NO_INVENTORY = ("no inventory given: use -i FILE or -H HOST, set HOSTOPS_INVENTORY, or set 'inventory:' in a "
+                "config file (hostops config shows which is read); for this machine only: -l localhost")
+
+
 def load_selection(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str,
-                   state_file: str | None = None) -> tuple[Inventory, list[str]]:
+                   state_file: str | None = None, limit: str | None = None) -> tuple[Inventory, list[str]]:
     """Load the inventory and select hosts; no match is a usage error (exit 2).
-    ``state_file``: where @failed/@ok/… look (the last run's outcome)."""
+    ``state_file``: where @failed/@ok/… look (the last run's outcome).
+
+    Without -i and -H, :func:`default_inventories`; -H without -i means those hosts only. No
+    inventory at all is a usage error, except ``-l localhost`` (``limit``, else ``pattern``),
+    which names the embedded localhost inventory (no SSH)."""
     from hostops.inventory import Inventory, default_inventory_path
 
     paths = list(inventories)
     if not paths and not adhoc_hosts:
-        paths = [os.environ.get("HOSTOPS_INVENTORY") or default_inventory_path()]
+        paths, where = default_inventories()
+        for path in paths:
+            if not os.path.exists(path):
+                raise UsageError(f"{path}: no such inventory file (named by {where}); fix it there, or give -i")
+        if not paths and (limit if limit is not None else pattern) != "localhost":
+            raise UsageError(NO_INVENTORY)
+        paths = paths or [default_inventory_path()]
     inv = Inventory.load(paths, adhoc_hosts)
     for warning in inv.warnings:
         warn(warning)
@@ -72,13 +88,27 @@ def load_selection(inventories: Sequence[str], adhoc_hosts: Sequence[str], patte
     return inv, names
 
 
+def default_inventories() -> tuple[list[str], str]:
+    """The inventory of a command given neither -i nor -H, and where it was named:
+    $HOSTOPS_INVENTORY (FILE[:FILE...]), else the config file's ``inventory``, else ([], "").
+    Read here, when a command needs hosts, rather than as -i's default: a command whose
+    inventory is optional (keys forget) must not act on every host of a default one."""
+    env = os.environ.get("HOSTOPS_INVENTORY", "")
+    if env.strip():
+        return [p for p in env.split(os.pathsep) if p], "$HOSTOPS_INVENTORY"
+    config = current_config()
+    if config is not None and "inventory" in config.values:
+        return list(config.values["inventory"]), config.where("inventory")
+    return [], ""
+
+
 def select_targets(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str,
                    options: Options) -> tuple[list[Target], Options]:
     """(targets, options with the inventory's secret values added)."""
     from hostops.settings import resolve
     from hostops.state import state_path
 
-    inv, names = load_selection(inventories, adhoc_hosts, pattern, state_path(options.log))
+    inv, names = load_selection(inventories, adhoc_hosts, pattern, state_path(options.log, options.state_dir))
     options = dataclasses.replace(options, secrets=options.secrets.with_values(inventory_secrets(inv, names)))
     return resolve(inv, names, options), options
 
@@ -105,15 +135,17 @@ SIZE = _Size()
 
 def connection_options(func: Callable) -> Callable:
     options = [
-        click.option("-u", "--user", default=None, help="Remote user (inventory ansible_user wins)."),
+        click.option("-u", "--user", default=None, envvar="HOSTOPS_USER", show_envvar=True,
+                     help="Remote user (inventory ansible_user wins)."),
         click.option("-p", "--port", type=click.IntRange(1, 65535), default=None, help="SSH port."),
-        click.option("-k", "--identity", "identity_files", multiple=True, metavar="FILE",
-                     help="Private key file. Repeatable."),
+        click.option("-k", "--identity", "identity_files", multiple=True, metavar="FILE", type=click.Path(),
+                     envvar="HOSTOPS_IDENTITY", show_envvar=True, help="Private key file. Repeatable."),
         click.option("--ssh-config", metavar="FILE", default=None,
                      help="ssh_config to read (default ~/.ssh/config), resolved with 'ssh -G' as OpenSSH does."),
         click.option("-J", "--jump", default=None, metavar="[USER@]HOST[:PORT][,...]",
                      help="Reach every host through these jump hosts (like ssh -J / ProxyJump)."),
-        click.option("--known-hosts", multiple=True, metavar="FILE",
+        click.option("--known-hosts", multiple=True, metavar="FILE", type=click.Path(),
+                     envvar="HOSTOPS_KNOWN_HOSTS", show_envvar=True,
                      help="known_hosts file(s) to use instead of ~/.ssh/known_hosts; new keys go to the first."),
         click.option("--host-key-policy", type=click.Choice(["strict", "accept-new", "off"]), default="strict",
                      show_default=True, help="strict refuses unknown and changed keys; accept-new records unknown "
@@ -134,13 +166,14 @@ def connection_options(func: Callable) -> Callable:
         click.option("--secret-env", multiple=True, metavar="VAR",
                      help="Treat $VAR's value as a secret: shown as ******** everywhere. Repeatable."),
         click.option("-f", "--forks", type=click.IntRange(min=1), default=50, show_default=True, metavar="N",
-                     help="Hosts in flight at once, in total."),
+                     envvar="HOSTOPS_FORKS", show_envvar=True, help="Hosts in flight at once, in total."),
         click.option("--processes", type=click.IntRange(min=1), default=None, metavar="P",
                      help="Worker processes (default: CPU count); each runs many hosts on threads."),
         click.option("--start-method", type=click.Choice(["fork", "spawn", "forkserver"]), default=None,
                      help="multiprocessing start method (default: Python's; or $HOSTOPS_START_METHOD)."),
-        click.option("--log", "log_path", metavar="FILE", default=None,
+        click.option("--log", "log_path", metavar="FILE", default=None, envvar="HOSTOPS_LOG", show_envvar=True,
                      help="Append JSON lines (run start, one per host, run end) to FILE, created 0600."),
+        state_dir_option(),
         click.option("--keepalive", type=click.FloatRange(min=0), default=15.0, show_default=True, metavar="S",
                      help="Probe a silent connection every S seconds; 3 unanswered probes drop it (0: off)."),
         click.option("--kill-grace", type=click.FloatRange(min=0), default=5.0, show_default=True, metavar="S",
@@ -150,6 +183,24 @@ def connection_options(func: Callable) -> Callable:
                           "is dropped with a visible marker."),
     ]
     return _apply(func, options)
+
+
+def state_dir_option() -> Callable:
+    return click.option("--state-dir", metavar="DIR", default=None, envvar="HOSTOPS_STATE_DIR", show_envvar=True,
+                        help="Keep last-run.json (for -l @failed) in DIR; default $XDG_STATE_HOME/hostops "
+                             "(beside FILE with --log FILE).")
+
+
+#: --output / the config key ``output`` → the renderer's mode names.
+OUTPUT_MODES = {"text": "blocks", "json": "json", "stream": "stream", "gather": "gather", "quiet": "quiet"}
+
+
+def output_format_option(func: Callable) -> Callable:
+    """--output MODE: the long form of -b/--stream/--json/-q, and what the config key
+    ``output`` sets (a flag given on the command line wins over it)."""
+    return click.option("--output", "output", type=click.Choice(list(OUTPUT_MODES)), default=None,
+                        help="Output mode: text (the default), json, stream, gather or quiet; the same as "
+                             "--json, --stream, -b, -q. Default: the config file's 'output'.")(func)
 
 
 def output_options(func: Callable) -> Callable:
@@ -206,9 +257,10 @@ def inventory_secrets(inv: Inventory, names: Sequence[str]) -> list[str]:
     return out
 
 
-def check_local_usage(kw: dict, stdin: str | None = None) -> None:
+def check_local_usage(kw: dict, stdin: str | None = None, sudo_steps: bool = False) -> None:
     """The operator's own mistakes, refused (exit 2, one line) before a password is asked for
-    or a host contacted: a -k file that is no key, a bad start method, -o naming a file,
+    or a host contacted: --sudo-user without --sudo (unless a runbook step has sudo:
+    ``sudo_steps``), a -k file that is no key, a bad start method, -o naming a file,
     --stdin with a sudo password."""
     from hostops.settings import (
         check_identity_file,
@@ -217,31 +269,42 @@ def check_local_usage(kw: dict, stdin: str | None = None) -> None:
         check_stdin_with_sudo_password,
     )
 
+    if kw.get("sudo_user") and not kw.get("sudo") and not sudo_steps:
+        raise UsageError("--sudo-user needs --sudo (it is the user sudo runs the command as)")
     for path in kw.get("identity_files") or ():
-        check_identity_file(path)
+        check_identity_file(path, origin("identity_files", "-k"))
     check_start_method(kw.get("start_method"))
     check_outdir(kw.get("outdir"))
     has_password = bool(kw.get("ask_sudo_pass") or kw.get("sudo_pass_file") or kw.get("sudo_pass_env"))
     check_stdin_with_sudo_password(stdin, bool(kw.get("sudo")), has_password)
 
 
-def build_options(kw: dict, stdin: str | None = None) -> Options:
+def build_options(kw: dict, stdin: str | None = None, sudo_steps: bool = False) -> Options:
     from hostops.settings import Options
 
-    check_local_usage(kw, stdin)
+    check_local_usage(kw, stdin, sudo_steps)
     return Options(
         user=kw["user"], port=kw["port"], identity_files=tuple(kw["identity_files"]),
         ssh_config=kw["ssh_config"], known_hosts=tuple(kw["known_hosts"]),
         host_key_policy=kw["host_key_policy"], connect_timeout=kw["connect_timeout"], timeout=kw["timeout"],
         sudo=kw["sudo"], forks=kw["forks"], processes=kw["processes"], start_method=kw["start_method"],
-        log=kw["log_path"], stream_output=kw.get("stream", False), keepalive=kw["keepalive"],
+        log=kw["log_path"], stream_output=_streams(kw), keepalive=kw["keepalive"],
         kill_grace=kw["kill_grace"], max_output=kw["max_output"], sudo_user=kw.get("sudo_user"),
         secrets=build_secrets(kw), jump=kw.get("jump"), explicit=_given_on_command_line(),
+        state_dir=kw.get("state_dir"),
     )
 
 
+def _streams(kw: dict) -> bool:
+    """Whether workers send output as it comes: --stream, or --output stream / ``output: stream``."""
+    if "output" in kw:  # the run commands: whatever chose the mode
+        return output_mode(kw) == "stream"
+    return bool(kw.get("stream", False))
+
+
 def _given_on_command_line() -> tuple:
-    """Names of the options the user gave: they beat ssh_config (defaults do not)."""
+    """Names of the options the user gave (flag, environment or config file): they beat
+    ssh_config (built-in defaults do not)."""
     from click.core import ParameterSource
 
     ctx = click.get_current_context(silent=True)
@@ -252,11 +315,55 @@ def _given_on_command_line() -> tuple:
 
 
 def output_mode(kw: dict) -> str:
+    """The renderer's mode: -b/--stream/--json/-q or --output on the command line, else the
+    config file's ``output``, else text ("blocks")."""
     chosen = [name for name, flag in (("gather", kw["gather"]), ("stream", kw["stream"]), ("json", kw["as_json"]),
                                       ("quiet", kw["quiet"])) if flag]
+    flags = ["--" + c for c in chosen]
+    given = kw.get("output")
+    if given and param_source("output") == "flag" and OUTPUT_MODES[given] not in chosen:
+        chosen.append(OUTPUT_MODES[given])
+        flags.append(f"--output {given}")
     if len(chosen) > 1:
-        raise UsageError("choose one output mode: " + ", ".join("--" + c for c in chosen) + " cannot be combined")
-    return chosen[0] if chosen else "blocks"
+        raise UsageError("choose one output mode: " + ", ".join(flags) + " cannot be combined")
+    if chosen:
+        return chosen[0]
+    return OUTPUT_MODES[given] if given else "blocks"
+
+
+def param_source(name: str) -> str | None:
+    """Where the current command's parameter ``name`` came from: "flag", "env", "config",
+    "default", or None outside a click command (a library caller)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    source = ctx.get_parameter_source(name) if ctx is not None else None
+    if source is None:
+        return None
+    names = {ParameterSource.COMMANDLINE: "flag", ParameterSource.ENVIRONMENT: "env",
+             ParameterSource.DEFAULT_MAP: "config"}
+    return names.get(source, "default")
+
+
+def origin(name: str, flag: str) -> str:
+    """How to name parameter ``name`` in a message: its flag, its environment variable, or
+    the config file's key and line, whichever set it."""
+    from hostops.config import KEYS
+
+    source = param_source(name)
+    key = next((k for k in KEYS if k.param == name), None)
+    if source == "env" and key is not None and key.env:
+        return f"${key.env}"
+    config = current_config()
+    if source == "config" and key is not None and config is not None and config.path:
+        return f"{key.name} ({config.where(key.name)})"
+    return flag
+
+
+def current_config() -> Any:
+    """The :class:`hostops.config.Config` the group loaded for this run (None outside the CLI)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get("hostops.config") if ctx is not None else None
 
 
 def rollout_options(func: Callable) -> Callable:
