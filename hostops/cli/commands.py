@@ -26,19 +26,20 @@ from hostops.cli.options import (
     rollout_options,
     rollout_spec,
     select_targets,
+    state_file_for,
 )
 from hostops.errors import SelectionError, UsageError
 from hostops.exitcodes import HELP_TEXT
 
 
-def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, steps: list[Any] | None = None,
-             spec: Any = None, what: str | None = None, keep_connections: bool = False) -> int:
+def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, state_file: str,
+             steps: list[Any] | None = None, spec: Any = None, what: str | None = None,
+             keep_connections: bool = False) -> int:
     """Run an action (or a runbook's steps) through :func:`hostops.api.run_rollout`, rolled out
     per --batch/--max-fail/--canary, with the chosen renderer; the run's exit code."""
     from hostops.api import run_rollout
     from hostops.output import make_renderer
     from hostops.rollout import StepRun
-    from hostops.state import state_path
 
     mode = output_mode(kw)
     if steps is None:
@@ -47,7 +48,7 @@ def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, ste
     renderer = make_renderer(mode, total=len(targets), progress=not kw["no_progress"], outdir=kw["outdir"],
                              raw=kw.get("raw", False))
     report = run_rollout(targets, steps, options, spec, renderer, lock=kw.get("lock_path"),
-                         state_file=state_path(options.log), what=what, keep_connections=keep_connections)
+                         state_file=state_file, what=what, keep_connections=keep_connections)
     return int(report.exit_code)
 
 
@@ -69,7 +70,7 @@ def exec_cmd(command: str, inventories, adhoc_hosts, pattern, stdin_file, **kw: 
     check_stdin(stdin_file)
     targets, options = select_targets(inventories, adhoc_hosts, pattern, options)
     action = ExecAction(command, options.timeout, options.sudo, os.path.abspath(stdin_file) if stdin_file else None)
-    return roll_out(targets, action, options, kw)
+    return roll_out(targets, action, options, kw, state_file=state_file_for(inventories, adhoc_hosts, options.log))
 
 
 @click.command("put", context_settings=CONTEXT, epilog=HELP_TEXT)
@@ -100,7 +101,7 @@ def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, i
     output_mode(kw)
     action = prepare_put(src, dest, recursive, mode, owner, options.sudo, checksum, options.timeout)
     targets, options = select_targets(inventories, adhoc_hosts, pattern, options)
-    return roll_out(targets, action, options, kw)
+    return roll_out(targets, action, options, kw, state_file=state_file_for(inventories, adhoc_hosts, options.log))
 
 
 @click.command("get", context_settings=CONTEXT, epilog=HELP_TEXT)
@@ -126,7 +127,7 @@ def get_cmd(src: str, dest: str, recursive: bool, follow_links: bool, inventorie
         raise UsageError("get does not support --sudo; copy the file somewhere readable first (hostops exec)")
     targets, options = select_targets(inventories, adhoc_hosts, pattern, options)
     action = prepare_get(src, dest, recursive, options.timeout, follow_links=follow_links)
-    return roll_out(targets, action, options, kw)
+    return roll_out(targets, action, options, kw, state_file=state_file_for(inventories, adhoc_hosts, options.log))
 
 
 @click.command("script", context_settings=dict(CONTEXT, ignore_unknown_options=False), epilog=HELP_TEXT)
@@ -151,7 +152,7 @@ def script_cmd(script: str, args, stdin_file, inventories, adhoc_hosts, pattern,
     output_mode(kw)
     action = prepare_script(script, args, options.sudo, options.timeout, stdin_file)
     targets, options = select_targets(inventories, adhoc_hosts, pattern, options)
-    return roll_out(targets, action, options, kw)
+    return roll_out(targets, action, options, kw, state_file=state_file_for(inventories, adhoc_hosts, options.log))
 
 
 @click.command("run", context_settings=CONTEXT, epilog=HELP_TEXT)
@@ -182,7 +183,6 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
     from hostops import runbook as rb
     from hostops.rollout import StepRun
     from hostops.settings import resolve
-    from hostops.state import state_path
 
     options = build_options(kw)
     output_mode(kw)
@@ -198,9 +198,10 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
         steps = steps[index:]
         book.steps = steps
     limit = pattern if pattern != "all" else book.hosts
-    inv, names = load_selection(inventories, adhoc_hosts, book.hosts, state_path(options.log))
+    state_file = state_file_for(inventories, adhoc_hosts, options.log)
+    inv, names = load_selection(inventories, adhoc_hosts, book.hosts, state_file)
     if limit != book.hosts:  # -l narrows the runbook's hosts, as Ansible's --limit does
-        wanted = set(inv.select(limit, state_path(options.log)))
+        wanted = set(inv.select(limit, state_file))
         names = [n for n in names if n in wanted]
         if not names:
             raise SelectionError(f"no host of the runbook's {book.hosts!r} matched -l {limit!r}")
@@ -214,7 +215,8 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
             click.echo(rb.render_plan(book, plans, names, spec))
         return 0
     steps_to_run = [StepRun(p.step.name, p.for_target, p.step.when_failed) for p in plans]
-    return roll_out(targets, None, options, kw, steps=steps_to_run, spec=spec, what=f"run {book.name}",
+    return roll_out(targets, None, options, kw, state_file=state_file, steps=steps_to_run, spec=spec,
+                    what=f"run {book.name}",
                     keep_connections=not no_reuse)
 
 
@@ -225,12 +227,24 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
 @click.option("-u", "--user", default=None, help="As for exec: shows the resolved user.")
 @click.option("-p", "--port", type=click.IntRange(1, 65535), default=None, help="As for exec.")
 @click.option("--ssh-config", metavar="FILE", default=None, help="As for exec.")
-def inventory_cmd(inventories, adhoc_hosts, pattern, as_json: bool, graph: bool, user, port, ssh_config) -> int:
-    """List the selected hosts with their resolved connection settings."""
-    from hostops.output import inventory_graph, inventory_json, inventory_lines
+@click.option("--log", "log_path", metavar="FILE", default=None,
+              help="As for exec: -l @failed (@ok…) reads the outcome recorded beside this log.")
+def inventory_cmd(inventories, adhoc_hosts, pattern, as_json: bool, graph: bool, user, port, ssh_config,
+                  log_path) -> int:
+    """List the selected hosts with their resolved connection settings. With -l @failed (@ok,
+    @unreachable, @untouched): the hosts a rerun would select, and (stderr) which run they come from.
+
+    \b
+    hostops inventory -i prod.yml -l @failed
+    """
+    from hostops.output import inventory_graph, inventory_json, inventory_lines, one_line
+    from hostops.selection import describe_state
     from hostops.settings import Options, resolve
 
-    inv, names = load_selection(inventories, adhoc_hosts, pattern)
+    state_file = state_file_for(inventories, adhoc_hosts, log_path)
+    inv, names = load_selection(inventories, adhoc_hosts, pattern, state_file)
+    for line in describe_state(inv, pattern, state_file):
+        click.echo(one_line(line), err=True)
     targets = resolve(inv, names, Options(user=user, port=port, ssh_config=ssh_config))
     if graph:
         click.echo(inventory_graph(inv, set(names)))

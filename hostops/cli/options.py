@@ -55,30 +55,49 @@ def inventory_options(func: Callable) -> Callable:
 def load_selection(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str,
                    state_file: str | None = None) -> tuple[Inventory, list[str]]:
     """Load the inventory and select hosts; no match is a usage error (exit 2).
-    ``state_file``: where @failed/@ok/… look (the last run's outcome)."""
-    from hostops.inventory import Inventory, default_inventory_path
+    ``state_file``: where @failed/@ok/… look (the last run's outcome; default: this
+    inventory's state file, :func:`state_file_for`)."""
+    from hostops.inventory import Inventory
+    from hostops.selection import describe_state
 
-    paths = list(inventories)
-    if not paths and not adhoc_hosts:
-        paths = [os.environ.get("HOSTOPS_INVENTORY") or default_inventory_path()]
+    paths = inventory_sources(inventories, adhoc_hosts)
+    state_file = state_file or state_file_for(inventories, adhoc_hosts, None)
     inv = Inventory.load(paths, adhoc_hosts)
     for warning in inv.warnings:
         warn(warning)
     names = inv.select(pattern, state_file)
     if not names:
         where = ", ".join(paths + [f"-H {h}" for h in adhoc_hosts]) or "the inventory"
-        raise SelectionError(f"no host matched {pattern!r} in {where}; "
-                             f"see the hosts with: hostops inventory -i FILE --graph")
+        from_state = "; ".join(describe_state(inv, pattern, state_file))
+        raise SelectionError(f"no host matched {pattern!r} in {where}" + (f" ({from_state})" if from_state else "")
+                             + "; see the hosts with: hostops inventory -i FILE --graph")
     return inv, names
+
+
+def inventory_sources(inventories: Sequence[str], adhoc_hosts: Sequence[str]) -> list[str]:
+    """The inventory files a run loads: the -i files, else $HOSTOPS_INVENTORY, else the embedded one."""
+    from hostops.inventory import default_inventory_path
+
+    paths = list(inventories)
+    if not paths and not adhoc_hosts:
+        paths = [os.environ.get("HOSTOPS_INVENTORY") or default_inventory_path()]
+    return paths
+
+
+def state_file_for(inventories: Sequence[str], adhoc_hosts: Sequence[str], log: str | None) -> str:
+    """The run's state file (@failed…): beside --log, else this inventory's own (hostops.state)."""
+    from hostops.state import state_path
+
+    return state_path(log, inventory_sources(inventories, adhoc_hosts), adhoc_hosts)
 
 
 def select_targets(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str,
                    options: Options) -> tuple[list[Target], Options]:
     """(targets, options with the inventory's secret values added)."""
     from hostops.settings import resolve
-    from hostops.state import state_path
 
-    inv, names = load_selection(inventories, adhoc_hosts, pattern, state_path(options.log))
+    inv, names = load_selection(inventories, adhoc_hosts, pattern, state_file_for(inventories, adhoc_hosts,
+                                                                                  options.log))
     options = dataclasses.replace(options, secrets=options.secrets.with_values(inventory_secrets(inv, names)))
     return resolve(inv, names, options), options
 
@@ -154,7 +173,12 @@ def connection_options(func: Callable) -> Callable:
 
 def output_options(func: Callable) -> Callable:
     options = [
-        click.option("-b", "--gather", is_flag=True, help="At the end, print identical outputs once per host list."),
+        click.option("-b", "-B", "--gather", is_flag=True,
+                     help="At the end, print identical outputs (stdout and stderr) once per host list, "
+                          "in host-name order (clush -B; -b kept as before)."),
+        click.option("--gather-stdout", is_flag=True,
+                     help="Like --gather for stdout only; stderr lines go to stderr as 'host: line' "
+                          "(clush -b)."),
         click.option("--stream", is_flag=True, help="Print each line as it arrives, prefixed 'host: '."),
         click.option("--json", "as_json", is_flag=True, help="One JSON object per host per line on stdout."),
         click.option("-q", "--quiet", is_flag=True, help="Only failed hosts and the summary."),
@@ -247,8 +271,9 @@ def _given_on_command_line() -> tuple:
 
 
 def output_mode(kw: dict) -> str:
-    chosen = [name for name, flag in (("gather", kw["gather"]), ("stream", kw["stream"]), ("json", kw["as_json"]),
-                                      ("quiet", kw["quiet"])) if flag]
+    chosen = [name for name, flag in (("gather", kw["gather"]), ("gather-stdout", kw.get("gather_stdout")),
+                                      ("stream", kw["stream"]), ("json", kw["as_json"]), ("quiet", kw["quiet"]))
+              if flag]
     if len(chosen) > 1:
         raise UsageError("choose one output mode: " + ", ".join("--" + c for c in chosen) + " cannot be combined")
     return chosen[0] if chosen else "blocks"
