@@ -5,8 +5,9 @@ newline and tab is shown escaped (``\\x1b``, ``\\u202e``), so a host cannot move
 cursor, retitle the terminal, write to the clipboard or fake another host's header.
 
 Owns: escaping, the one colour palette (:data:`PALETTE`, :func:`paint`), the renderers
-(each implements :class:`hostops.api.Events`: the one handler a run reports to), ``-o``
-files, and the inventory listing and graph.
+(each implements :class:`hostops.api.Events`: the one handler a run reports to), the lines
+naming the hosts that did not succeed, and the inventory listing and graph (``-o`` files:
+:mod:`hostops.outdir`).
 Must not import: the API, the pool, the CLI (they import this module), paramiko.
 """
 from __future__ import annotations
@@ -302,8 +303,8 @@ class BlockRenderer(Renderer):
 
 def natural_key(name: str) -> tuple:
     """Sort key putting ``web2`` before ``web10`` (digits compared as numbers), as dshbak and clush do."""
-    parts = re.split(r"([0-9]+)", name)
-    return tuple((int(p) if i % 2 else p) for i, p in enumerate(parts)), name
+    parts = re.split(r"([0-9]+)", name)  # text, digits, text, …: digits by length then value (no int())
+    return tuple(((len(p.lstrip("0")), p.lstrip("0")) if i % 2 else p) for i, p in enumerate(parts)), name
 
 
 class GatherRenderer(Renderer):
