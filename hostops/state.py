@@ -2,7 +2,7 @@
 
 Every run records each host's outcome (0600) in a state file of its own inventory: in
 ``$XDG_STATE_HOME/hostops/`` (default ``~/.local/state/hostops/``) as
-``last-run.<name>.<key>.json``, where ``<key>`` is a digest of the resolved inventory sources
+``last-run.<name>.<key>.json`` (``<name>``: the first inventory file's, in path order), where ``<key>`` is a digest of the resolved inventory sources
 (the ``-i`` files' real paths and the ``-H`` hosts, in any order), so a run on staging never
 redirects ``-l @failed`` on prod; or, with ``--log FILE``, beside the log as
 ``FILE.last-run.json``. The patterns ``@ok``, ``@failed``, ``@unreachable`` and ``@untouched``
@@ -48,7 +48,8 @@ def state_path(log_path: str | None = None, inventories: Sequence[str] = (), adh
     if not sources:
         return os.path.join(state_dir(), "last-run.json")
     digest = hashlib.sha256("\0".join(sources).encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    first = os.path.basename(inventories[0]) if inventories else "adhoc"
+    files = [s[len("file:"):] for s in sources if s.startswith("file:")]
+    first = os.path.basename(files[0]) if files else "adhoc"  # the sorted first: any order, same name
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", os.path.splitext(first)[0]).strip("-")[:40] or "inventory"
     return os.path.join(state_dir(), f"last-run.{name}.{digest}.json")
 

@@ -308,3 +308,53 @@ def test_log_masks_secrets_inside_b64_fields(tmp_path):
     record = log_records(path)[0]
     assert base64.b64decode(record["stdout_b64"]) == b"\xff ********" and "hunter2" not in path.read_text()
     assert record["schema"] == "hostops/1" and ISO_MS_UTC.match(record["time"])
+
+
+# ================================================================== units
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40), st.binary(max_size=40))
+def test_json_bytes_round_trips_and_never_confuses_two_outputs(a, b):
+    from hostops.results import json_bytes
+
+    ea, eb = json_bytes("stdout", a), json_bytes("stdout", b)
+    assert record_bytes(json.loads(json.dumps(ea)), "stdout") == a
+    assert (ea == eb) == (a == b)
+
+
+def test_state_path_is_one_per_inventory(tmp_path, monkeypatch):
+    from hostops.state import state_path
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prod.yml").write_text("")
+    (tmp_path / "zz.yml").write_text("")
+    prod = state_path(None, ["prod.yml", "zz.yml"])
+    assert prod == state_path(None, [str(tmp_path / "zz.yml"), "./prod.yml"])  # order, spelling
+    assert os.path.basename(prod).startswith("last-run.prod.") and os.path.dirname(prod) == str(
+        tmp_path / "state" / "hostops")
+    assert len({prod, state_path(None, ["prod.yml"]), state_path(None, ["prod.yml"], ["web1"]),
+                state_path(None, [], ["web1"])}) == 4
+    assert state_path("/var/log/x.jsonl", ["prod.yml"]) == "/var/log/x.jsonl.last-run.json"  # --log keys it
+
+
+def test_old_state_file_with_epoch_time_still_reads(tmp_path):
+    from hostops.state import read_state
+
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"time": 1700000000.0, "what": "uptime", "hosts": {"a": "failed", "b": "ok"}}))
+    last = read_state(str(path))
+    assert last.select("failed") == ["a"] and last.time == "2023-11-14T22:13:20.000+00:00"
+    assert last.describe() == f"the run of 'uptime' at 2023-11-14T22:13:20.000+00:00 (state file {path})"
+
+
+def test_fold_plan_folds_exact_and_name_only_differences():
+    from hostops.runbook import fold_plan
+
+    texts = {"web1": "touch /x/web1", "web2": "touch /x/web2", "db1": "touch /x/db1.conf", "web3": "same",
+             "web4": "same", "a": "cat a.txt"}
+    assert fold_plan(texts) == [(["web1", "web2"], "touch /x/{host}"), (["db1"], "touch /x/db1.conf"),
+                                (["web3", "web4"], "same"), (["a"], "cat a.txt")]
