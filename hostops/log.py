@@ -18,8 +18,9 @@ import json
 import os
 import stat
 import threading
-import time
 from typing import Any
+
+from hostops.results import stamp
 
 
 class LogLock:
@@ -81,13 +82,23 @@ class RunLog:
         if isinstance(value, str):
             return self.secrets.redact(value)
         if isinstance(value, dict):
-            return {k: self._mask(v) for k, v in value.items()}
+            return {k: self._mask_b64(v) if k.endswith("_b64") and isinstance(v, str) else self._mask(v)
+                    for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [self._mask(v) for v in value]
         return value
 
+    def _mask_b64(self, value: str) -> str:
+        """A ``stdout_b64`` field: the secrets masked in the bytes it holds, too."""
+        import base64
+
+        data = base64.b64decode(value)
+        masked = self.secrets.redact(data)
+        return value if masked == data else base64.b64encode(masked).decode("ascii")
+
     def write(self, record: dict[str, Any]) -> None:
-        record = {"time": time.time(), **record}
+        """Append ``record`` with the schema version and the time (:func:`hostops.results.stamp`)."""
+        record = stamp(record)
         if self.secrets is not None and self.secrets.all():
             record = self._mask(record)
         # ensure_ascii keeps any control byte from remote output escaped inside the JSON string,

@@ -6,22 +6,22 @@ cursor, retitle the terminal, write to the clipboard or fake another host's head
 
 Owns: escaping, the one colour palette (:data:`PALETTE`, :func:`paint`), the renderers
 (each implements :class:`hostops.api.Events`: the one handler a run reports to, and tells the
-progress line of :mod:`hostops.progress` what happens), ``-o`` files, and the inventory
-listing and graph. Whether there is colour is decided in one place, :func:`use_color`.
+progress line of :mod:`hostops.progress` what happens), the lines naming the hosts that did
+not succeed, and the inventory listing and graph (``-o`` files: :mod:`hostops.outdir`).
+Whether there is colour is decided in one place, :func:`use_color`.
 Must not import: the API, the pool, the CLI (they import this module), paramiko.
 """
 from __future__ import annotations
 
-import errno
+import dataclasses
 import json
-import os
 import re
-import stat
 import sys
 from collections.abc import Iterable
 from typing import IO, Any
 
 from hostops.hostlist import compact
+from hostops.outdir import safe_filename, write_outdir  # noqa: F401  (re-exported: their old home)
 from hostops.progress import Progress, color_wanted, progress_wanted, section_label
 from hostops.results import (
     FAILED,
@@ -33,6 +33,7 @@ from hostops.results import (
     HostResult,
     RunReport,
     decode,
+    stamp,
 )
 from hostops.stdstreams import (  # noqa: F401  (re-exported: their old home)
     GuardedRaw,
@@ -190,19 +191,15 @@ class Renderer:
         self.progress.close()
 
     def finish(self, summary: RunReport) -> None:
-        """The end: a runbook's table, what was interrupted or never started, then the
-        summary line (stderr)."""
+        """The end: a runbook's table (stdout); then on stderr one line per status that is not
+        a success naming its hosts (:func:`not_ok_lines`), and the summary line, last."""
         self.progress.close()
         epilogue = self.epilogue(summary)
         if epilogue:
             self.out.write(epilogue.rstrip("\n") + "\n")
         self.out.flush()
-        stopped = [r.host for r in summary.results if r.status == INTERRUPTED]
-        if stopped:
-            self.err.write(f"interrupted while running ({len(stopped)}): {one_line(compact(stopped))}\n")
-        if summary.interrupted and summary.not_finished:
-            self.err.write(f"interrupted; not started ({len(summary.not_finished)}): "
-                           f"{one_line(compact(summary.not_finished))}\n")
+        for line in not_ok_lines(summary):
+            self.err.write(line + "\n")
         unlogged = list(dict.fromkeys(r.host for r in summary.results if r.error and "could not write log" in r.error))
         if unlogged:
             self.err.write(f"could not write log ({len(unlogged)}): {sanitize(compact(unlogged).encode())}\n")
@@ -217,30 +214,93 @@ class Renderer:
         return report.table(one_line) if report.per_host else ""
 
 
+def not_ok_lines(report: RunReport) -> list[str]:
+    """``failed (3): web[03,07],db2``: one line per status that is not a success, its hosts
+    folded (hostlist.compact), in every output mode (stderr, before the summary line)."""
+    lines = []
+    for status, hosts in report.not_ok().items():
+        label = {INTERRUPTED: "interrupted while running",
+                 "not started": "interrupted; not started" if report.interrupted else "not started"}.get(status, status)
+        lines.append(f"{label} ({len(hosts)}): {one_line(compact(hosts))}")
+    return lines
+
+
 class BlockRenderer(Renderer):
-    """Default: one block per host as it finishes. ``quiet`` shows only failed hosts."""
+    """Default: one block per host as it finishes; the hosts put --checksum left unchanged
+    folded into one line (at the end of the step). ``quiet`` (-q): only the hosts that did not
+    succeed (their step named), no batch or step titles, no runbook table, no progress line;
+    the not-ok lines and the summary line on stderr as always."""
 
     def __init__(self, *a: Any, quiet: bool = False, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.quiet = quiet
+        self.unchanged: dict[tuple, list[str]] = {}  # (message, error) → hosts
 
     def show(self, result: HostResult) -> None:
         if self.quiet and result.ok:
             return
+        if result.status == UNCHANGED:
+            key = (sanitize(result.stdout).strip().replace("\n", "; "), result.error)
+            self.unchanged.setdefault(key, []).append(result.host)
+            return
         body = _body(result, self.raw)
-        self.out.write(header(result, self.color) + "\n" + (body + "\n" if body else ""))
+        head = header(result, self.color)
+        if self.quiet and result.step is not None:
+            head += f" | step {one_line(result.step)}"
+        self.out.write(head + "\n" + (body + "\n" if body else ""))
         self.out.flush()
+
+    def _flush_unchanged(self) -> None:
+        status = paint(UNCHANGED.upper(), UNCHANGED, self.color)
+        for (message, error), hosts in self.unchanged.items():
+            note = "; ".join(one_line(t) for t in (message, error) if t)
+            self.out.write(f"{one_line(compact(hosts))} ({len(hosts)}) | {status}" + (f" | {note}" if note else "") + "\n")
+        self.unchanged = {}
+        self.out.flush()
+
+    def section(self, title: str, total: int) -> None:
+        self._flush_unchanged()
+        if self.quiet:  # no titles: only what did not succeed
+            self.progress.section(section_label(title), total)
+            return
+        super().section(title, total)
+
+    def finish(self, summary: RunReport) -> None:
+        self.progress.clear()
+        self._flush_unchanged()
+        super().finish(summary)
+
+    def epilogue(self, report: RunReport) -> str:
+        return "" if self.quiet else super().epilogue(report)
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key putting ``web2`` before ``web10`` (digits compared as numbers), as dshbak and clush do."""
+    parts = re.split(r"([0-9]+)", name)  # text, digits, text, …: digits by length then value (no int())
+    return tuple(((len(p.lstrip("0")), p.lstrip("0")) if i % 2 else p) for i, p in enumerate(parts)), name
 
 
 class GatherRenderer(Renderer):
-    """-b/--gather: hosts with identical results printed once, under a compact host list."""
+    """-b/-B/--gather: hosts with identical results printed once, under a compact host list,
+    groups in host-name order (natural: web2 before web10), like dshbak -c and clush -B.
+    ``stdout_only`` (--gather-stdout, clush's -b): only stdout is gathered; each host's stderr is
+    printed on stderr as it finishes, one ``host: line`` per line."""
 
-    def __init__(self, *a: Any, **kw: Any) -> None:
+    def __init__(self, *a: Any, stdout_only: bool = False, **kw: Any) -> None:
         super().__init__(*a, **kw)
+        self.stdout_only = stdout_only
         self.groups: dict[tuple, list[HostResult]] = {}
 
     def show(self, result: HostResult) -> None:
-        key = (result.status, result.exit_code, result.stdout, result.stderr, result.error)
+        if self.stdout_only:
+            key: tuple = (result.status, result.exit_code, result.stdout, result.error)
+            if result.stderr:
+                text = raw_text(result.stderr) if self.raw else sanitize(result.stderr)
+                name = one_line(result.host)
+                self.err.write("".join(f"{name}: {line}\n" for line in text.rstrip("\n").split("\n")))
+                self.err.flush()
+        else:
+            key = (result.status, result.exit_code, result.stdout, result.stderr, result.error)
         self.groups.setdefault(key, []).append(result)
 
     def section(self, title: str, total: int) -> None:  # noqa: ARG002  (the Events protocol)
@@ -253,8 +313,9 @@ class GatherRenderer(Renderer):
 
     def _flush_groups(self) -> None:
         self.progress.clear()
-        order = {OK: 0, UNCHANGED: 1, FAILED: 2, TIMEOUT: 3, UNREACHABLE: 4, INTERRUPTED: 5}
-        for _key, results in sorted(self.groups.items(), key=lambda kv: (order.get(kv[0][0], 9), -len(kv[1]))):
+        for results in self.groups.values():
+            results.sort(key=lambda r: natural_key(r.host))
+        for results in sorted(self.groups.values(), key=lambda rs: natural_key(rs[0].host)):
             first = results[0]
             names = compact(r.host for r in results)
             hosts = f"{names} ({len(results)})"
@@ -262,7 +323,7 @@ class GatherRenderer(Renderer):
             rc = f" | rc={first.exit_code}" if first.exit_code is not None else ""
             rule = "-" * min(72, max(15, len(hosts)))
             self.out.write(f"{rule}\n{one_line(hosts)} | {status}{rc}\n{rule}\n")
-            body = _body(first, self.raw)
+            body = _body(dataclasses.replace(first, stderr=b"") if self.stdout_only else first, self.raw)
             if body:
                 self.out.write(body + "\n")
         self.groups = {}
@@ -293,7 +354,7 @@ class JsonRenderer(Renderer):
         self.color = False
 
     def show(self, result: HostResult) -> None:
-        self.out.write(json.dumps(result.to_json(), ensure_ascii=True) + "\n")
+        self.out.write(json.dumps(stamp({"event": "host", **result.to_json()}), ensure_ascii=True) + "\n")
         self.out.flush()
 
     def section(self, title: str, total: int) -> None:  # noqa: ARG002  (the Events protocol)
@@ -301,67 +362,6 @@ class JsonRenderer(Renderer):
 
     def epilogue(self, report: RunReport) -> str:  # noqa: ARG002  (overridden by renderers that use it)
         return ""  # JSON mode: nothing but JSON lines on stdout
-
-
-def safe_filename(host: str) -> str:
-    """``-o``'s file name for ``host``: one-to-one (hostops.localnames), never a collision."""
-    from hostops.localnames import local_name
-
-    return local_name(host)
-
-
-def write_outdir(outdir: str, result: HostResult) -> None:
-    """pssh's -o/-e: ``DIR/<host>.out`` and ``DIR/<host>.err`` (0600: output may hold secrets).
-
-    Never follows a link planted at either name (O_NOFOLLOW), never blocks on a FIFO
-    (O_NONBLOCK), and only empties a regular file of ours with no other hard link: a name
-    someone else prepared is refused, its target untouched. A write cut short (full disk)
-    removes the half-written file. Raises OSError saying which file and why."""
-    base = os.path.join(outdir, safe_filename(result.host))
-    for suffix, data in ((".out", result.stdout), (".err", result.stderr)):
-        _write_private(base + suffix, data)
-
-
-def _write_private(path: str, data: bytes) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise OSError(exc.errno, f"{path} is a symbolic link; not followed") from None
-        if exc.errno == errno.ENXIO:  # a FIFO nobody reads (O_NONBLOCK: refused, not waited on)
-            raise OSError(exc.errno, f"{path} is not a regular file; left alone") from None
-        raise OSError(exc.errno, f"{path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, f"{path} is not a regular file; left alone")
-        if st.st_uid != os.geteuid():
-            raise OSError(errno.EPERM, f"{path} belongs to another user (uid {st.st_uid}); left alone")
-        if st.st_nlink != 1:
-            raise OSError(errno.EMLINK, f"{path} has other hard links; left alone")
-        os.set_blocking(fd, True)
-        os.ftruncate(fd, 0)
-        os.fchmod(fd, 0o600)  # the mode above only applies to new files; tighten old ones too
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(fd, view):]
-        except OSError as exc:
-            _remove_if_same(path, st)
-            raise OSError(exc.errno, f"{path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-
-
-def _remove_if_same(path: str, st: os.stat_result) -> None:
-    """Remove a half-written file, if the name still is the file we wrote."""
-    try:
-        now = os.lstat(path)
-        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
-            os.unlink(path)
-    except OSError:
-        pass
 
 
 def make_renderer(mode: str, *, out: IO | None = None, err: IO | None = None, total: int = 0,
@@ -372,7 +372,7 @@ def make_renderer(mode: str, *, out: IO | None = None, err: IO | None = None, to
     ``color``: ``auto``, ``always`` or ``never`` (:func:`use_color`)."""
     out = _or_null(out if out is not None else sys.stdout)
     err = _or_null(err if err is not None else sys.stderr)
-    prog = make_progress(err, total, progress, color)
+    prog = make_progress(err, total, False if mode == "quiet" else progress, color)
     kinds = {"blocks": BlockRenderer, "quiet": BlockRenderer, "gather": GatherRenderer,
              "stream": StreamRenderer, "json": JsonRenderer}
     if raw:
@@ -381,6 +381,8 @@ def make_renderer(mode: str, *, out: IO | None = None, err: IO | None = None, to
                 stream.reconfigure(errors="surrogateescape")
     if mode == "quiet":
         return BlockRenderer(out, err, prog, outdir, quiet=True, raw=raw, color=color)
+    if mode == "gather-stdout":
+        return GatherRenderer(out, err, prog, outdir, stdout_only=True, raw=raw, color=color)
     return kinds[mode](out, err, prog, outdir, raw=raw, color=color)
 
 

@@ -9,9 +9,11 @@ the rollout and the renderers all import this module).
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as _dt
 import enum
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,6 +47,43 @@ UNCHANGED, INTERRUPTED = Status.UNCHANGED, Status.INTERRUPTED
 SKIPPED, UNTOUCHED, INCOMPLETE = Status.SKIPPED, Status.UNTOUCHED, Status.INCOMPLETE
 STATUSES = (OK, UNCHANGED, FAILED, UNREACHABLE, TIMEOUT, INTERRUPTED)  # what one host's run can end with
 SUCCESS = (OK, UNCHANGED)
+
+#: The version of every JSON record hostops writes (--json, --log, run --dry-run --json, keys
+#: --json): a field may be added within a version; none is renamed, removed or changes meaning
+#: or type without the version changing (see NOTES-README.md / README "JSON records").
+SCHEMA = "hostops/1"
+
+
+def iso_time(when: float | None = None) -> str:
+    """The one time format of JSON records: ISO 8601, UTC, milliseconds
+    (``2026-12-02T04:38:32.120+00:00``; lexical order is time order)."""
+    moment = time.time() if when is None else when
+    return _dt.datetime.fromtimestamp(moment, _dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def stamp(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as written: the schema version and the time first, then its own fields
+    (a ``time`` it already has is kept)."""
+    return {"schema": SCHEMA, "time": record.get("time") or iso_time(), **record}
+
+
+def json_bytes(name: str, data: bytes) -> dict[str, str]:
+    """Output bytes for a JSON record, unambiguously: ``{name: text}`` when they are valid
+    UTF-8 (the text is exact); otherwise ``{name: text with U+FFFD for each bad byte,
+    name + "_b64": the exact bytes in base64}``. A raw 0xFF byte and the four characters
+    ``\xff`` never encode the same: the first has ``_b64``, the second is the text ``\\xff``."""
+    try:
+        return {name: data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {name: data.decode("utf-8", errors="replace"), f"{name}_b64": base64.b64encode(data).decode("ascii")}
+
+
+def record_bytes(record: dict[str, Any], name: str) -> bytes:
+    """The exact bytes of field ``name`` of a record (the inverse of :func:`json_bytes`)."""
+    if f"{name}_b64" in record:
+        return base64.b64decode(record[f"{name}_b64"])
+    return str(record.get(name) or "").encode("utf-8")
+
 
 #: What ``@ok``, ``@failed``, ``@unreachable`` and ``@untouched`` select from the last run's state.
 STATE_PATTERNS: dict[str, frozenset] = {
@@ -88,16 +127,17 @@ class HostResult:
         return f"<HostResult {self.host} {self.status}{rc} {self.duration:.2f}s{err}>"
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict; output bytes decoded as UTF-8 with undecodable bytes escaped."""
-        data = {
+        """The fields of a host record (``--json`` line, ``--log`` "host" record, before
+        :func:`stamp`): output as text when it is UTF-8, else with ``stdout_b64``/``stderr_b64``
+        beside it (:func:`json_bytes`)."""
+        data: dict[str, Any] = {
             "host": self.host,
-            "status": self.status,
+            "status": str(self.status),
             "exit_code": self.exit_code,
-            "stdout": decode(self.stdout),
-            "stderr": decode(self.stderr),
+            **json_bytes("stdout", self.stdout),
+            **json_bytes("stderr", self.stderr),
             "error": self.error,
-            "start": _dt.datetime.fromtimestamp(self.start, _dt.UTC).isoformat(timespec="milliseconds")
-            if self.start else None,
+            "start": iso_time(self.start) if self.start else None,
             "duration": round(self.duration, 3),
         }
         if self.step is not None:
@@ -106,7 +146,8 @@ class HostResult:
 
 
 def decode(data: bytes) -> str:
-    """UTF-8 text with undecodable bytes escaped as ``\\xNN`` (never lost, never a crash)."""
+    """For people (terminal, summaries): UTF-8 text with undecodable bytes escaped as ``\\xNN``
+    (never lost, never a crash). JSON records use :func:`json_bytes` instead, which is exact."""
     return data.decode("utf-8", errors="backslashreplace")
 
 
@@ -224,16 +265,42 @@ class RunReport:
         text = f"{n} host{'s' if n != 1 else ''}: {', '.join(parts)} in {self.elapsed:.1f}s"
         return text + (" (interrupted)" if self.interrupted else "")
 
-    def to_json(self) -> dict[str, Any]:
-        """The log's end record ("summary"): counts per result, or per host for a runbook."""
+    def not_ok(self) -> dict[str, list[str]]:
+        """The hosts that did not succeed, by status, in a fixed order (failed, unreachable,
+        timeout, interrupted, incomplete, untouched); for one step, the hosts never started
+        are under ``"not started"``. Each host once (its final status in a runbook)."""
         if self.per_host:
-            data: dict[str, Any] = {"hosts": len(self.hosts), **self.host_counts(), "steps": self.steps,
-                                    "stopped": self.stopped, "untouched": self.untouched,
-                                    "elapsed": round(self.elapsed, 3), "interrupted": self.interrupted}
+            final = {h: str(self.final_status(h)) for h in self.hosts}
         else:
-            data = {"hosts": len(self.results) + len(self.not_finished), **self.counts,
-                    "not_finished": self.not_finished, "elapsed": round(self.elapsed, 3),
-                    "interrupted": self.interrupted, "exit_code": int(self.exit_code)}
+            final = {r.host: str(r.status) for r in self.results}
+        groups: dict[str, list[str]] = {}
+        for status in (FAILED, UNREACHABLE, TIMEOUT, INTERRUPTED, INCOMPLETE, UNTOUCHED):
+            hosts = [h for h, s in final.items() if s == status]
+            if hosts:
+                groups[str(status)] = hosts
+        if not self.per_host and self.not_finished:
+            groups["not started"] = [h for h in dict.fromkeys(self.not_finished) if h not in final]
+        return {k: v for k, v in groups.items() if v}
+
+    def to_json(self) -> dict[str, Any]:
+        """The log's end record's ``summary``: ``hosts`` (how many), ``counts`` (hosts per
+        status, every status present, summing to ``hosts``: per result for one step, per host's
+        final status for a runbook; hosts never started count as ``untouched``), the flag
+        ``interrupted``, ``stopped`` (why a rollout stopped early, or null) and ``exit_code``."""
+        counts = {str(s): 0 for s in (*STATUSES, INCOMPLETE, UNTOUCHED)}
+        if self.per_host:
+            counts.update(self.host_counts())
+            hosts = len(self.hosts)
+        else:
+            counts.update(self.counts)
+            counts[str(UNTOUCHED)] = len(self.not_finished)
+            hosts = len(self.results) + len(self.not_finished)
+        data: dict[str, Any] = {"hosts": hosts, "counts": counts, "not_finished": list(self.not_finished),
+                                "elapsed": round(self.elapsed, 3), "interrupted": bool(self.interrupted),
+                                "stopped": self.stopped, "exit_code": int(self.exit_code)}
+        if self.per_host:
+            data["steps"] = list(self.steps)
+            data["untouched"] = list(self.untouched)
         if self.output_closed:
             data["output_closed"] = True
         return data

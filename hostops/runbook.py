@@ -22,7 +22,7 @@ import math
 import os
 import re
 import shlex
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from hostops import yamlfile
 from hostops.actions import RetryAction  # moved to hostops.actions; still importable from here
@@ -395,14 +395,16 @@ def describe_action(action: Any) -> str:
 def plan_json(book: Any, plans: Sequence[Any], names: Sequence[str], spec: Any) -> dict:
     """--dry-run --json: the same plan as data (one JSON document on stdout)."""
 
-    return {"runbook": book.name, "path": book.path, "hosts": list(names),
+    from hostops.results import stamp
+
+    return stamp({"event": "plan", "runbook": book.name, "path": book.path, "hosts": list(names),
             "batches": make_batches(names, spec.batch, spec.canary), "max_fail": spec.max_fail,
             "canary": spec.canary or None,
             "steps": [{"index": p.step.index, "name": p.step.name, "kind": p.step.kind,
                        "when_failed": p.step.when_failed, "sudo": p.step.sudo, "retries": p.step.retries,
                        "delay": p.step.delay, "timeout": p.step.timeout,
                        "hosts": {h: describe_action(p.actions[h]) for h in names}} for p in plans],
-            "dry_run": True}
+            "dry_run": True})
 
 
 def render_plan(book: Any, plans: Sequence[Any], names: Sequence[str], spec: Any) -> str:
@@ -413,6 +415,7 @@ def render_plan(book: Any, plans: Sequence[Any], names: Sequence[str], spec: Any
         return one_line(compact_raw(hosts))
 
     batches = make_batches(names, spec.batch, spec.canary)
+    named = False
     lines = [f"runbook: {book.name} ({book.path})", f"hosts: {len(names)} ({compact(names)})",
              f"batches: {len(batches)}" + (f" (canary {spec.canary} first)" if spec.canary else ""),
              f"max_fail: {spec.max_fail if spec.max_fail is not None else 'no limit'}"]
@@ -426,10 +429,40 @@ def render_plan(book: Any, plans: Sequence[Any], names: Sequence[str], spec: Any
         if p.step.timeout:
             flags.append(f"timeout {p.step.timeout:g}s")
         lines.append(f"  {p.step.index}. {p.step.name} [{p.step.kind}]" + (f" ({'; '.join(flags)})" if flags else ""))
-        by_text: dict = {}
-        for host in names:
-            by_text.setdefault(describe_action(p.actions[host]), []).append(host)
-        for text, hosts in by_text.items():
-            lines.append(f"       {compact(hosts)}: {text}")
+        for hosts, text in fold_plan({h: describe_action(p.actions[h]) for h in names}):
+            lines.append(f"       {compact(hosts)}: {one_line(text)}")
+            named = named or HOST_MARK in text
+    if named:
+        lines.append(f"({HOST_MARK} stands for each host's own name)")
     lines.append("dry run: nothing was touched")
     return "\n".join(lines)
+
+
+#: In a folded dry-run line, where each host's own name goes (``touch /srv/{host}.done``).
+HOST_MARK = "{host}"
+
+
+def fold_plan(texts: Dict[str, str]) -> List[Tuple[List[str], str]]:
+    """A step's plan, host → what it will do, folded for --dry-run: hosts doing exactly the
+    same thing share a line; hosts whose only difference is their own name (``touch
+    /srv/web01``, ``touch /srv/web02``) share one line with :data:`HOST_MARK` in place of the name.
+    Lines in the order of their first host."""
+    by_text: Dict[str, List[str]] = {}
+    for host, text in texts.items():
+        by_text.setdefault(text, []).append(host)
+    alone = {hosts[0]: text for text, hosts in by_text.items() if len(hosts) == 1}
+    by_template: Dict[str, List[str]] = {}
+    for host, text in alone.items():
+        if HOST_MARK not in text and host and host in text:
+            by_template.setdefault(text.replace(host, HOST_MARK), []).append(host)
+    folded = {hosts[0]: (hosts, template) for template, hosts in by_template.items() if len(hosts) > 1}
+    joined = {h for hosts, _ in folded.values() for h in hosts}
+    out: List[Tuple[List[str], str]] = []
+    for text, hosts in by_text.items():
+        first = hosts[0]
+        if first in folded:
+            out.append(folded[first])
+        elif first not in joined:
+            out.append((hosts, text))
+    order = {h: i for i, h in enumerate(texts)}
+    return sorted(out, key=lambda item: order[item[0][0]])

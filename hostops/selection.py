@@ -102,6 +102,33 @@ def match_term(inventory: "Inventory", term: str, state_file: Optional[str] = No
     return []
 
 
+def state_terms(pattern: str) -> List[str]:
+    """The ``@ok``/``@failed``/``@unreachable``/``@untouched`` terms of ``pattern`` (without the @)."""
+    from hostops.state import STATE_PATTERNS
+
+    terms = [t.lstrip("&!") for t in split_pattern(pattern or "")]
+    return list(dict.fromkeys(t[1:] for t in terms if t.startswith("@") and t[1:] in STATE_PATTERNS))
+
+
+def describe_state(inventory: "Inventory", pattern: str, state_file: str) -> List[str]:
+    """For each ``@…`` term of ``pattern``: what it selects and which run it came from
+    (``@failed: 2 of 5 hosts (web[03,07]) of the run of 'uptime' at … (state file …)``).
+    Hosts the state names that this inventory no longer has are counted apart."""
+    from hostops.state import read_state
+
+    lines = []
+    for which in state_terms(pattern):
+        last = read_state(state_file, which)
+        chosen = last.select(which)
+        here = [h for h in chosen if h in inventory.hosts]
+        gone = len(chosen) - len(here)
+        listed = f" ({hostlist.compact(here)})" if here else ""
+        extra = f", {gone} no longer in the inventory" if gone else ""
+        lines.append(f"@{which}: {len(here)} of {len(last.hosts)} host{'s' if len(last.hosts) != 1 else ''}"
+                     f"{listed}{extra} from {last.describe()}")
+    return lines
+
+
 def _match_range(inventory: "Inventory", term: str) -> List[str]:
     """A term with host ranges (``web[01:05]``, ``*db[1:9]``): the hosts and groups it names,
     or, when it is a glob too, the hosts matching any of its expansions (one compile)."""

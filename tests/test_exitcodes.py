@@ -173,7 +173,12 @@ def test_run_report_of_a_runbook_counts_hosts_not_step_results():
     assert report.line() == "3 hosts: 1 ok, 1 failed, 1 incomplete in 2.0s"
     assert report.exit_code == ExitCode.FAILED
     end = report.to_json()
-    assert end["hosts"] == 3 and end["incomplete"] == 1 and end["steps"] == ["s1", "s2"]
+    assert end["hosts"] == 3 and end["steps"] == ["s1", "s2"]
+    # counts are counts (one per status, summing to hosts); the flags and the exit code apart
+    assert end["counts"] == {"ok": 1, "unchanged": 0, "failed": 1, "unreachable": 0, "timeout": 0,
+                             "interrupted": 0, "incomplete": 1, "untouched": 0}
+    assert end["interrupted"] is False and end["exit_code"] == 5 and end["stopped"] is None
+    assert report.not_ok() == {"failed": ["b"], "incomplete": ["c"]}
     assert report.table().splitlines()[2].split() == ["b", "failed", "skipped"]
     report.not_finished = ["d"]
     assert report.state_hosts() == {"a": "ok", "b": "failed", "c": "incomplete", "d": "untouched"}
@@ -185,7 +190,20 @@ def test_run_report_aborted_counts_the_results_it_has():
     assert not report.per_host
     assert report.statuses() == {"a": "ok"}
     assert report.exit_code == 130
-    assert report.to_json()["exit_code"] == 130
+    end = report.to_json()
+    assert end["exit_code"] == 130 and end["interrupted"] is True
+    assert end["counts"]["ok"] == 1 and end["counts"]["interrupted"] == 0  # the flag is not a count
+
+
+def test_run_report_end_record_splits_the_interrupted_count_from_the_flag():
+    report = RunReport([HostResult("a", "ok", 0), HostResult("b", "interrupted"), HostResult("c", "interrupted")],
+                       interrupted=True, not_finished=["d"])
+    end = report.to_json()
+    assert end["counts"] == {"ok": 1, "unchanged": 0, "failed": 0, "unreachable": 0, "timeout": 0,
+                             "interrupted": 2, "incomplete": 0, "untouched": 1}
+    assert sum(end["counts"].values()) == end["hosts"] == 4
+    assert end["interrupted"] is True and end["exit_code"] == 130 and end["not_finished"] == ["d"]
+    assert report.not_ok() == {"interrupted": ["b", "c"], "not started": ["d"]}
 
 
 def test_run_report_output_closed_is_141():

@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import pytest
 
 from conftest import ROOT
+from hostops.results import record_bytes
 from faultproxy import FaultProxy
 
 RSS_LIMIT_MB = 150       # huge banner: per hostops process
@@ -706,7 +707,7 @@ def test_worker_sigkilled_mid_run(launch, remote, inventory, known_hosts, tmp_pa
     assert "30 hosts: 15 ok, 15 failed, 0 unreachable, 0 timeout" in run.errtext
     records = log_records(log)
     assert records[0]["event"] == "start" and len(records[0]["hosts"]) == 30
-    assert records[-1]["event"] == "end" and records[-1]["summary"]["failed"] == 15
+    assert records[-1]["event"] == "end" and records[-1]["summary"]["counts"]["failed"] == 15
     host_records = [r for r in records if r["event"] == "host"]
     assert sorted(r["host"] for r in host_records) == sorted(results), "one log record per host"
     assert {r["host"]: r["status"] for r in host_records} == {h: r["status"] for h, r in results.items()}
@@ -858,9 +859,12 @@ def test_log_stays_one_json_record_per_line_with_hostile_output(launch, inventor
     assert all(b < 0x80 for b in raw)  # ensure_ascii: no control byte, no raw newline inside a record
     records = log_records(log)
     assert [r["event"] for r in records] == ["start", "host", "host", "host", "end"]
-    expected = HOSTILE.decode("utf-8", errors="backslashreplace")
+    # HOSTILE holds a byte that is not UTF-8 (a raw C1 \x9b): the text has U+FFFD for it, and
+    # the exact bytes are in the _b64 field beside it (results.json_bytes)
+    expected = HOSTILE.decode("utf-8", errors="replace")
     for r in records[1:-1]:
         assert r["stdout"] == expected + "no newline\r" and r["stderr"] == expected, r
+        assert record_bytes(r, "stdout") == HOSTILE + b"no newline\r" and record_bytes(r, "stderr") == HOSTILE
 
 
 # ============================================================== 9. a low open-file limit

@@ -87,8 +87,9 @@ def check_record(log_path, hosts: Sequence[str]) -> Dict[str, dict]:
     end = records[-1]
     assert end["event"] == "end", records[-1]
     summary = end["summary"]
-    for status in ("ok", "failed", "unreachable", "timeout"):
-        assert summary[status] == sum(1 for r in by_host.values() if r["status"] == status), (status, summary)
+    for status in ("ok", "failed", "unreachable", "timeout", "interrupted"):
+        assert summary["counts"][status] == sum(1 for r in by_host.values() if r["status"] == status), (status,
+                                                                                                     summary)
     assert summary["interrupted"] is any(r["status"] == "interrupted" for r in by_host.values()), summary
     return by_host
 

@@ -159,7 +159,8 @@ def test_state_file_never_stores_a_secret(hostops, lab, inventory, known_hosts, 
     run = hostops("exec", f"echo {SECRET}; exit 3", "-i", inv, "--known-hosts", known_hosts,
                   "--secret-env", "HOSTOPS_TEST_SECRET", env=env)
     assert run.code != 0 and "h001" in run.out, run
-    text = (state_home / "hostops" / "last-run.json").read_text()
+    (state,) = (state_home / "hostops").glob("last-run.inv.*.json")  # this inventory's own state file
+    text = state.read_text()
     assert SECRET not in text and "********" in text, text
     again = hostops("exec", "true", "-i", inv, "--known-hosts", known_hosts, "-l", "@failed", "--json", env=env)
     assert again.code == 0 and sorted(r["host"] for r in again.json_lines()) == ["h001", "h002"], again

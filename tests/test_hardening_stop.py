@@ -371,7 +371,7 @@ def test_killing_the_forkserver_stops_no_host_and_logs_each_once(launch, remote,
     records = log_records(log)
     hosts = sorted(r["host"] for r in records if r["event"] == "host")
     assert hosts == sorted(results), "exactly one log record per host"
-    assert records[-1]["event"] == "end" and records[-1]["summary"]["ok"] == count
+    assert records[-1]["event"] == "end" and records[-1]["summary"]["counts"]["ok"] == count
     left = wait_until(lambda: not [p for p, t in run.seen.items() if alive(p, t)], 10)
     assert left, {p: cmdline(p) for p, t in run.seen.items() if alive(p, t)}
 

@@ -220,7 +220,7 @@ def test_log_lines_intact_when_fifty_hosts_finish_at_once(hostops, inventory, kn
     assert stat.S_IMODE(os.stat(log).st_mode) == 0o600
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert records[0]["event"] == "start" and len(records[0]["hosts"]) == 50
-    assert records[-1]["event"] == "end" and records[-1]["summary"]["ok"] == 50
+    assert records[-1]["event"] == "end" and records[-1]["summary"]["counts"]["ok"] == 50
     hosts = [r for r in records if r["event"] == "host"]
     assert sorted(r["host"] for r in hosts) == [f"h{i:03d}" for i in range(1, 51)]
     assert all(r["stdout"] == big for r in hosts)

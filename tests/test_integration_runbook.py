@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from hostops.state import state_path
 from sshlab import SSHD
 
 
@@ -435,11 +436,14 @@ def test_dry_run_touches_nothing_and_shows_the_plan(hostops, inventory, lab_args
                  "batch 4: h[019-020] (2)"):
         assert f"  {text}\n" in out, out
     assert "  1. touch [exec]\n" in out
-    for h in hosts(20):
-        assert f"       {h}: touch {remote}/{h}\n" in out
+    # hosts whose step differs only by their own name share one line ({host} in its place)
+    assert f"       h[001-020]: touch {remote}/{{host}}\n" in out, out
+    assert all(f"touch {remote}/{h}" not in out for h in hosts(20)), out
+    assert f"       h[001-020]: put {tmp_path / 'app.conf'} {remote}/{{host}}.conf\n" in out, out
+    assert "({host} stands for each host's own name)\n" in out
     assert "  3. greet [exec] (retries 2, delay 1s)\n" in out
     assert "       h[001-020]: echo hello world (retries 2, delay 1s)\n" in out  # variables filled in
-    assert f"{remote}/h007.conf" in out and "  4. fetch [get]" in out
+    assert "  4. fetch [get]" in out
     assert out.rstrip().endswith("dry run: nothing was touched")
 
 
@@ -528,7 +532,7 @@ def test_state_after_exec_selects_failed_and_ok(hostops, lab, tmp_path):
     run = hostops("exec", cmd, "-i", inv, "--known-hosts", kh, "--json", env=env)
     assert run.code == 5, run
     assert sorted(r["host"] for r in run.json_lines() if r["status"] == "failed") == failing
-    state = state_home / "hostops" / "last-run.json"
+    state = state_home / "hostops" / os.path.basename(state_path(None, [inv]))  # this inventory's own
     assert stat.S_IMODE(os.stat(state).st_mode) == 0o600
     listed = hostops("inventory", "-i", inv, "-l", "@failed", env=env)  # reads the state, writes none
     assert listed.code == 0, listed
@@ -845,4 +849,4 @@ def test_log_end_record_counts_hosts_not_step_results(hostops, inventory, lab_ar
     assert sum(1 for r in records if r["event"] == "host") == 80  # one record per host and step
     end = records[-1]
     assert end["event"] == "end"
-    assert (end["summary"]["hosts"], end["summary"]["ok"]) == (20, 20), end
+    assert (end["summary"]["hosts"], end["summary"]["counts"]["ok"]) == (20, 20), end

@@ -1,6 +1,7 @@
 """hostops.output: sanitizing untrusted remote output and the renderers."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -166,8 +167,18 @@ def test_gather_groups_identical_outputs_under_compact_list():
     assert text.count("same") == 1
     assert "db1 (1) | FAILED | rc=1" in text
     assert text.count("boom") == 1
-    # Ok groups first.
-    assert text.index("web[01-03]") < text.index("db1 (1)")
+    # Groups in host-name order (dshbak -c, clush -b), whatever their status.
+    assert text.index("db1 (1)") < text.index("web[01-03]")
+
+
+def test_gather_groups_in_natural_host_order():
+    """web2 before web10 (numbers compared as numbers), within a group and between groups."""
+    out, err = streams()
+    outputs = {"web10": b"A\n", "web2": b"B\n", "web9": b"A\n", "app1": b"C\n", "web1": b"B\n"}
+    run(GatherRenderer(out, err), [HostResult(h, "ok", 0, o) for h, o in outputs.items()])
+    headers = [line for line in out.getvalue().splitlines() if " | OK" in line]
+    assert headers == ["app1 (1) | OK | rc=0", "web[1-2] (2) | OK | rc=0", "web[9-10] (2) | OK | rc=0"]
+    assert sorted(["web10", "web2", "web1", "w"], key=output.natural_key) == ["w", "web1", "web2", "web10"]
 
 
 def test_gather_separates_different_outputs():
@@ -204,13 +215,16 @@ def test_json_renderer_one_valid_line_per_host():
     lines = out.getvalue().splitlines()
     assert len(lines) == 3
     objs = [json.loads(line) for line in lines]
-    fields = {"host", "status", "exit_code", "stdout", "stderr", "error", "start", "duration"}
-    assert all(set(o) == fields for o in objs)
+    fields = {"schema", "time", "event", "host", "status", "exit_code", "stdout", "stderr", "error", "start",
+              "duration"}
+    assert set(objs[0]) == set(objs[2]) == fields
+    assert set(objs[1]) == fields | {"stdout_b64"}  # not UTF-8: the exact bytes beside the text
+    assert all(o["schema"] == "hostops/1" and o["event"] == "host" for o in objs)
     assert objs[0]["host"] == "web01" and objs[0]["status"] == "ok" and objs[0]["exit_code"] == 0
     assert objs[0]["stdout"] == "hi\n"
     assert objs[0]["duration"] == 0.414
-    assert objs[0]["start"].startswith("2023-11-14T22:13:20")
-    assert objs[1]["stdout"] == "\\xff\x1b"
+    assert objs[0]["start"] == "2023-11-14T22:13:20.000+00:00"
+    assert objs[1]["stdout"] == "\ufffd\x1b" and base64.b64decode(objs[1]["stdout_b64"]) == b"\xff\x1b"
     assert objs[1]["stderr"] == "err\n"
     assert objs[2]["exit_code"] is None and objs[2]["error"] == "refused" and objs[2]["start"] is None
     # The summary goes to stderr, never into the JSON stream.
@@ -228,7 +242,7 @@ def test_finish_prints_summary_line_on_err():
     out, err = streams()
     results = [HostResult("a", "ok", 0), HostResult("b", "ok", 0), HostResult("c", "failed", 1)]
     run(BlockRenderer(out, err), results)
-    assert err.getvalue() == "3 hosts: 2 ok, 1 failed, 0 unreachable, 0 timeout in 0.0s\n"
+    assert err.getvalue() == "failed (1): c\n3 hosts: 2 ok, 1 failed, 0 unreachable, 0 timeout in 0.0s\n"
     assert "hosts:" not in out.getvalue()
 
 
@@ -236,7 +250,8 @@ def test_finish_summary_counts_every_status():
     out, err = streams()
     results = [HostResult("a", "ok", 0), HostResult("b", "timeout"), HostResult("c", "unreachable")]
     run(BlockRenderer(out, err), results, elapsed=12.34)
-    assert err.getvalue().strip() == "3 hosts: 1 ok, 0 failed, 1 unreachable, 1 timeout in 12.3s"
+    assert err.getvalue().splitlines() == ["unreachable (1): c", "timeout (1): b",
+                                           "3 hosts: 1 ok, 0 failed, 1 unreachable, 1 timeout in 12.3s"]
 
 
 def test_finish_single_host_is_singular():

@@ -28,19 +28,20 @@ from hostops.cli.options import (
     rollout_options,
     rollout_spec,
     select_targets,
+    state_file_for,
 )
 from hostops.errors import SelectionError, UsageError
 from hostops.exitcodes import HELP_TEXT
 
 
-def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, steps: list[Any] | None = None,
-             spec: Any = None, what: str | None = None, keep_connections: bool = False) -> int:
+def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, state_file: str,
+             steps: list[Any] | None = None, spec: Any = None, what: str | None = None,
+             keep_connections: bool = False) -> int:
     """Run an action (or a runbook's steps) through :func:`hostops.api.run_rollout`, rolled out
     per --batch/--max-fail/--canary, with the chosen renderer; the run's exit code."""
     from hostops.api import run_rollout
     from hostops.output import make_renderer
     from hostops.rollout import StepRun
-    from hostops.state import state_path
 
     mode = output_mode(kw)
     if steps is None:
@@ -50,8 +51,7 @@ def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, ste
                              raw=kw.get("raw", False), color=kw.get("color") or "auto")
     try:
         report = run_rollout(targets, steps, options, spec, renderer, lock=kw.get("lock_path"),
-                             state_file=state_path(options.log, options.state_dir), what=what,
-                             keep_connections=keep_connections)
+                             state_file=state_file, what=what, keep_connections=keep_connections)
     finally:
         renderer.close()  # the progress line gone before any error is printed
     return int(report.exit_code)
@@ -91,7 +91,8 @@ def exec_cmd(words: Sequence[str], inventories, adhoc_hosts, pattern, stdin_file
     check_stdin(stdin_file)
     targets, options = select_targets(inventories, adhoc_hosts, pattern, options)
     action = ExecAction(command, options.timeout, options.sudo, os.path.abspath(stdin_file) if stdin_file else None)
-    return roll_out(targets, action, options, kw)
+    return roll_out(targets, action, options, kw, state_file=state_file_for(inventories, adhoc_hosts, options.log,
+                                                                                  options.state_dir, pattern))
 
 
 @click.command("put", context_settings=CONTEXT, epilog=HELP_TEXT)
@@ -123,7 +124,8 @@ def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, i
     output_mode(kw)
     action = prepare_put(src, dest, recursive, mode, owner, options.sudo, checksum, options.timeout)
     targets, options = select_targets(inventories, adhoc_hosts, pattern, options)
-    return roll_out(targets, action, options, kw)
+    return roll_out(targets, action, options, kw, state_file=state_file_for(inventories, adhoc_hosts, options.log,
+                                                                                  options.state_dir, pattern))
 
 
 @click.command("get", context_settings=CONTEXT, epilog=HELP_TEXT)
@@ -150,7 +152,8 @@ def get_cmd(src: str, dest: str, recursive: bool, follow_links: bool, inventorie
         raise UsageError("get does not support --sudo; copy the file somewhere readable first (hostops exec)")
     targets, options = select_targets(inventories, adhoc_hosts, pattern, options)
     action = prepare_get(src, dest, recursive, options.timeout, follow_links=follow_links)
-    return roll_out(targets, action, options, kw)
+    return roll_out(targets, action, options, kw, state_file=state_file_for(inventories, adhoc_hosts, options.log,
+                                                                                  options.state_dir, pattern))
 
 
 @click.command("script", context_settings=dict(CONTEXT, ignore_unknown_options=False), epilog=HELP_TEXT)
@@ -176,7 +179,8 @@ def script_cmd(script: str, args, stdin_file, inventories, adhoc_hosts, pattern,
     output_mode(kw)
     action = prepare_script(script, args, options.sudo, options.timeout, stdin_file)
     targets, options = select_targets(inventories, adhoc_hosts, pattern, options)
-    return roll_out(targets, action, options, kw)
+    return roll_out(targets, action, options, kw, state_file=state_file_for(inventories, adhoc_hosts, options.log,
+                                                                                  options.state_dir, pattern))
 
 
 @click.command("run", context_settings=CONTEXT, epilog=HELP_TEXT)
@@ -208,7 +212,6 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
     from hostops import runbook as rb
     from hostops.rollout import StepRun
     from hostops.settings import resolve
-    from hostops.state import state_path
 
     book = rb.load(runbook)  # first: a sudo step makes --sudo-user meaningful without --sudo
     options = build_options(kw, sudo_steps=any(step.sudo for step in book.steps))
@@ -224,7 +227,7 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
         steps = steps[index:]
         book.steps = steps
     limit = pattern if pattern != "all" else book.hosts
-    state_file = state_path(options.log, options.state_dir)
+    state_file = state_file_for(inventories, adhoc_hosts, options.log, options.state_dir, pattern)
     inv, names = load_selection(inventories, adhoc_hosts, book.hosts, state_file, limit=pattern)
     if limit != book.hosts:  # -l narrows the runbook's hosts, as Ansible's --limit does
         wanted = set(inv.select(limit, state_file))
@@ -241,7 +244,8 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
             click.echo(rb.render_plan(book, plans, names, spec))
         return 0
     steps_to_run = [StepRun(p.step.name, p.for_target, p.step.when_failed) for p in plans]
-    return roll_out(targets, None, options, kw, steps=steps_to_run, spec=spec, what=f"run {book.name}",
+    return roll_out(targets, None, options, kw, state_file=state_file, steps=steps_to_run, spec=spec,
+                    what=f"run {book.name}",
                     keep_connections=not no_reuse)
 
 
@@ -253,15 +257,25 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
               help="As for exec: shows the resolved user.")
 @click.option("-p", "--port", type=click.IntRange(1, 65535), default=None, help="As for exec.")
 @click.option("--ssh-config", metavar="FILE", default=None, help="As for exec.")
+@click.option("--log", "log_path", metavar="FILE", default=None,
+              help="As for exec: -l @failed (@ok…) reads the outcome recorded beside this log.")
 @state_dir_option()
 def inventory_cmd(inventories, adhoc_hosts, pattern, as_json: bool, graph: bool, user, port, ssh_config,
-                  state_dir) -> int:
-    """List the selected hosts with their resolved connection settings."""
-    from hostops.output import inventory_graph, inventory_json, inventory_lines
-    from hostops.settings import Options, resolve
-    from hostops.state import state_path
+                  log_path, state_dir) -> int:
+    """List the selected hosts with their resolved connection settings. With -l @failed (@ok,
+    @unreachable, @untouched): the hosts a rerun would select, and (stderr) which run they come from.
 
-    inv, names = load_selection(inventories, adhoc_hosts, pattern, state_path(None, state_dir))
+    \b
+    hostops inventory -i prod.yml -l @failed
+    """
+    from hostops.output import inventory_graph, inventory_json, inventory_lines, one_line
+    from hostops.selection import describe_state
+    from hostops.settings import Options, resolve
+
+    state_file = state_file_for(inventories, adhoc_hosts, log_path, state_dir, pattern)
+    inv, names = load_selection(inventories, adhoc_hosts, pattern, state_file)
+    for line in describe_state(inv, pattern, state_file):
+        click.echo(one_line(line), err=True)
     targets = resolve(inv, names, Options(user=user, port=port, ssh_config=ssh_config))
     if graph:
         click.echo(inventory_graph(inv, set(names)))

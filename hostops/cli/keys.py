@@ -126,10 +126,11 @@ def _finish(reports: Sequence[Any], report: Any, mode: str, *, accepting: bool =
     from hostops.hostlist import compact
     from hostops.keys import exit_code, render, summary_line
     from hostops.output import one_line
+    from hostops.results import stamp
 
     if mode == "json":
         for rep in reports:
-            sys.stdout.write(json.dumps(rep.to_json(), ensure_ascii=True) + "\n")
+            sys.stdout.write(json.dumps(stamp({"event": "key", **rep.to_json()}), ensure_ascii=True) + "\n")
         sys.stdout.flush()
     else:
         render(reports, sys.stdout, quiet=(mode == "quiet"), accepting=accepting, write_path=write_path)

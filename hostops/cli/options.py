@@ -61,30 +61,27 @@ NO_INVENTORY = ("no inventory given: use -i FILE or -H HOST, set HOSTOPS_INVENTO
 def load_selection(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str,
                    state_file: str | None = None, limit: str | None = None) -> tuple[Inventory, list[str]]:
     """Load the inventory and select hosts; no match is a usage error (exit 2).
-    ``state_file``: where @failed/@ok/… look (the last run's outcome).
+    ``state_file``: where @failed/@ok/… look (the last run's outcome; default: this
+    inventory's state file, :func:`state_file_for`).
 
     Without -i and -H, :func:`default_inventories`; -H without -i means those hosts only. No
     inventory at all is a usage error, except ``-l localhost`` (``limit``, else ``pattern``),
     which names the embedded localhost inventory (no SSH)."""
-    from hostops.inventory import Inventory, default_inventory_path
+    from hostops.inventory import Inventory
+    from hostops.selection import describe_state
 
-    paths = list(inventories)
-    if not paths and not adhoc_hosts:
-        paths, where = default_inventories()
-        for path in paths:
-            if not os.path.exists(path):
-                raise UsageError(f"{path}: no such inventory file (named by {where}); fix it there, or give -i")
-        if not paths and (limit if limit is not None else pattern) != "localhost":
-            raise UsageError(NO_INVENTORY)
-        paths = paths or [default_inventory_path()]
+    limit = limit if limit is not None else pattern
+    paths = inventory_sources(inventories, adhoc_hosts, limit)
+    state_file = state_file or state_file_for(inventories, adhoc_hosts, None, limit=limit)
     inv = Inventory.load(paths, adhoc_hosts)
     for warning in inv.warnings:
         warn(warning)
     names = inv.select(pattern, state_file)
     if not names:
         where = ", ".join(paths + [f"-H {h}" for h in adhoc_hosts]) or "the inventory"
-        raise SelectionError(f"no host matched {pattern!r} in {where}; "
-                             f"see the hosts with: hostops inventory -i FILE --graph")
+        from_state = "; ".join(describe_state(inv, pattern, state_file))
+        raise SelectionError(f"no host matched {pattern!r} in {where}" + (f" ({from_state})" if from_state else "")
+                             + "; see the hosts with: hostops inventory -i FILE --graph")
     return inv, names
 
 
@@ -102,13 +99,40 @@ def default_inventories() -> tuple[list[str], str]:
     return [], ""
 
 
+def inventory_sources(inventories: Sequence[str], adhoc_hosts: Sequence[str], limit: str | None = None) -> list[str]:
+    """The inventory files a run loads: the -i files, else :func:`default_inventories`; with
+    none at all, only ``-l localhost`` (``limit``) names the embedded localhost inventory, and
+    anything else is a usage error (never a silent run on this machine)."""
+    from hostops.inventory import default_inventory_path
+
+    paths = list(inventories)
+    if paths or adhoc_hosts:
+        return paths
+    paths, where = default_inventories()
+    for path in paths:
+        if not os.path.exists(path):
+            raise UsageError(f"{path}: no such inventory file (named by {where}); fix it there, or give -i")
+    if not paths and limit != "localhost":
+        raise UsageError(NO_INVENTORY)
+    return paths or [default_inventory_path()]
+
+
+def state_file_for(inventories: Sequence[str], adhoc_hosts: Sequence[str], log: str | None,
+                   state_dir: str | None = None, limit: str | None = None) -> str:
+    """The run's state file (@failed…): beside --log, else this inventory's own in the state
+    directory (hostops.state)."""
+    from hostops.state import state_path
+
+    return state_path(log, inventory_sources(inventories, adhoc_hosts, limit), adhoc_hosts, state_dir)
+
+
 def select_targets(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str,
                    options: Options) -> tuple[list[Target], Options]:
     """(targets, options with the inventory's secret values added)."""
     from hostops.settings import resolve
-    from hostops.state import state_path
 
-    inv, names = load_selection(inventories, adhoc_hosts, pattern, state_path(options.log, options.state_dir))
+    inv, names = load_selection(inventories, adhoc_hosts, pattern,
+                                state_file_for(inventories, adhoc_hosts, options.log, options.state_dir, pattern))
     options = dataclasses.replace(options, secrets=options.secrets.with_values(inventory_secrets(inv, names)))
     return resolve(inv, names, options), options
 
@@ -205,7 +229,12 @@ def output_format_option(func: Callable) -> Callable:
 
 def output_options(func: Callable) -> Callable:
     options = [
-        click.option("-b", "--gather", is_flag=True, help="At the end, print identical outputs once per host list."),
+        click.option("-b", "-B", "--gather", is_flag=True,
+                     help="At the end, print identical outputs (stdout and stderr) once per host list, "
+                          "in host-name order (clush -B; -b kept as before)."),
+        click.option("--gather-stdout", is_flag=True,
+                     help="Like --gather for stdout only; stderr lines go to stderr as 'host: line' "
+                          "(clush -b)."),
         click.option("--stream", is_flag=True, help="Print each line as it arrives, prefixed 'host: '."),
         click.option("--json", "as_json", is_flag=True, help="One JSON object per host per line on stdout."),
         click.option("-q", "--quiet", is_flag=True, help="Only failed hosts and the summary."),
@@ -315,10 +344,11 @@ def _given_on_command_line() -> tuple:
 
 
 def output_mode(kw: dict) -> str:
-    """The renderer's mode: -b/--stream/--json/-q or --output on the command line, else the
-    config file's ``output``, else text ("blocks")."""
-    chosen = [name for name, flag in (("gather", kw["gather"]), ("stream", kw["stream"]), ("json", kw["as_json"]),
-                                      ("quiet", kw["quiet"])) if flag]
+    """The renderer's mode: -b/--gather-stdout/--stream/--json/-q or --output on the command
+    line, else the config file's ``output``, else text ("blocks")."""
+    chosen = [name for name, flag in (("gather", kw["gather"]), ("gather-stdout", kw.get("gather_stdout")),
+                                      ("stream", kw["stream"]), ("json", kw["as_json"]), ("quiet", kw["quiet"]))
+              if flag]
     flags = ["--" + c for c in chosen]
     given = kw.get("output")
     if given and param_source("output") == "flag" and OUTPUT_MODES[given] not in chosen:
