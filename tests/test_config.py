@@ -304,8 +304,13 @@ def test_log_and_state_dir_from_config(hostops, isolated_home, local_inv, tmp_pa
     write_config(isolated_home / "hostops.yml", f"inventory: {local_inv}\nstate_dir: {state}\n", 0o644)
     run = hostops("exec", "test $(hostname) = never-this-name", "-q")
     assert run.code == 5, run
-    assert json.loads((state / "last-run.json").read_text())["hosts"] == {"one": "failed", "two": "failed"}
-    state.joinpath("last-run.json").write_text(json.dumps({"time": 0, "what": "x", "hosts": {"two": "failed"}}))
+    from hostops.state import state_path
+
+    state_file = state_path(None, [str(local_inv)], (), str(state))  # this inventory's own, in state_dir
+    assert os.path.dirname(state_file) == str(state)
+    assert json.loads(open(state_file).read())["hosts"] == {"one": "failed", "two": "failed"}
+    with open(state_file, "w") as fh:
+        fh.write(json.dumps({"time": 0, "what": "x", "hosts": {"two": "failed"}}))
     rerun = hostops("inventory", "-l", "@failed", "--json")  # @failed reads the configured state_dir
     assert rerun.code == 0, rerun
     assert list(json.loads(rerun.out)["_meta"]["hostvars"]) == ["two"]
