@@ -17,6 +17,8 @@ from hostops import __version__
 from hostops.cli import commands
 from hostops.cli.keys import keys_group
 from hostops.cli.options import CONTEXT
+from hostops.completion import completion_cmd
+from hostops.manpage import man_cmd
 from hostops.errors import HostopsError
 from hostops.exitcodes import HELP_TEXT, ExitCode
 
@@ -39,6 +41,8 @@ def cli() -> None:
 for _command in (commands.exec_cmd, commands.put_cmd, commands.get_cmd, commands.script_cmd, commands.run_cmd,
                  commands.inventory_cmd, keys_group):
     cli.add_command(_command)
+cli.add_command(completion_cmd)  # hostops completion bash|zsh|fish (hostops/completion.py)
+cli.add_command(man_cmd)         # hostops man (hostops/manpage.py)
 
 
 # ------------------------------------------------------------------ entry point

@@ -36,6 +36,7 @@ def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, ste
     """Run an action (or a runbook's steps) through :func:`hostops.api.run_rollout`, rolled out
     per --batch/--max-fail/--canary, with the chosen renderer; the run's exit code."""
     from hostops.api import run_rollout
+    from hostops.cli.hints import with_key_advice
     from hostops.output import make_renderer
     from hostops.rollout import StepRun
     from hostops.state import state_path
@@ -46,7 +47,8 @@ def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, ste
     spec = spec if spec is not None else rollout_spec(kw)
     renderer = make_renderer(mode, total=len(targets), progress=not kw["no_progress"], outdir=kw["outdir"],
                              raw=kw.get("raw", False))
-    report = run_rollout(targets, steps, options, spec, renderer, lock=kw.get("lock_path"),
+    events = with_key_advice(renderer, kw)  # "Permanently added …"; pasteable host-key hints (cli/hints.py)
+    report = run_rollout(targets, steps, options, spec, events, lock=kw.get("lock_path"),
                          state_file=state_path(options.log), what=what, keep_connections=keep_connections)
     return int(report.exit_code)
 

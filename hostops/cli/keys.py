@@ -91,9 +91,13 @@ class _Judge:
         self.progress.clear()
 
 
-def _scan(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str, kw: dict) -> tuple[Any, Any, Any]:
+def _scan(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str,
+          kw: dict) -> tuple[Any, Any, Any, Any]:
     """Fetch the selected hosts' keys through the worker pool and judge them:
-    (key reports, the run's report, options)."""
+    (key reports, the run's report, options, how to re-select hosts in a hint)."""
+    import dataclasses
+
+    from hostops.cli.hints import reselect_from_context
     from hostops.api import run_rollout
     from hostops.keys import ScanAction
     from hostops.knownhosts import KnownHosts, read_files
@@ -116,11 +120,12 @@ def _scan(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str, 
     action = ScanAction()
     report = run_rollout(list(targets), [StepRun(action.describe(), lambda _target: action)], options,
                          events=judged, warn_unchecked_keys=False)
-    return judged.reports, report, options
+    reselect = dataclasses.replace(reselect_from_context(), select=inv.select)
+    return judged.reports, report, options, reselect
 
 
 def _finish(reports: Sequence[Any], report: Any, mode: str, *, accepting: bool = False,
-            write_path: str = "") -> int:
+            write_path: str = "", reselect: Any = None) -> int:
     import json
 
     from hostops.hostlist import compact
@@ -132,7 +137,8 @@ def _finish(reports: Sequence[Any], report: Any, mode: str, *, accepting: bool =
             sys.stdout.write(json.dumps(rep.to_json(), ensure_ascii=True) + "\n")
         sys.stdout.flush()
     else:
-        render(reports, sys.stdout, quiet=(mode == "quiet"), accepting=accepting, write_path=write_path)
+        render(reports, sys.stdout, quiet=(mode == "quiet"), accepting=accepting, write_path=write_path,
+               reselect=reselect)
     if report.interrupted and report.not_finished:
         sys.stderr.write(f"interrupted; not scanned ({len(report.not_finished)}): "
                          f"{one_line(compact(report.not_finished))}\n")
@@ -159,8 +165,8 @@ def scan_cmd(inventories, adhoc_hosts, pattern, **kw: Any) -> int:
     host could not be scanned.
     """
     mode = _check_modes(kw)
-    reports, report, _options = _scan(inventories, adhoc_hosts, pattern, kw)
-    return _finish(reports, report, mode)
+    reports, report, _options, reselect = _scan(inventories, adhoc_hosts, pattern, kw)
+    return _finish(reports, report, mode, reselect=reselect)
 
 
 @keys_group.command("accept", context_settings=CONTEXT, epilog=HELP_TEXT)
@@ -186,7 +192,7 @@ def accept_cmd(inventories, adhoc_hosts, pattern, fingerprints, hash_known_hosts
     for fp in fingerprints:
         if not normalize_fingerprint(fp)[7:]:
             raise UsageError(f"--fingerprint {fp!r} is empty; give it as ssh-keygen -l prints it (SHA256:…)")
-    reports, report, options = _scan(inventories, adhoc_hosts, pattern, kw)
+    reports, report, options, reselect = _scan(inventories, adhoc_hosts, pattern, kw)
     path = write_file(options.known_hosts)
     if hash_known_hosts is None:
         def hashed(name: str) -> bool:  # noqa: ARG001  (per-name callback; one answer for all)
@@ -196,7 +202,20 @@ def accept_cmd(inventories, adhoc_hosts, pattern, fingerprints, hash_known_hosts
             return bool(hash_known_hosts)
     if not report.interrupted:
         accept(reports, path, fingerprints, hashed)
-    return _finish(reports, report, mode, accepting=True, write_path=path)
+    code = _finish(reports, report, mode, accepting=True, write_path=path, reselect=reselect)
+    seen = {r.fingerprint for r in reports if r.fingerprint}
+    unmatched = [fp for fp in fingerprints if normalize_fingerprint(fp) not in seen]
+    if unmatched and not report.interrupted:
+        from hostops.hostlist import compact
+        from hostops.output import one_line
+
+        scanned = f"the {len(reports)} host{'s' if len(reports) != 1 else ''} scanned ({compact(r.host for r in reports)})" \
+            if reports else "no host (nothing was scanned)"
+        click.echo(f"hostops: error: --fingerprint {one_line(', '.join(unmatched))} matched no key of "
+                   f"{one_line(scanned)}; nothing recorded for it. Check -i/-l select the host you meant, and the "
+                   "fingerprint (a different key can mean a man in the middle)", err=True)
+        code = max(code, int(ExitCode.UNREACHABLE))
+    return code
 
 
 @keys_group.command("forget", context_settings=CONTEXT, epilog=HELP_TEXT)
