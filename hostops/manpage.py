@@ -41,6 +41,7 @@ FILES = [
 def esc(text: str) -> str:
     """Text safe in a roff line: backslashes, minus signs, and a leading dot or quote."""
     text = text.replace("\\", "\\e").replace("-", "\\-")
+    text = "".join(ch if ord(ch) < 128 else f"\\[u{ord(ch):04X}]" for ch in text)  # groff without preconv
     return "\\&" + text if text[:1] in (".", "'") else text
 
 
@@ -60,6 +61,8 @@ def _paragraphs(text: str) -> Iterator[str]:
 
 def _options(ctx: click.Context) -> Iterator[str]:
     for param in ctx.command.get_params(ctx):
+        if not isinstance(param, click.Option):  # arguments are in the usage line
+            continue
         record = param.get_help_record(ctx)
         if record is None:
             continue
@@ -75,7 +78,7 @@ def _commands(ctx: click.Context) -> Iterator[click.Context]:
             sub = command.get_command(ctx, name)
             if sub is None or sub.hidden:
                 continue
-            sub_ctx = click.Context(sub, info_name=name, parent=ctx)
+            sub_ctx = click.Context(sub, info_name=name, parent=ctx, **sub.context_settings)
             yield sub_ctx
             yield from _commands(sub_ctx)
 
@@ -84,7 +87,7 @@ def render(cli: click.Command, version: str, prog_name: str = "hostops") -> str:
     """The whole page (deterministic: no date, so the committed copy can be compared)."""
     from hostops.exitcodes import HELP_TEXT
 
-    root = click.Context(cli, info_name=prog_name)
+    root = click.Context(cli, info_name=prog_name, **cli.context_settings)
     out = [f'.TH HOSTOPS 1 "" "hostops {esc(version)}" "User Commands"',
            ".SH NAME", f"{prog_name} \\- {esc((cli.help or '').strip().splitlines()[0])}",
            ".SH SYNOPSIS", f"\\fB{prog_name}\\fR \\fICOMMAND\\fR [\\fIOPTIONS\\fR] [\\fIARGS\\fR]...",

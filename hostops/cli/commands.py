@@ -62,7 +62,15 @@ def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, ste
 @click.option("--stdin", "stdin_file", metavar="FILE", default=None,
               help="Send FILE to the command's stdin on every host.")
 def exec_cmd(command: str, inventories, adhoc_hosts, pattern, stdin_file, **kw: Any) -> int:
-    """Run COMMAND on every selected host."""
+    """Run COMMAND on every selected host.
+
+    \b
+    Examples:
+      hostops exec "uptime" -i hosts.yml -l web
+      hostops exec "systemctl restart app" -i hosts.yml -l 'web[01:04]' --sudo --batch 2
+      hostops exec "df -h /" -i hosts.yml -b              # identical outputs once per host list
+      hostops exec "uptime" -H web1 -H db1:2222 --json | jq -r .host
+    """
     from hostops.transfer import check_stdin
     from hostops.actions import ExecAction
 
@@ -95,6 +103,11 @@ def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, i
     Each file is written to a temporary name beside its destination and renamed into
     place: readers never see a half-written file, and an interrupted transfer leaves the
     old file intact. DEST ending in '/' or naming a directory receives SRC's name.
+
+    \b
+    Examples:
+      hostops put app.conf /etc/app/app.conf -i hosts.yml -l web --mode 0644 --sudo
+      hostops put -r ./site/ /srv/www/ -i hosts.yml -l web --checksum
     """
     from hostops.put import prepare_put
 
@@ -119,7 +132,13 @@ def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, i
 def get_cmd(src: str, dest: str, recursive: bool, follow_links: bool, inventories, adhoc_hosts, pattern,
             **kw: Any) -> int:
     """Copy SRC from every selected host into DEST/<host>/ (files from different hosts never
-    overwrite each other). Partial downloads are removed; files are created 0600."""
+    overwrite each other). Partial downloads are removed; files are created 0600.
+
+    \b
+    Examples:
+      hostops get /var/log/app.log ./logs -i hosts.yml -l web      # ./logs/web01/app.log, …
+      hostops get -r /etc/nginx ./nginx-conf -i hosts.yml
+    """
     from hostops.get import prepare_get
 
     options = build_options(kw)
@@ -145,7 +164,9 @@ def script_cmd(script: str, args, stdin_file, inventories, adhoc_hosts, pattern,
     ARGS (after '--'), and remove it afterwards whatever happened.
 
     \b
-    hostops script ./check.sh -i prod.yml -- --verbose
+    Examples:
+      hostops script ./check.sh -i prod.yml -- --verbose
+      hostops script ./migrate.sh -i prod.yml -l db --sudo --stdin input.sql
     """
     from hostops.script import prepare_script
 
@@ -175,9 +196,10 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
     in batches, stopping when more than max_fail hosts failed.
 
     \b
-    hostops run runbooks/rolling-restart.yml -i prod.yml
-    hostops run deploy.yml -i prod.yml --dry-run
-    hostops run deploy.yml -i prod.yml -l @failed --start-at restart
+    Examples:
+      hostops run runbooks/rolling-restart.yml -i prod.yml
+      hostops run deploy.yml -i prod.yml --dry-run
+      hostops run deploy.yml -i prod.yml -l @failed --start-at restart
     """
     import dataclasses
 
@@ -228,7 +250,14 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
 @click.option("-p", "--port", type=click.IntRange(1, 65535), default=None, help="As for exec.")
 @click.option("--ssh-config", metavar="FILE", default=None, help="As for exec.")
 def inventory_cmd(inventories, adhoc_hosts, pattern, as_json: bool, graph: bool, user, port, ssh_config) -> int:
-    """List the selected hosts with their resolved connection settings."""
+    """List the selected hosts with their resolved connection settings.
+
+    \b
+    Examples:
+      hostops inventory -i hosts.yml -l 'web:&prod'
+      hostops inventory -i hosts.yml --graph
+      hostops inventory -i hosts.yml --json
+    """
     from hostops.output import inventory_graph, inventory_json, inventory_lines
     from hostops.settings import Options, resolve
 

@@ -30,9 +30,10 @@ from hostops.exitcodes import HELP_TEXT, ExitCode
 KEYS_HELP = """Host keys: see them before trusting them, record them, forget old ones.
 
 \b
-hostops keys scan -i hosts.yml                    # fetch every host's key (no login)
-hostops keys accept -i hosts.yml --fingerprint SHA256:...   # record the keys you checked
-hostops keys forget '[10.0.0.5]:2222'             # drop a changed host's old entry
+Examples:
+  hostops keys scan -i hosts.yml -l web          # fetch every host's key (no login)
+  hostops keys accept -i hosts.yml -l web --fingerprint SHA256:...   # record the keys you checked
+  hostops keys forget '[10.0.0.5]:2222'          # drop a changed host's old entry
 """
 
 
@@ -162,7 +163,13 @@ def scan_cmd(inventories, adhoc_hosts, pattern, **kw: Any) -> int:
     @cert-authority, on record), HOST KEY REVOKED, HOST KEY CHANGED (old and new
     fingerprints), ERROR. --json: one object per host (host, address, key_type,
     fingerprint, state, error, note). Exit 0, or 4 when a key changed or was revoked or a
-    host could not be scanned.
+    host could not be scanned. The advice printed under each block is a command that works
+    as pasted: the same -i/-H/--known-hosts, -l narrowed to that block's hosts.
+
+    \b
+    Examples:
+      hostops keys scan -i hosts.yml -l web
+      hostops keys scan -H 10.0.0.5:2222 --known-hosts ./known_hosts --json
     """
     mode = _check_modes(kw)
     reports, report, _options, reselect = _scan(inventories, adhoc_hosts, pattern, kw)
@@ -183,7 +190,13 @@ def accept_cmd(inventories, adhoc_hosts, pattern, fingerprints, hash_known_hosts
 
     With --fingerprint, only keys whose fingerprint is given are recorded (and only then
     the key of an UNVERIFIABLE host). A changed key is never replaced: see hostops keys
-    forget. Exit 0 when every selected host's key is now in known_hosts, else 4.
+    forget. Exit 0 when every selected host's key is now in known_hosts, else 4; also 4 when
+    a --fingerprint matches no scanned host's key (one line says which).
+
+    \b
+    Examples:
+      hostops keys accept -i hosts.yml -l 'web[01:04]' --fingerprint SHA256:...
+      hostops keys accept -H 10.0.0.5:2222 --known-hosts ./known_hosts --fingerprint SHA256:...
     """
     from hostops.keys import accept, normalize_fingerprint
     from hostops.knownhosts_write import hash_wanted, write_file
@@ -235,6 +248,11 @@ def forget_cmd(names: Sequence[str], inventories, adhoc_hosts, pattern, known_ho
     @revoked and @cert-authority lines, lines matching only through a wildcard, and
     /etc/ssh/ssh_known_hosts are left alone (and reported). Each file is rewritten under
     its lock through a temporary file.
+
+    \b
+    Examples:
+      hostops keys forget '[10.0.0.5]:2222'
+      hostops keys forget -i hosts.yml -l db2 --known-hosts ./known_hosts
     """
     from hostops.knownhosts import KnownHosts, read_files, user_files
     from hostops.knownhosts_write import forget_names
