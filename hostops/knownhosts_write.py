@@ -248,7 +248,7 @@ def _open_nofollow(path: str, flags: int, mode: int = 0o600) -> int:
 
 def _read_fd(fd: int) -> bytes:
     """The whole file behind ``fd``, from its start (the locked descriptor: never reopened by name)."""
-    chunks = []
+    chunks: List[bytes] = []
     offset = 0
     while True:
         chunk = os.pread(fd, 1 << 20, offset)

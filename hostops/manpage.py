@@ -2,13 +2,13 @@
 
 Every command's usage, help text (examples included) and options come from the same click
 objects that ``--help`` prints, so the page cannot say something the CLI does not do.
-``python -m hostops.manpage > hostops/data/hostops.1`` regenerates the shipped page
+``hostops man --generate > hostops/data/hostops.1`` regenerates the shipped page
 (tests/test_manpage.py fails when it is stale); ``hostops man`` shows it.
 
 A few lines of roff written here rather than a dependency: headings (.SH/.SS), paragraphs
 (.PP), option lists (.TP), and click's ``\\b`` blocks kept as written (.nf/.fi).
-Owns: :func:`render`, the ``man`` command. Must not import: hostops.cli at import time (the
-CLI registers the command; :func:`main` imports the group when run as a script).
+Owns: :func:`render`, the ``man`` command. Must not import: hostops.cli (the CLI registers
+the command; the command finds the group through its click context).
 """
 from __future__ import annotations
 
@@ -131,9 +131,18 @@ Examples:
 @click.command("man", help=MAN_HELP,
                context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--path", "show_path", is_flag=True, help="Print the page's file name and exit.")
-def man_cmd(show_path: bool) -> int:
+@click.option("--generate", is_flag=True, help="Print the page generated from this hostops's commands (how "
+              "hostops/data/hostops.1 is made: hostops man --generate > hostops/data/hostops.1).")
+@click.pass_context
+def man_cmd(ctx: click.Context, show_path: bool, generate: bool) -> int:
     if show_path:
         click.echo(PAGE)
+        return 0
+    if generate:
+        from hostops import __version__
+
+        root = ctx.find_root()
+        click.echo(render(root.command, __version__, root.info_name or "hostops"), nl=False)
         return 0
     man = shutil.which("man")
     if man and sys.stdout.isatty():
@@ -141,15 +150,3 @@ def man_cmd(show_path: bool) -> int:
     with open(PAGE, encoding="utf-8") as fh:
         click.echo(fh.read(), nl=False)
     return 0
-
-
-def main() -> None:
-    """``python -m hostops.manpage``: the page on stdout."""
-    from hostops import __version__
-    from hostops.cli import cli
-
-    sys.stdout.write(render(cli, __version__))
-
-
-if __name__ == "__main__":
-    main()
