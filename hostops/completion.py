@@ -36,7 +36,8 @@ def implicit_inventories() -> list[str]:
 def _names(ctx: click.Context) -> list[str]:
     """Host and group names of the inventory this command line names; [] on any failure."""
     params = ctx.params or {}
-    paths = list(params.get("inventories") or ()) or implicit_inventories()
+    # the words as typed: bash passes "~/hosts.yml" unexpanded
+    paths = [os.path.expanduser(p) for p in params.get("inventories") or ()] or implicit_inventories()
     adhoc = list(params.get("adhoc_hosts") or ())
     if not paths and not adhoc:
         return []

@@ -89,7 +89,10 @@ def test_commands_and_options_complete(complete, shell):
     assert {v for _t, v in values} == {"bash", "zsh", "fish"}
 
 
-def test_inventory_from_the_environment_and_file_names_for_i(complete, inv):
+def test_inventory_from_the_environment_and_file_names_for_i(complete, inv, isolated_home):
+    (isolated_home / "mine.yml").write_text(INVENTORY)
+    values, _ = complete("bash", "hostops exec uptime -i ~/mine.yml -l db")  # as typed: bash leaves ~ as is
+    assert [v for _t, v in values] == ["db", "db1"]
     values, _ = complete("bash", "hostops exec uptime -l d", env={"HOSTOPS_INVENTORY": inv})
     assert [v for _t, v in values] == ["db", "db1"]
     values, _ = complete("bash", "hostops exec uptime -l d")  # no inventory named: nothing to offer

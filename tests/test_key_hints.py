@@ -334,3 +334,40 @@ def test_reselect_narrows_only_when_the_inventory_agrees():
     assert r.args(["nope"])[3] == "web"  # cannot be narrowed: the user's own
     assert r.command("scan", ["web01"]) == "hostops keys scan -i 'inv a.yml' -l web01 --known-hosts 'k h'"
     assert hostkeys.Reselect().command("scan") == "hostops keys scan"
+
+
+class _Recorder:
+    """The renderer under KeyAdvice: records what reaches it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def result(self, result):
+        self.calls.append(("result", result.host))
+
+    def warning(self, message):
+        self.calls.append(("warning", message))
+
+    def finish(self, report):
+        self.calls.append(("finish", report))
+
+
+def test_jump_host_hint_scans_the_jump_host_directly(tmp_path):
+    import io
+
+    from hostops.cli.hints import KeyAdvice
+    from hostops.results import HostResult
+
+    inner, err = _Recorder(), io.StringIO()
+    advice = KeyAdvice(inner, hostkeys.Reselect(("inv.yml",), known_hosts=("my kh",)), err=err)
+    for host in ("web1", "web2"):
+        advice.result(HostResult(host, "unreachable", error=(
+            "jump host bastion for " + host + ": host key unknown for [10.0.0.9]:2222 (ssh-ed25519 SHA256:abc); "
+            "not in my kh. Check the fingerprint, then record it with hostops keys accept")))
+    advice.result(HostResult("web3", "ok"))
+    advice.finish("report")
+    assert [c[0] for c in inner.calls] == ["result", "result", "result", "finish"]  # everything still rendered
+    lines = err.getvalue().splitlines()
+    assert lines[0].startswith("hostops: jump host [10.0.0.9]:2222 refused (for web[1-2])"), lines
+    assert lines[1:] == ["  hostops keys scan -H 10.0.0.9:2222 --known-hosts 'my kh'",
+                         "  hostops keys accept -H 10.0.0.9:2222 --known-hosts 'my kh' --fingerprint SHA256:abc"]
