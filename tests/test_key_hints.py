@@ -133,6 +133,23 @@ def test_adhoc_hosts_and_port_are_kept_in_the_hint(hostops, lab, tmp_path, shell
                    "--known-hosts", str(kh), *user_key, *FAST).code == 0
 
 
+def test_hint_records_where_ssh_config_says_the_keys_live(hostops, lab, tmp_path, shell):
+    """No --known-hosts, but ssh_config's UserKnownHostsFile names another file: the pasted
+    accept must write there, where the next run looks."""
+    inv = lab.write_inventory(str(tmp_path / "inv.yml"), 2)
+    work = tmp_path / "kh_work"  # (sshconfig.py splits UserKnownHostsFile on spaces, even quoted)
+    cfg = tmp_path / "ssh config"
+    cfg.write_text(f'Host *\n  UserKnownHostsFile "{work}"\n')
+    run = hostops("exec", "true", "-i", inv, "--ssh-config", str(cfg), *FAST)
+    assert run.code == 4, run
+    scan, accept = pasted_commands(run.err)
+    assert shlex.split(accept)[3:11] == ["-i", inv, "--ssh-config", str(cfg), "--known-hosts", str(work),
+                                         "--fingerprint", fp_of(lab.host_pub)], accept
+    pasted = shell(accept)
+    assert pasted.returncode == 0 and "2 recorded" in pasted.stderr, pasted
+    assert hostops("exec", "true", "-i", inv, "--ssh-config", str(cfg), *FAST).code == 0
+
+
 def test_scan_block_advice_names_the_inventory_and_those_hosts(hostops, lab, tmp_path, shell):
     d = _odd_dir(tmp_path)
     inv = lab.write_inventory(str(d / "inv.yml"), 8)

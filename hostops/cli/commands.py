@@ -47,7 +47,7 @@ def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, ste
     spec = spec if spec is not None else rollout_spec(kw)
     renderer = make_renderer(mode, total=len(targets), progress=not kw["no_progress"], outdir=kw["outdir"],
                              raw=kw.get("raw", False))
-    events = with_key_advice(renderer, kw)  # "Permanently added …"; pasteable host-key hints (cli/hints.py)
+    events = with_key_advice(renderer, kw, targets)  # "Permanently added …"; pasteable host-key hints (cli/hints.py)
     report = run_rollout(targets, steps, options, spec, events, lock=kw.get("lock_path"),
                          state_file=state_path(options.log), what=what, keep_connections=keep_connections)
     return int(report.exit_code)

@@ -51,18 +51,22 @@ def reselect_from_context(ctx: click.Context | None = None) -> Reselect:
                     params.get("ssh_config"), tuple(params.get("known_hosts") or ()), select)
 
 
-def with_key_advice(renderer: Any, kw: dict) -> KeyAdvice:
-    """Wrap a run command's renderer (the hook in hostops.cli.commands.roll_out)."""
-    return KeyAdvice(renderer, reselect_from_context(), quiet=bool(kw.get("quiet")))
+def with_key_advice(renderer: Any, kw: dict, targets: Sequence[Any] = ()) -> KeyAdvice:
+    """Wrap a run command's renderer (the hook in hostops.cli.commands.roll_out). ``targets``:
+    their ssh_config UserKnownHostsFile, when set, is where the hint's accept must write."""
+    files = {t.name: tuple(t.known_hosts) for t in targets if getattr(t, "known_hosts", ())}
+    return KeyAdvice(renderer, reselect_from_context(), quiet=bool(kw.get("quiet")), known_hosts_of=files)
 
 
 class KeyAdvice:
     """An events handler around the renderer: collects the keys accept-new added and the hosts
     refused for an unknown (or unverifiable) key as results arrive, and says so at the end."""
 
-    def __init__(self, inner: Any, reselect: Reselect, *, err: IO | None = None, quiet: bool = False):
+    def __init__(self, inner: Any, reselect: Reselect, *, err: IO | None = None, quiet: bool = False,
+                 known_hosts_of: dict[str, tuple[str, ...]] | None = None):
         self.inner = inner
         self.reselect = reselect
+        self.known_hosts_of = known_hosts_of or {}  # host → its ssh_config UserKnownHostsFile(s)
         self.err = err
         self.quiet = quiet
         self.added: list[tuple[str, AddedKey]] = []                  # (host, key)
@@ -111,13 +115,25 @@ class KeyAdvice:
             err.write("".join(one_line(line) + "\n" for line in lines))
             err.flush()
 
+    def _by_known_hosts(self) -> list[tuple[Reselect, list[str]]]:
+        """The refused hosts, grouped by the known_hosts file their check read: a host whose
+        ssh_config names a UserKnownHostsFile (and no --known-hosts was given) gets a hint that
+        records its key there, where the next run will look."""
+        import dataclasses
+
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for host in self.unknown:
+            files = () if self.reselect.known_hosts else self.known_hosts_of.get(host, ())
+            groups.setdefault(files, []).append(host)
+        return [(dataclasses.replace(self.reselect, known_hosts=files) if files else self.reselect, hosts)
+                for files, hosts in groups.items()]
+
     def hint_lines(self) -> list[str]:
         from hostops.hostlist import compact
 
         lines: list[str] = []
-        if self.unknown:
-            hosts = list(self.unknown)
-            note, commands = accept_hint(self.reselect, hosts, [fp for fps in self.unknown.values() for fp in fps])
+        for reselect, hosts in self._by_known_hosts():
+            note, commands = accept_hint(reselect, hosts, [fp for h in hosts for fp in self.unknown[h]])
             lines.append(f"hostops: {len(hosts)} host{'s' if len(hosts) != 1 else ''} refused: host key not in "
                          f"known_hosts: {compact(hosts)}. {note}")
             lines += ["  " + c for c in commands]
