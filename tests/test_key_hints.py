@@ -369,7 +369,7 @@ class _Recorder:
         self.calls.append(("finish", report))
 
 
-def test_jump_host_hint_scans_the_jump_host_directly(tmp_path):
+def test_jump_host_hint_scans_the_jump_host_directly():
     import io
 
     from hostops.cli.hints import KeyAdvice
