@@ -9,9 +9,11 @@ Verdicts and what each policy does with them:
 
 - known: accepted.
 - new (no key of this type on record): refused under strict (``host key unknown``); under
-  accept-new, appended to the first known_hosts file while holding an ``fcntl`` lock on
-  ``<file>.lock``, after re-reading the file under that lock (many workers and many
-  hostops runs learning the same key at once still write exactly one line).
+  accept-new, appended to the first known_hosts file while holding its lock (see
+  :func:`hostops.knownhosts_write.locked`), after re-reading the file under that lock (many
+  workers and many hostops runs learning the same key at once still write exactly one line).
+  Each key written is noted for the host thread that connected (:func:`take_added`): the CLI
+  says "Permanently added …" as OpenSSH does.
 - changed (another key of the same type on record): refused under strict and accept-new
   (``HOST KEY CHANGED``), never replaced.
   Under ``off`` the host is accepted, but :meth:`HostKeyChecker.check` reports the mismatch:
@@ -26,9 +28,12 @@ Verdicts and what each policy does with them:
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import shlex
 import threading
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from hostops import knownhosts, knownhosts_write
 from hostops.errors import HostKeyError
@@ -101,9 +106,8 @@ class HostKeyChecker:
         if self.policy == "strict":
             raise HostKeyError(
                 f"host key unknown for {name} ({v.key_type} {v.fingerprint}); not in "
-                f"{', '.join(self._searched())}. Verify it and record it: hostops keys scan, then "
-                f"hostops keys accept --fingerprint {v.fingerprint} (or run once with --host-key-policy "
-                "accept-new)", "hostkey-unknown")
+                f"{', '.join(self._searched())}. Check the fingerprint, then record it with hostops keys accept "
+                "(hostops prints the command for these hosts at the end of the run)", "hostkey-unknown")
         self._learn(name, key)
         return None
 
@@ -130,6 +134,8 @@ class HostKeyChecker:
             raise changed_error(rec.verdict, path)  # type: ignore[arg-type]
         if rec.outcome == REVOKED_KEY:
             raise revoked_error(rec.verdict)  # type: ignore[arg-type]
+        if rec.outcome == "added":
+            _note_added(AddedKey(name, key.get_name(), fingerprint(key), path))
         entry = knownhosts.parse_line(knownhosts_write.format_line(name, key.get_name(), key.asbytes(), False), path,
                                       rec.line or 0)
         if entry is not None:
@@ -143,8 +149,8 @@ def changed_error(v: Verdict, path: str) -> HostKeyError:
     return HostKeyError(
         f"HOST KEY CHANGED for {v.name}: known_hosts has {old}, the server sent {v.key_type} {v.fingerprint}. "
         f"This can be an attack (man in the middle) or a reinstalled host; verify the new fingerprint, then "
-        f"remove the old entry (hostops keys forget '{v.name}' --known-hosts {where}, or "
-        f"ssh-keygen -R '{v.name}' -f {where})", "hostkey-changed")
+        f"remove the old entry (hostops keys forget {shlex.quote(v.name)} --known-hosts {shlex.quote(where)}, or "
+        f"ssh-keygen -R {shlex.quote(v.name)} -f {shlex.quote(where)})", "hostkey-changed")
 
 
 def mismatch_warning(host: str, v: Verdict) -> str:
@@ -165,8 +171,164 @@ def revoked_error(v: Verdict) -> HostKeyError:
 def unverifiable_error(v: Verdict) -> HostKeyError:
     return HostKeyError(
         f"host key unverifiable for {v.name} ({v.key_type} {v.fingerprint}): {knownhosts.unverifiable_reason(v)}. "
-        f"Refused; once you have checked the fingerprint, record the key with hostops keys accept "
-        f"--fingerprint {v.fingerprint}", "hostkey-unverifiable")
+        "Refused; once you have checked the fingerprint, record the key with hostops keys accept --fingerprint "
+        "(hostops prints the command for these hosts at the end of the run)", "hostkey-unverifiable")
 
 
-__all__ = ["CHANGED", "KNOWN", "NEW", "REVOKED_KEY", "UNVERIFIABLE", "HostKeyChecker", "fingerprint"]
+# ------------------------------------------------------------------ keys learned under accept-new
+@dataclasses.dataclass(frozen=True)
+class AddedKey:
+    """A key accept-new wrote to known_hosts: ``name`` as recorded, into ``path``."""
+
+    name: str
+    key_type: str
+    fingerprint: str
+    path: str
+
+
+#: Per host thread: the keys written while it connected its host (and that host's jump hosts).
+#: A worker runs one host per thread at a time, so the thread says whose connection learned it.
+_ADDED = threading.local()
+
+
+def _note_added(key: AddedKey) -> None:
+    if not hasattr(_ADDED, "keys"):
+        _ADDED.keys = []
+    _ADDED.keys.append(key)
+
+
+def take_added() -> List[AddedKey]:
+    """The keys this thread recorded since the last call (and forget them)."""
+    keys = list(getattr(_ADDED, "keys", ()))
+    _ADDED.keys = []
+    return keys
+
+
+# ------------------------------------------------------------------ hints that work when pasted
+#: The one-line start of an unknown / unverifiable key error (see check); the CLI finds the
+#: hosts its end-of-run hint is about with it. Group 1: "jump host X for Y: " when a jump host's key.
+PROBLEM_RE = re.compile(r"^(jump host \S+ for \S+: )?host key (unknown|unverifiable) for (\S+) "
+                        r"\((\S+) (SHA256:\S+)\)")
+
+_NUM_RE = re.compile(r"^(.*?)(\d+)(\D*)$")
+
+
+def host_pattern(hosts: Sequence[str]) -> str:
+    """A ``-l`` pattern naming exactly ``hosts``, folded with Ansible's range syntax
+    (``web01 web02 web03 db2`` → ``db2,web[01:03]``). The caller checks it selects those hosts
+    (a name holding ``,``/``:``/``[`` or equal to a group's name would not)."""
+    runs: dict = {}
+    plain: List[str] = []
+    for name in dict.fromkeys(hosts):
+        m = _NUM_RE.match(name)
+        if not m or "[" in name:
+            plain.append(name)
+            continue
+        runs.setdefault((m.group(1), m.group(3), len(m.group(2)) if m.group(2).startswith("0") else 0),
+                        []).append(m.group(2))
+    terms = list(plain)
+    for (prefix, tail, width), nums in runs.items():
+        values = sorted({int(n) for n in nums})
+        if width == 0 and any(len(n) > 1 and n.startswith("0") for n in nums):
+            terms += [f"{prefix}{n}{tail}" for n in nums]
+            continue
+        start = prev = values[0]
+        for v in values[1:] + [None]:  # type: ignore[list-item]
+            if v is not None and v == prev + 1:
+                prev = v
+                continue
+            a, b = str(start).zfill(width), str(prev).zfill(width)
+            terms.append(f"{prefix}{a}{tail}" if start == prev else f"{prefix}[{a}:{b}]{tail}")
+            if v is not None:
+                start = prev = v
+    return ",".join(sorted(terms))
+
+
+@dataclasses.dataclass(frozen=True)
+class Reselect:
+    """How to select the same hosts again on another command line: the inventory and host
+    arguments the user gave (``-i``, ``-H``, ``-l``) and those that change which host (``-p``,
+    ``--ssh-config``) or which known_hosts (``--known-hosts``) is meant. Built by the CLI from
+    its parsed parameters; ``select`` (pattern → selected host names) lets :meth:`args` narrow
+    ``-l`` to the hosts a hint is about, once it is sure the narrowed pattern selects exactly those."""
+
+    inventories: Tuple[str, ...] = ()
+    adhoc_hosts: Tuple[str, ...] = ()
+    pattern: str = "all"
+    port: Optional[int] = None
+    ssh_config: Optional[str] = None
+    known_hosts: Tuple[str, ...] = ()
+    select: Optional[Callable[[str], Sequence[str]]] = dataclasses.field(default=None, compare=False)
+
+    #: A narrowed -l longer than this is not worth it: the user's own pattern is used instead.
+    MAX_PATTERN = 400
+
+    def narrow(self, hosts: Optional[Sequence[str]]) -> str:
+        """A -l pattern selecting exactly ``hosts`` when one can be checked, else the user's own
+        (a superset: keys scan and accept leave hosts already known as they are)."""
+        if not hosts or self.select is None:
+            return self.pattern
+        wanted = set(hosts)
+        candidates = [self.pattern, host_pattern(sorted(wanted))]
+        for candidate in sorted(candidates, key=len):
+            if len(candidate) > self.MAX_PATTERN and candidate != self.pattern:
+                continue
+            try:
+                if set(self.select(candidate)) == wanted:
+                    return candidate
+            except Exception:  # noqa: BLE001  (any failure to select: fall back to the user's pattern)
+                continue
+        return self.pattern
+
+    def args(self, hosts: Optional[Sequence[str]] = None, *, known_hosts: bool = True) -> List[str]:
+        argv: List[str] = []
+        for path in self.inventories:
+            argv += ["-i", path]
+        for host in self.adhoc_hosts:
+            argv += ["-H", host]
+        pattern = self.narrow(hosts)
+        if pattern != "all":
+            argv += ["-l", pattern]
+        if self.port is not None:
+            argv += ["-p", str(self.port)]
+        if self.ssh_config:
+            argv += ["--ssh-config", self.ssh_config]
+        if known_hosts:
+            for path in self.known_hosts:
+                argv += ["--known-hosts", path]
+        return argv
+
+    def command(self, sub: str, hosts: Optional[Sequence[str]] = None, extra: Sequence[str] = ()) -> str:
+        """``hostops keys SUB …`` for ``hosts``, every argument quoted for a POSIX shell."""
+        return " ".join(["hostops", "keys", sub] + [shlex.quote(a) for a in self.args(hosts) + list(extra)])
+
+
+def jump_reselect(name: str, known_hosts: Sequence[str]) -> Reselect:
+    """A jump host's key is fetched directly (keys scan does not tunnel): ``-H host[:port]``."""
+    host, port = knownhosts_write.split_name(name)
+    return Reselect(adhoc_hosts=(host if port == 22 else f"{host}:{port}",), known_hosts=tuple(known_hosts))
+
+
+#: Up to this many distinct fingerprints are written into a hint as --fingerprint arguments.
+MAX_HINT_FINGERPRINTS = 4
+
+
+def accept_hint(reselect: Reselect, hosts: Sequence[str], fingerprints: Sequence[str]) -> Tuple[str, List[str]]:
+    """(a note, the commands) that record ``hosts``' keys once checked: scan (to see them), then
+    accept with their fingerprints, or, for many different keys, accept with none (every new key).
+    No shell comment in a command: zsh does not allow them at its prompt by default."""
+    fps = list(dict.fromkeys(fingerprints))
+    scan = reselect.command("scan", hosts)
+    if len(fps) <= MAX_HINT_FINGERPRINTS:
+        extra: List[str] = []
+        for fp in fps:
+            extra += ["--fingerprint", fp]
+        return ("Check the fingerprints through a trusted channel, then record the keys:",
+                [scan, reselect.command("accept", hosts, extra)])
+    return (f"{len(fps)} different keys: compare them (the scan lists them) with a trusted source, then record "
+            "them (this accept records every new key; give --fingerprint for each one to record only those):",
+            [scan, reselect.command("accept", hosts)])
+
+
+__all__ = ["CHANGED", "KNOWN", "NEW", "REVOKED_KEY", "UNVERIFIABLE", "AddedKey", "HostKeyChecker", "Reselect",
+           "accept_hint", "fingerprint", "host_pattern", "take_added"]

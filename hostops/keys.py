@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import shlex
 from typing import (
     Any,
     Callable,
@@ -29,6 +30,7 @@ from typing import (
 
 from hostops import knownhosts, knownhosts_write
 from hostops.errors import ConnectError
+from hostops.hostkeys import Reselect
 from hostops.knownhosts import (
     CHANGED,
     KNOWN,
@@ -236,8 +238,9 @@ def _group_note(note: Optional[str], accepting: bool) -> Optional[str]:
 
 
 def render(reports: Sequence[KeyReport], out: Any, *, quiet: bool = False, accepting: bool = False,
-           write_path: str = "") -> None:
-    """Hosts grouped as ``--gather`` does: one block per state and key, hosts under a compact list."""
+           write_path: str = "", reselect: Optional[Reselect] = None) -> None:
+    """Hosts grouped as ``--gather`` does: one block per state and key, hosts under a compact list.
+    ``reselect``: the command line's inventory arguments, so each block's advice names them."""
     from hostops.hostlist import compact
     from hostops.output import one_line, paint, use_color
 
@@ -254,13 +257,17 @@ def render(reports: Sequence[KeyReport], out: Any, *, quiet: bool = False, accep
         hosts = f"{compact(r.host for r in reps)} ({len(reps)})"
         rule = "-" * min(72, max(15, len(hosts) + len(label) + 3))
         lines = [rule, f"{one_line(hosts)} | {paint(label, state, color)}", rule]
-        lines += _body(state, first, accepting, write_path)
+        lines += _body(state, reps, accepting, write_path, reselect or Reselect())
         out.write("\n".join(one_line(line) if i > 2 else line for i, line in enumerate(lines)) + "\n")
     out.flush()
 
 
-def _body(state: str, rep: KeyReport, accepting: bool, write_path: str) -> List[str]:
-    where = f" --known-hosts {write_path}" if write_path else ""
+def _body(state: str, reps: Sequence[KeyReport], accepting: bool, write_path: str,
+          reselect: Reselect) -> List[str]:
+    """A block's lines; its advice is commands that work when pasted: the same inventory,
+    hosts narrowed to the block's, every argument shell-quoted."""
+    rep = reps[0]
+    hosts = [r.host for r in reps]
     if state == "error":
         return [f"error: {rep.error}"]
     if state == "changed":
@@ -270,10 +277,13 @@ def _body(state: str, rep: KeyReport, accepting: bool, write_path: str) -> List[
         lines.append(f"the host sent:   {rep.key_type} {rep.fingerprint}")
         if accepting and rep.error and "meanwhile" in rep.error:
             lines.append(rep.error)
+        files = list(reselect.known_hosts) or ([write_path] if write_path else [])
+        forget = " ".join(["hostops", "keys", "forget", shlex.quote(rep.address)]
+                          + [shlex.quote(a) for f in files for a in ("--known-hosts", f)])
+        accept = reselect.command("accept", hosts, ["--fingerprint", rep.fingerprint or ""])
         lines.append("This can be a man-in-the-middle attack, or a reinstalled host. Nothing was changed. Check the "
                      "new fingerprint through a trusted channel; once sure, remove the old entry with "
-                     f"`hostops keys forget '{rep.address}'{where}`, then `hostops keys accept --fingerprint "
-                     f"{rep.fingerprint}`.")
+                     f"`{forget}`, then `{accept}`.")
         return lines
     if state == "revoked":
         return [f"{rep.key_type} {rep.fingerprint}", rep.error or "", "Refused: this key is revoked. Do not connect "
@@ -286,12 +296,11 @@ def _body(state: str, rep: KeyReport, accepting: bool, write_path: str) -> List[
     note = _group_note(rep.note, accepting)
     if note:
         lines.append(note)
+    accept = reselect.command("accept", hosts, ["--fingerprint", rep.fingerprint or ""])
     if state == "new" and not accepting:
-        lines.append(f"not in known_hosts. Compare the fingerprint with one from a trusted channel, then: "
-                     f"hostops keys accept --fingerprint {rep.fingerprint}")
+        lines.append(f"not in known_hosts. Compare the fingerprint with one from a trusted channel, then: {accept}")
     if state == "unverifiable" and not accepting:
-        lines.append("refused on connect. Once the fingerprint is checked through a trusted channel: "
-                     f"hostops keys accept --fingerprint {rep.fingerprint}")
+        lines.append(f"refused on connect. Once the fingerprint is checked through a trusted channel: {accept}")
     return lines
 
 

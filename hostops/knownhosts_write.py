@@ -1,8 +1,9 @@
 """known_hosts writing: locked writes, recording and forgetting keys, HashKnownHosts.
 
-One process at a time: an ``fcntl`` lock on ``<file>.lock`` beside the file is held while
-the file is re-read, re-checked for a conflicting key and written. Appends are one
-``write()`` of whole lines; removals rewrite through a temporary file renamed into place.
+One process at a time: an ``flock`` on the known_hosts file itself (no ``.lock`` file left
+beside it; see :func:`locked` for why that is safe) is held while the file is re-read through
+the locked descriptor, re-checked for a conflicting key and written. Appends are ``O_APPEND``
+writes of whole lines; removals rewrite through a temporary file renamed into place.
 The file keeps its mode (a new one is created 0600) and is never opened through a symbolic
 link. Lines are hashed when the user's ssh_config says ``HashKnownHosts yes``.
 
@@ -24,6 +25,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from hostops.errors import HostopsError
@@ -128,28 +130,106 @@ def _hash_from_file(path: str, host: str) -> bool:
 _THREAD_LOCKS: Dict[str, threading.Lock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
 
+#: How long to wait for another process's lock on a known_hosts file before giving up with an
+#: error that names the file (a hostops run holds it for milliseconds; anyone who can read the
+#: file can take it, so the wait is bounded rather than endless).
+LOCK_WAIT = 60.0
+
 
 @contextlib.contextmanager
-def locked(path: str) -> Iterator[None]:
-    """Hold the write lock of known_hosts ``path``: an ``fcntl`` lock on ``<path>.lock``
-    (other processes; the kernel drops it if we die) and a thread lock (this process)."""
+def locked(path: str, create: bool = True) -> Iterator[Optional[int]]:
+    """Hold the write lock of known_hosts ``path`` and yield a descriptor of the file, opened
+    read-write in append mode (None when it does not exist and ``create`` is false; created
+    0600 otherwise).
+
+    The lock is an ``flock`` on the known_hosts file itself, so nothing is left beside it
+    (no ``known_hosts.lock``): the kernel drops it when the holder exits or dies. A thread
+    lock serialises this process's threads. Safe against:
+
+    - other hostops runs: they lock the same file; one that waited while the file was
+      replaced (``keys forget`` renames a new file into place) finds the name pointing at
+      another file and locks again, so a write never goes to a file no longer in place;
+    - a symbolic link or non-regular file put in its place: opened with ``O_NOFOLLOW`` and
+      checked, refused (KnownHostsError); and the file is read and appended through the
+      locked descriptor, never reopened by name;
+    - a user who can read the file holding its lock to stall us: the wait is bounded
+      (:data:`LOCK_WAIT`), then an error naming the file.
+
+    A ``<path>.lock`` left by an older hostops is removed when nobody holds it (see
+    :func:`_remove_old_lock_file`)."""
     directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
+    if create and not os.path.isdir(directory):
         from hostops.secrets import private_makedirs
 
         private_makedirs(directory)
     with _THREAD_LOCKS_GUARD:
         thread_lock = _THREAD_LOCKS.setdefault(os.path.abspath(path), threading.Lock())
     with thread_lock:
+        fd = _lock_file(path, create)
         try:
-            fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:
-            raise KnownHostsError(f"cannot lock {path} ({path}.lock: {exc.strerror or exc})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            if fd is not None:
+                _remove_old_lock_file(path)
+            yield fd
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)  # drops the flock
+
+
+def _lock_file(path: str, create: bool) -> Optional[int]:
+    """Open ``path`` (no symbolic link, a regular file) and flock it, retrying while the name
+    moves to another file; None when it does not exist and ``create`` is false."""
+    deadline = time.monotonic() + LOCK_WAIT
+    pause = 0.001
+    while True:
+        try:
+            fd = _open_nofollow(path, os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0), 0o600)
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
+        except PermissionError as exc:
+            raise KnownHostsError(f"cannot write {path}: {exc.strerror}") from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise KnownHostsError(f"cannot lock {path}: another process has held it for {LOCK_WAIT:g}s "
+                                          f"(see: fuser -v {path})") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+        st = os.fstat(fd)
+        try:
+            now = os.lstat(path)
+        except FileNotFoundError:
+            now = None
+        if st.st_nlink and now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+            return fd
+        os.close(fd)  # replaced (or removed) while we waited: lock what the name is now
+
+
+def _remove_old_lock_file(path: str) -> None:
+    """Remove ``<path>.lock`` as older hostops versions left it: only an empty regular file of
+    ours that no process holds locked (checked under its own flock, through O_NOFOLLOW)."""
+    old = path + ".lock"
+    try:
+        fd = os.open(old, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size or st.st_uid != os.geteuid():
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        now = os.lstat(old)
+        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+            os.unlink(old)
+    except OSError:  # held by an older hostops still running, or gone meanwhile: leave it
+        pass
+    finally:
+        os.close(fd)
 
 
 def _open_nofollow(path: str, flags: int, mode: int = 0o600) -> int:
@@ -166,15 +246,16 @@ def _open_nofollow(path: str, flags: int, mode: int = 0o600) -> int:
     return fd
 
 
-def _read_locked(path: str) -> Optional[bytes]:
-    try:
-        fd = _open_nofollow(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    except PermissionError as exc:
-        raise KnownHostsError(f"cannot read {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        return fh.read()
+def _read_fd(fd: int) -> bytes:
+    """The whole file behind ``fd``, from its start (the locked descriptor: never reopened by name)."""
+    chunks: List[bytes] = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
 
 
 def format_line(name: str, key_type: str, blob: bytes, hashed: bool) -> str:
@@ -202,8 +283,9 @@ def record_keys(path: str, keys: Sequence[Tuple[str, str, bytes]],
     the same type (changed) or a revoked key is refused, never replaced."""
     results: List[Recorded] = []
     hash_names = _decide(list(dict.fromkeys(name for name, _t, _b in keys)), hashed)
-    with locked(path):
-        data = _read_locked(path)
+    with locked(path) as fd:
+        assert fd is not None  # created if missing
+        data = _read_fd(fd)
         fresh = KnownHosts()
         text = data.decode("utf-8", errors="replace") if data else ""
         fresh.load_text(text, path, only=[name for name, _t, _b in keys])
@@ -225,7 +307,7 @@ def record_keys(path: str, keys: Sequence[Tuple[str, str, bytes]],
             results.append(Recorded(name, key_type, blob, "added", v, next_line))
             next_line += 1
         if lines:
-            _append(path, lines)
+            _append(fd, lines)
     return results
 
 
@@ -240,25 +322,15 @@ def _decide(names: List[str], hashed: Callable[[str], bool]) -> Dict[str, bool]:
         return dict(zip(names, pool.map(hashed, names)))
 
 
-def _append(path: str, lines: Sequence[str]) -> None:
-    flags = os.O_RDWR | os.O_APPEND
-    try:
-        fd = _open_nofollow(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
-        os.fchmod(fd, 0o600)
-    except FileExistsError:
-        fd = _open_nofollow(path, flags)
-    except PermissionError as exc:
-        raise KnownHostsError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        size = os.fstat(fd).st_size
-        data = ("\n".join(lines) + "\n").encode()
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            data = b"\n" + data
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
+def _append(fd: int, lines: Sequence[str]) -> None:
+    """Whole lines at the end of the locked file (after a newline if its last line lacks one)."""
+    size = os.fstat(fd).st_size
+    data = ("\n".join(lines) + "\n").encode()
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        data = b"\n" + data
+    view = memoryview(data)
+    while view:  # O_APPEND: each write goes to the end, after anything ssh itself appended meanwhile
+        view = view[os.write(fd, view):]
 
 
 @dataclasses.dataclass
@@ -282,14 +354,11 @@ def forget_names(path: str, names: Sequence[str]) -> List[Removal]:
     markers): hostops does not guess at hand-written patterns."""
     report: List[Removal] = []
     wanted = list(dict.fromkeys(names))
-    with locked(path):
-        try:
-            fd = _open_nofollow(path, os.O_RDONLY)
-        except FileNotFoundError:
+    with locked(path, create=False) as fd:
+        if fd is None:
             return report
-        with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            data = fh.read()
+        st = os.fstat(fd)
+        data = _read_fd(fd)
         out: List[bytes] = []
         changed = False
         for number, raw in enumerate(data.split(b"\n"), 1):

@@ -109,6 +109,9 @@ class HostResult:
     start: float = 0.0
     duration: float = 0.0
     step: str | None = None  # the runbook step this result belongs to
+    # accept-new: keys this host's connection wrote to known_hosts (hostkeys.AddedKey); the CLI
+    # says "Permanently added" on stderr. Not in to_json: JSON output stays about the host's run.
+    keys_added: list = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -114,7 +114,8 @@ class SSHConnection(Connection):
         opts = self.ctx.options
         if sudo and opts.secrets.sudo_password and self.password_withheld:
             raise ConnectError(f"sudo password not sent: {self.password_withheld}. Verify the host's new key "
-                               "(hostops keys scan) and update known_hosts before sending it a password",
+                               "(hostops keys scan, with this run's -i/-l/--known-hosts) and update known_hosts "
+                               "before sending it a password",
                                "hostkey-changed")
         command, prompt = sudo_prelude(command, opts, sudo, stdin)
         try:

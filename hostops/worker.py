@@ -23,6 +23,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from hostops.actions import ExecAction  # moved to hostops.actions; still importable from here
 from hostops.errors import CommandAborted, CommandTimeout, ConnectError
+from hostops.hostkeys import take_added
 from hostops.results import FAILED, INTERRUPTED, OK, TIMEOUT, UNREACHABLE, HostResult
 from hostops.secrets import Secrets, StreamMasker, redact_result
 from hostops.settings import Options
@@ -295,10 +296,12 @@ class _HostThreads:
 
                 sender = _StreamSender(send, self.credit, ctx.abort, job.action.timeout)
                 splitter = _MaskedStreams(options.secrets, _LineSplitter(sender))
+            take_added()  # keys noted by this thread belong to the host it connects now
             try:
                 res = execute(job, ctx, splitter)
             except BaseException as exc:  # noqa: BLE001 - last resort: a result must always come back
                 res = HostResult(job.target.name, FAILED, error=f"internal error: {exc!r}", step=job.step)
+            res.keys_added = take_added()  # accept-new: the CLI says "Permanently added"
             if splitter:
                 splitter.flush()
             if sender is not None and sender.note():

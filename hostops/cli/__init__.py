@@ -19,6 +19,8 @@ from hostops.cli.config import apply_config, config_cmd
 from hostops.cli.keys import keys_group
 from hostops.cli.options import CONTEXT
 from hostops.cli.report import report_cmd
+from hostops.completion import completion_cmd
+from hostops.manpage import man_cmd
 from hostops.errors import HostopsError
 from hostops.exitcodes import HELP_TEXT, ExitCode
 
@@ -47,6 +49,8 @@ def cli(ctx: click.Context) -> None:
 for _command in (commands.exec_cmd, commands.put_cmd, commands.get_cmd, commands.script_cmd, commands.run_cmd,
                  commands.inventory_cmd, keys_group, report_cmd, config_cmd):
     cli.add_command(_command)
+cli.add_command(completion_cmd)  # hostops completion bash|zsh|fish (hostops/completion.py)
+cli.add_command(man_cmd)         # hostops man (hostops/manpage.py)
 
 
 # ------------------------------------------------------------------ entry point

@@ -40,6 +40,7 @@ def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, sta
     """Run an action (or a runbook's steps) through :func:`hostops.api.run_rollout`, rolled out
     per --batch/--max-fail/--canary, with the chosen renderer; the run's exit code."""
     from hostops.api import run_rollout
+    from hostops.cli.hints import with_key_advice
     from hostops.output import make_renderer
     from hostops.rollout import StepRun
 
@@ -49,8 +50,9 @@ def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, sta
     spec = spec if spec is not None else rollout_spec(kw)
     renderer = make_renderer(mode, total=len(targets), progress=kw.get("progress"), outdir=kw["outdir"],
                              raw=kw.get("raw", False), color=kw.get("color") or "auto")
+    events = with_key_advice(renderer, kw, targets)  # "Permanently added …"; pasteable host-key hints (cli/hints.py)
     try:
-        report = run_rollout(targets, steps, options, spec, renderer, lock=kw.get("lock_path"),
+        report = run_rollout(targets, steps, options, spec, events, lock=kw.get("lock_path"),
                              state_file=state_file, what=what, keep_connections=keep_connections)
     finally:
         renderer.close()  # the progress line gone before any error is printed
@@ -81,6 +83,13 @@ def exec_cmd(words: Sequence[str], inventories, adhoc_hosts, pattern, stdin_file
     and 'hostops exec "df -h /" -i FILE' both work. Quote the command when it holds anything
     your own shell would act on (; | & > $ * quotes), and put it after '--' when a word starts
     with '-': hostops exec -i FILE -- ls -la
+
+    \b
+    Examples:
+      hostops exec "uptime" -i hosts.yml -l web
+      hostops exec "systemctl restart app" -i hosts.yml -l 'web[01:04]' --sudo --batch 2
+      hostops exec "df -h /" -i hosts.yml -b              # identical outputs once per host list
+      hostops exec "uptime" -H web1 -H db1:2222 --json | jq -r .host
     """
     from hostops.transfer import check_stdin
     from hostops.actions import ExecAction
@@ -117,6 +126,11 @@ def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, i
     Each file is written to a temporary name beside its destination and renamed into
     place: readers never see a half-written file, and an interrupted transfer leaves the
     old file intact. DEST ending in '/' or naming a directory receives SRC's name.
+
+    \b
+    Examples:
+      hostops put app.conf /etc/app/app.conf -i hosts.yml -l web --mode 0644 --sudo
+      hostops put -r ./site/ /srv/www/ -i hosts.yml -l web --checksum
     """
     from hostops.put import prepare_put
 
@@ -143,7 +157,13 @@ def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, i
 def get_cmd(src: str, dest: str, recursive: bool, follow_links: bool, inventories, adhoc_hosts, pattern,
             **kw: Any) -> int:
     """Copy SRC from every selected host into DEST/<host>/ (files from different hosts never
-    overwrite each other). Partial downloads are removed; files are created 0600."""
+    overwrite each other). Partial downloads are removed; files are created 0600.
+
+    \b
+    Examples:
+      hostops get /var/log/app.log ./logs -i hosts.yml -l web      # ./logs/web01/app.log, …
+      hostops get -r /etc/nginx ./nginx-conf -i hosts.yml
+    """
     from hostops.get import prepare_get
 
     options = build_options(kw)
@@ -171,7 +191,9 @@ def script_cmd(script: str, args, stdin_file, inventories, adhoc_hosts, pattern,
     ARGS (after '--'), and remove it afterwards whatever happened.
 
     \b
-    hostops script ./check.sh -i prod.yml -- --verbose
+    Examples:
+      hostops script ./check.sh -i prod.yml -- --verbose
+      hostops script ./migrate.sh -i prod.yml -l db --sudo --stdin input.sql
     """
     from hostops.script import prepare_script
 
@@ -203,9 +225,10 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
     in batches, stopping when more than max_fail hosts failed.
 
     \b
-    hostops run runbooks/rolling-restart.yml -i prod.yml
-    hostops run deploy.yml -i prod.yml --dry-run
-    hostops run deploy.yml -i prod.yml -l @failed --start-at restart
+    Examples:
+      hostops run runbooks/rolling-restart.yml -i prod.yml
+      hostops run deploy.yml -i prod.yml --dry-run
+      hostops run deploy.yml -i prod.yml -l @failed --start-at restart
     """
     import dataclasses
 
@@ -266,7 +289,11 @@ def inventory_cmd(inventories, adhoc_hosts, pattern, as_json: bool, graph: bool,
     @unreachable, @untouched): the hosts a rerun would select, and (stderr) which run they come from.
 
     \b
-    hostops inventory -i prod.yml -l @failed
+    Examples:
+      hostops inventory -i hosts.yml -l 'web:&prod'
+      hostops inventory -i hosts.yml --graph
+      hostops inventory -i hosts.yml --json
+      hostops inventory -i prod.yml -l @failed
     """
     from hostops.output import inventory_graph, inventory_json, inventory_lines, one_line
     from hostops.selection import describe_state

@@ -30,9 +30,10 @@ from hostops.exitcodes import HELP_TEXT, ExitCode
 KEYS_HELP = """Host keys: see them before trusting them, record them, forget old ones.
 
 \b
-hostops keys scan -i hosts.yml                    # fetch every host's key (no login)
-hostops keys accept -i hosts.yml --fingerprint SHA256:...   # record the keys you checked
-hostops keys forget '[10.0.0.5]:2222'             # drop a changed host's old entry
+Examples:
+  hostops keys scan -i hosts.yml -l web          # fetch every host's key (no login)
+  hostops keys accept -i hosts.yml -l web --fingerprint SHA256:...   # record the keys you checked
+  hostops keys forget '[10.0.0.5]:2222'          # drop a changed host's old entry
 """
 
 
@@ -88,9 +89,13 @@ class _Judge:
         self.progress.close()
 
 
-def _scan(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str, kw: dict) -> tuple[Any, Any, Any]:
+def _scan(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str,
+          kw: dict) -> tuple[Any, Any, Any, Any]:
     """Fetch the selected hosts' keys through the worker pool and judge them:
-    (key reports, the run's report, options)."""
+    (key reports, the run's report, options, how to re-select hosts in a hint)."""
+    import dataclasses
+
+    from hostops.cli.hints import reselect_from_context
     from hostops.api import run_rollout
     from hostops.keys import ScanAction
     from hostops.knownhosts import KnownHosts, read_files
@@ -116,11 +121,12 @@ def _scan(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str, 
                              events=judged, warn_unchecked_keys=False)
     finally:
         judged.progress.close()  # gone before any error is printed
-    return judged.reports, report, options
+    reselect = dataclasses.replace(reselect_from_context(), select=inv.select)
+    return judged.reports, report, options, reselect
 
 
 def _finish(reports: Sequence[Any], report: Any, mode: str, *, accepting: bool = False,
-            write_path: str = "") -> int:
+            write_path: str = "", reselect: Any = None) -> int:
     import json
 
     from hostops.hostlist import compact
@@ -133,7 +139,8 @@ def _finish(reports: Sequence[Any], report: Any, mode: str, *, accepting: bool =
             sys.stdout.write(json.dumps(stamp({"event": "key", **rep.to_json()}), ensure_ascii=True) + "\n")
         sys.stdout.flush()
     else:
-        render(reports, sys.stdout, quiet=(mode == "quiet"), accepting=accepting, write_path=write_path)
+        render(reports, sys.stdout, quiet=(mode == "quiet"), accepting=accepting, write_path=write_path,
+               reselect=reselect)
     if report.interrupted and report.not_finished:
         sys.stderr.write(f"interrupted; not scanned ({len(report.not_finished)}): "
                          f"{one_line(compact(report.not_finished))}\n")
@@ -157,11 +164,17 @@ def scan_cmd(inventories, adhoc_hosts, pattern, **kw: Any) -> int:
     @cert-authority, on record), HOST KEY REVOKED, HOST KEY CHANGED (old and new
     fingerprints), ERROR. --json: one object per host (host, address, key_type,
     fingerprint, state, error, note). Exit 0, or 4 when a key changed or was revoked or a
-    host could not be scanned.
+    host could not be scanned. The advice printed under each block is a command that works
+    as pasted: the same -i/-H/--known-hosts, -l narrowed to that block's hosts.
+
+    \b
+    Examples:
+      hostops keys scan -i hosts.yml -l web
+      hostops keys scan -H 10.0.0.5:2222 --known-hosts ./known_hosts --json
     """
     mode = _check_modes(kw)
-    reports, report, _options = _scan(inventories, adhoc_hosts, pattern, kw)
-    return _finish(reports, report, mode)
+    reports, report, _options, reselect = _scan(inventories, adhoc_hosts, pattern, kw)
+    return _finish(reports, report, mode, reselect=reselect)
 
 
 @keys_group.command("accept", context_settings=CONTEXT, epilog=HELP_TEXT)
@@ -178,7 +191,13 @@ def accept_cmd(inventories, adhoc_hosts, pattern, fingerprints, hash_known_hosts
 
     With --fingerprint, only keys whose fingerprint is given are recorded (and only then
     the key of an UNVERIFIABLE host). A changed key is never replaced: see hostops keys
-    forget. Exit 0 when every selected host's key is now in known_hosts, else 4.
+    forget. Exit 0 when every selected host's key is now in known_hosts, else 4; also 4 when
+    a --fingerprint matches no scanned host's key (one line says which).
+
+    \b
+    Examples:
+      hostops keys accept -i hosts.yml -l 'web[01:04]' --fingerprint SHA256:...
+      hostops keys accept -H 10.0.0.5:2222 --known-hosts ./known_hosts --fingerprint SHA256:...
     """
     from hostops.keys import accept, normalize_fingerprint
     from hostops.knownhosts_write import hash_wanted, write_file
@@ -187,7 +206,7 @@ def accept_cmd(inventories, adhoc_hosts, pattern, fingerprints, hash_known_hosts
     for fp in fingerprints:
         if not normalize_fingerprint(fp)[7:]:
             raise UsageError(f"--fingerprint {fp!r} is empty; give it as ssh-keygen -l prints it (SHA256:…)")
-    reports, report, options = _scan(inventories, adhoc_hosts, pattern, kw)
+    reports, report, options, reselect = _scan(inventories, adhoc_hosts, pattern, kw)
     path = write_file(options.known_hosts)
     if hash_known_hosts is None:
         def hashed(name: str) -> bool:  # noqa: ARG001  (per-name callback; one answer for all)
@@ -197,7 +216,20 @@ def accept_cmd(inventories, adhoc_hosts, pattern, fingerprints, hash_known_hosts
             return bool(hash_known_hosts)
     if not report.interrupted:
         accept(reports, path, fingerprints, hashed)
-    return _finish(reports, report, mode, accepting=True, write_path=path)
+    code = _finish(reports, report, mode, accepting=True, write_path=path, reselect=reselect)
+    seen = {r.fingerprint for r in reports if r.fingerprint}
+    unmatched = [fp for fp in fingerprints if normalize_fingerprint(fp) not in seen]
+    if unmatched and not report.interrupted:
+        from hostops.hostlist import compact
+        from hostops.output import one_line
+
+        scanned = f"the {len(reports)} host{'s' if len(reports) != 1 else ''} scanned ({compact(r.host for r in reports)})" \
+            if reports else "no host (nothing was scanned)"
+        click.echo(f"hostops: error: --fingerprint {one_line(', '.join(unmatched))} matched no key of "
+                   f"{one_line(scanned)}; nothing recorded for it. Check -i/-l select the host you meant, and the "
+                   "fingerprint (a different key can mean a man in the middle)", err=True)
+        code = max(code, int(ExitCode.UNREACHABLE))
+    return code
 
 
 @keys_group.command("forget", context_settings=CONTEXT, epilog=HELP_TEXT)
@@ -217,6 +249,11 @@ def forget_cmd(names: Sequence[str], inventories, adhoc_hosts, pattern, known_ho
     @revoked and @cert-authority lines, lines matching only through a wildcard, and
     /etc/ssh/ssh_known_hosts are left alone (and reported). Each file is rewritten under
     its lock through a temporary file.
+
+    \b
+    Examples:
+      hostops keys forget '[10.0.0.5]:2222'
+      hostops keys forget -i hosts.yml -l db2 --known-hosts ./known_hosts
     """
     from hostops.knownhosts import KnownHosts, read_files, user_files
     from hostops.knownhosts_write import forget_names

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from hostops.completion import complete_file, complete_limit
 from hostops.errors import SelectionError, UsageError
 
 if TYPE_CHECKING:  # --version and --help import neither YAML nor the inventory code
@@ -42,13 +43,14 @@ def _apply(func: Callable, options: list[Callable]) -> Callable:
 # ------------------------------------------------------------------ shared options
 def inventory_options(func: Callable) -> Callable:
     return _apply(func, [
-        click.option("-i", "--inventory", "inventories", multiple=True, metavar="FILE",
+        click.option("-i", "--inventory", "inventories", multiple=True, metavar="FILE", shell_complete=complete_file,
                      help="Inventory file (Ansible YAML, or one host per line). Repeatable: files merge. "
                           "Without -i and -H: $HOSTOPS_INVENTORY (FILE[:FILE...]), else the config file's "
                           "'inventory'; none otherwise (-l localhost alone runs on this machine)."),
         click.option("-H", "--host", "adhoc_hosts", multiple=True, metavar="[USER@]HOST[:PORT]",
                      help="Add an ad-hoc host (ranges allowed: web[01:05]). Repeatable."),
         click.option("-l", "--limit", "pattern", default="all", show_default=True, metavar="PATTERN",
+                     shell_complete=complete_limit,
                      help="Host pattern: group, host, web:db, web:&prod, web:!db, web*, ~regex, @file."),
     ])
 
