@@ -227,7 +227,8 @@ def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, invent
 @click.option("--ssh-config", metavar="FILE", default=None, help="As for exec.")
 def inventory_cmd(inventories, adhoc_hosts, pattern, as_json: bool, graph: bool, user, port, ssh_config) -> int:
     """List the selected hosts with their resolved connection settings."""
-    from hostops.output import inventory_graph, inventory_json, inventory_lines
+    from hostops.inventory_view import inventory_graph, render_json
+    from hostops.output import inventory_lines
     from hostops.settings import Options, resolve
 
     inv, names = load_selection(inventories, adhoc_hosts, pattern)
@@ -235,7 +236,7 @@ def inventory_cmd(inventories, adhoc_hosts, pattern, as_json: bool, graph: bool,
     if graph:
         click.echo(inventory_graph(inv, set(names)))
     elif as_json:
-        click.echo(json.dumps(inventory_json(inv, targets), indent=2, sort_keys=False))
+        click.echo(render_json(inv, targets))
     else:
         for line in inventory_lines(targets):
             click.echo(line)
