@@ -315,7 +315,8 @@ class Inventory:
                 self.groups["all"].hosts.remove(host.name)
                 self.groups["ungrouped"].hosts.append(host.name)
         self.warnings.extend(self._repeat_warnings())
-        if any(k in OLD_SHORT_NAMES for holder in [*self.groups.values(), *self.hosts.values()] for k in holder.vars):
+        holders: List[Any] = [*self.groups.values(), *self.hosts.values()]
+        if any(k in OLD_SHORT_NAMES for holder in holders for k in holder.vars):
             self.warnings.extend(short_name_warnings(self.host_vars_with_sources(h) for h in self.hosts))
 
     def _repeat_warnings(self) -> List[str]:

@@ -115,6 +115,10 @@ def _add_group(inv: Inventory, name: Any, body: Any, parent: Optional[str], src:
         section = _section(body, key)
         if section is None:
             continue
+        raw = body[key]
+        if isinstance(raw, str) and key != "vars" and ("," in raw or " " in raw.strip()):
+            inv.warnings.append(f"{ksrc.where()}: {key}: {raw!r} is one {'host' if key == 'hosts' else 'group'} named "
+                                f"{raw!r} (as Ansible reads it); list several as a mapping, one name per line")
         if not isinstance(section, dict):
             what = {"vars": "variable names", "hosts": "host names (host name followed by ':')",
                     "children": "group names"}[key]
