@@ -134,7 +134,7 @@ def short_name_warnings(hosts: Iterable[Tuple[Dict[str, Any], Dict[str, Source]]
             found.setdefault(slot, [src, hvars[key]])
             lines.setdefault(slot, set()).add(src.line)
     out = []
-    for (_file, key), (src, value) in found.items():
+    for (_file, key), (src, value) in sorted(found.items(), key=lambda kv: (kv[0][0], kv[1][0].line or 0)):
         ansible = CONNECTION_NAMES[key][0]
         more = len(lines[(_file, key)]) - 1
         also = f" (and {more} more line{'s' if more != 1 else ''} in this file)" if more else ""

@@ -105,7 +105,7 @@ def test_every_named_host_runs_once_and_stays_apart(hostops, lab, known_hosts, t
     assert sorted(os.listdir(outdir)) == sorted(f"{local_name(n)}{suffix}" for n in names for suffix in (".out", ".err"))
     for name in names:
         out = outdir / f"{local_name(name)}.out"
-        assert out.read_text().startswith("from-127.0.0.1 "), (name, files)
+        assert out.read_text().startswith("from-127.0.0.1 "), name
 
 
 def test_get_keeps_hosts_sharing_an_address_apart(hostops, lab, known_hosts, tmp_path):

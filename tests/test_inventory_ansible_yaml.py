@@ -366,3 +366,18 @@ def test_graph_of_a_diamond_is_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(inventory_view, "MAX_GRAPH_LINES", 5000)
     with pytest.raises(InventoryError, match="more than 5000 lines"):
         inventory_view.inventory_graph(inv, {"h"})
+
+
+def test_json_of_a_selection_is_ansible_list_with_limit(hostops, tmp_path):
+    """``-l PATTERN --json`` is ``ansible-inventory --list --limit PATTERN``: every group still
+    names its children; only the selected hosts are listed and get variables."""
+    path = write(tmp_path, PRECEDENCE)
+    theirs = ansible("ansible-inventory", "-i", path, "--list", "--limit", "parent", cwd=str(tmp_path))
+    assert theirs.returncode == 0, theirs.stderr
+    ours = hostops("inventory", "-i", path, "-l", "parent", "--json")
+    assert ours.code == 0, ours
+    a, h = json.loads(theirs.stdout), json.loads(ours.out)
+    a["_meta"].pop("profile", None)
+    assert sorted(h["_meta"]["hostvars"]) == ["h3"]
+    del h["_meta"]["hostvars"]["h3"]["hostops_connection"]
+    assert same(a, h), f"\nansible: {json.dumps(a, sort_keys=True)}\nhostops: {json.dumps(h, sort_keys=True)}"
