@@ -66,6 +66,9 @@ class Host:
     var_sources: Dict[str, Source] = dataclasses.field(default_factory=dict)
     groups: List[str] = dataclasses.field(default_factory=list)
     source: Optional[Source] = None
+    #: The address a ``-H`` entry or host-list line named (``deploy@alias:2222`` → ``alias``): as
+    #: on ssh's command line, ssh_config's HostName for it still applies (settings.resolve).
+    address: Optional[str] = None
 
 
 # YAML with line numbers lives in hostops.yamlfile (runbooks use it too)
@@ -193,6 +196,8 @@ class Inventory:
             if name in self.hosts:
                 self._repeats.setdefault(name, [self.hosts[name].source or src]).append(src)
             self.add_host(name, "ungrouped", hvars, {k: src for k in hvars}, src)
+            if hvars and self.hosts[name].address is None:
+                self.hosts[name].address = address
 
     @staticmethod
     def entries_limit() -> int:

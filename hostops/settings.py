@@ -185,6 +185,8 @@ def resolve(inventory: Inventory, names: Sequence[str], options: Options) -> Lis
     for name in names:
         hvars = inventory.host_vars(name)
         conn = connection_vars(hvars)
+        if conn.get("host") is not None and conn["host"] == inventory.hosts[name].address:
+            conn["alias"] = True  # -H user@alias:port: ssh_config's HostName applies, as on ssh's command line
         check_host_name(name, conn.get("host"), inventory)
         jump = hvars.get("proxy_jump") or hvars.get("ansible_ssh_proxy_jump")
         if not jump and hvars.get("ansible_ssh_common_args"):
@@ -219,7 +221,7 @@ def _target(name: str, conn: Dict[str, Any], cfg: Any, defaults: HostDefaults, d
 
     cfg = cfg or HostConfig()
     explicit = defaults.explicit
-    hostname = conn.get("host") or cfg.hostname or name
+    hostname = (conn.get("alias") and cfg.hostname) or conn.get("host") or cfg.hostname or name
     port = conn.get("port") or defaults.port or cfg.port or 22
     user = conn.get("user") or defaults.user or cfg.user or default_user
     identities: Tuple[str, ...] = ()

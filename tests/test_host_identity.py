@@ -74,6 +74,24 @@ def test_an_entry_naming_an_inventory_host_is_that_host(tmp_path):
     assert any(f"w1 ({inv_file}:3, --host)" in w for w in inv.warnings), inv.warnings
 
 
+def test_ssh_config_still_translates_an_entry_with_a_user_or_port(tmp_path):
+    """``-H deploy@alias-1`` is named as written, and its address is looked up in ssh_config as
+    ssh's own command line would be: HostName (and Port when none was given) still apply."""
+    from hostops.settings import Options, resolve
+
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text("Host alias-1\n  HostName 127.0.0.5\n  Port 2299\n")
+    inv_file = tmp_path / "inv.yml"
+    inv_file.write_text("all:\n  hosts:\n    pinned: {ansible_host: alias-1}\n")
+    inv = Inventory.load([str(inv_file)], ["deploy@alias-1", "alias-1:2222"])
+    targets = {t.name: t for t in resolve(inv, list(inv.hosts), Options(ssh_config=str(cfg)))}
+    assert (targets["deploy@alias-1"].hostname, targets["deploy@alias-1"].port,
+            targets["deploy@alias-1"].user) == ("127.0.0.5", 2299, "deploy")
+    assert (targets["alias-1:2222"].hostname, targets["alias-1:2222"].port) == ("127.0.0.5", 2222)
+    # an inventory's ansible_host keeps the documented precedence (inventory > ssh_config)
+    assert targets["pinned"].hostname == "alias-1"
+
+
 # ------------------------------------------------------------------ end to end, against the lab's sshd
 def lab_entries(lab):
     """Three names for the one sshd: the bare address (port from -p), address:port, and
