@@ -201,7 +201,6 @@ TYPES = """\
       vars:
         day: 2024-01-01
         stamp: 2001-12-14t21:59:43.10-05:00
-        members: !!set {b, a}
         pairs: !!omap [{x: 1}, {y: 2}]
         big: 123456789012345678901234567890
         infinite: .inf
@@ -216,8 +215,17 @@ def test_every_yaml_scalar_type_reaches_json(hostops, tmp_path):
     ours = assert_same_as_ansible(hostops, tmp_path, TYPES)
     hv = ours["_meta"]["hostvars"]["h1"]
     assert hv["day"] == "2024-01-01" and hv["stamp"] == "2001-12-14T21:59:43.100000-05:00"
-    assert hv["members"] == ["a", "b"]
     assert hv["nested"] == {"2024-01-02": ["2024-01-03", 1.5, True, None], "7": "seven"}
+
+
+def test_a_set_is_a_sorted_list(hostops, tmp_path):
+    """ansible-inventory lists a !!set in hash order (it changes between runs); hostops sorts it."""
+    path = write(tmp_path, "all:\n  hosts:\n    h1: {members: !!set {b, c, a}}\n")
+    theirs = ansible("ansible-inventory", "-i", path, "--list", cwd=str(tmp_path))
+    run = hostops("inventory", "-i", path, "--json")
+    assert run.code == 0, run
+    ours = json.loads(run.out)["_meta"]["hostvars"]["h1"]["members"]
+    assert ours == ["a", "b", "c"] == sorted(json.loads(theirs.stdout)["_meta"]["hostvars"]["h1"]["members"])
 
 
 def test_binary_values_and_date_keys_are_json_too(hostops, tmp_path):
