@@ -16,6 +16,8 @@ import textwrap
 from typing import Any, Dict, Tuple
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hostops.inventory import Inventory, connection_vars
 
@@ -389,3 +391,23 @@ def test_json_of_a_selection_is_ansible_list_with_limit(hostops, tmp_path):
     assert sorted(h["_meta"]["hostvars"]) == ["h3"]
     del h["_meta"]["hostvars"]["h3"]["hostops_connection"]
     assert same(a, h), f"\nansible: {json.dumps(a, sort_keys=True)}\nhostops: {json.dumps(h, sort_keys=True)}"
+
+
+# ------------------------------------------------------------------ every value the YAML loader can give
+_SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.binary(max_size=8)
+            | st.dates() | st.datetimes() | st.datetimes(timezones=st.timezones()))
+_KEYS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.dates()
+_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(_KEYS, inner, max_size=3)
+                       | st.frozensets(_SCALARS, max_size=3) | st.tuples(inner, inner), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_VALUES)
+def test_any_loaded_value_reaches_json(value):
+    """Whatever a YAML or JSON reader hands over (dates, timestamps, binary, sets, odd keys),
+    --json writes it: no internal error, and the JSON reads back."""
+    from hostops.inventory_view import json_value
+
+    text = json.dumps(json_value({"v": value}), sort_keys=True)
+    assert "v" in json.loads(text)
