@@ -377,7 +377,7 @@ class Inventory:
             sources.update(self.groups[g].var_sources)
             if GROUP_PRIORITY in gvars:  # orders groups; never a host variable (as in Ansible)
                 del merged[GROUP_PRIORITY]
-                del sources[GROUP_PRIORITY]
+                sources.pop(GROUP_PRIORITY, None)
         host = self.hosts[name]
         merged.update(host.vars)
         sources.update(host.var_sources)
