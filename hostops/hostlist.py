@@ -3,9 +3,10 @@ into a compact list like ``web[01-20],db1`` (ClusterShell's NodeSet style) for -
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 import string
-from typing import Iterable, List, Tuple, Union
+from typing import Iterable, List, Optional, Tuple, Union
 
 from hostops.errors import InventoryError
 
@@ -201,3 +202,49 @@ def _fold(values: List[int], width: int) -> str:
         if v is not None:
             start = prev = v
     return ",".join(runs)
+
+
+# ------------------------------------------------------------------ host:port keys (Ansible's rules)
+#: ``[address]:port``: the only way to give an IPv6 address a port.
+_BRACKETED_PORT = re.compile(r"^\[(.+)\]:([0-9]+)$")
+#: ``name:port`` where the name has no colon outside its ``[range]`` brackets.
+_NAME_PORT = re.compile(r"^((?:[^:\[\]]|\[[^\]]*\])*):([0-9]+)$")
+_NUM_RANGE = r"\[[0-9]+:[0-9]+(?::[0-9]+)?\]"
+_ALNUM_RANGE = r"\[(?:[a-z]:[a-z]|[0-9]+:[0-9]+)(?::[0-9]+)?\]"
+_IPV4_PART = rf"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]{{1,2}}|{_NUM_RANGE})"
+_IPV4 = re.compile(rf"^(?:{_IPV4_PART}\.){{3}}{_IPV4_PART}$")
+_LABEL = rf"(?:\w|{_ALNUM_RANGE})(?:[\w-]|{_ALNUM_RANGE})*(?<![_-])"
+_HOSTNAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$", re.I)
+_HEX_RANGE = re.compile(r"\[[0-9a-f]+:[0-9a-f]+(?::[0-9]+)?\]", re.I)
+
+
+def _is_address(text: str) -> bool:
+    """An IPv4 address, IPv6 address or host name, each possibly holding ``[x:y]`` ranges:
+    what Ansible accepts before a ``:port`` (its parse_address)."""
+    if _IPV4.match(text) or _HOSTNAME.match(text):
+        return True
+    if ":" not in text:
+        return False
+    plain = _HEX_RANGE.sub("0", text)  # a range stands for one hexadecimal group
+    if "%" in plain or "[" in plain or "]" in plain:
+        return False
+    try:
+        ipaddress.IPv6Address(plain)
+    except ValueError:
+        return False
+    return True
+
+
+def split_port(key: str) -> Tuple[str, Optional[int]]:
+    """A YAML/INI host key as Ansible reads it: ``badwolf.example.com:5309`` → the name and
+    port 5309, ``[::1]:22`` → ``::1`` and 22, ``web[1:3]:2222`` → ``web[1:3]`` and 2222. A key
+    that is not an address (with an optional port) stays whole, port None, as in Ansible."""
+    port: Optional[int] = None
+    address = key
+    for pattern in (_BRACKETED_PORT, _NAME_PORT):
+        m = pattern.match(address)
+        if m:
+            address, port = m.group(1), int(m.group(2))
+    if not _is_address(address):
+        return key, None
+    return address, port

@@ -7,6 +7,7 @@ can be reported as ``prod.yml:14: ...`` before anything runs.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -16,7 +17,8 @@ import yaml
 from hostops import groupgraph, hostlist, inventory_yaml
 from hostops.errors import InventoryError
 from hostops.variables import (  # noqa: F401  (re-exported: the inventory API)
-    CONNECTION_VARS, CONNECTIONS, PASSWORD_VARS, SSH_CONNECTIONS, Source, check_var, connection_vars)
+    CONNECTION_VARS, CONNECTIONS, GROUP_PRIORITY, OLD_SHORT_NAMES, PASSWORD_VARS, SSH_CONNECTIONS, Source,
+    check_var, connection_vars, short_name_warnings)
 from hostops.yamlfile import LineMap, type_name
 
 
@@ -64,6 +66,9 @@ class Host:
     var_sources: Dict[str, Source] = dataclasses.field(default_factory=dict)
     groups: List[str] = dataclasses.field(default_factory=list)
     source: Optional[Source] = None
+    #: The address a ``-H`` entry or host-list line named (``deploy@alias:2222`` → ``alias``): as
+    #: on ssh's command line, ssh_config's HostName for it still applies (settings.resolve).
+    address: Optional[str] = None
 
 
 # YAML with line numbers lives in hostops.yamlfile (runbooks use it too)
@@ -73,6 +78,30 @@ _type_name = type_name
 
 # [user@]host[:port], where host may hold ranges such as web[01:20] (colons inside brackets).
 _TEXT_LINE = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>(?:[^\s:@\[\]]|\[[^\]\s]*\])+)(?::(?P<port>\d+))?$")
+# [user@][ipv6]:port or [user@]ipv6 (no port: only the brackets can give an IPv6 address one).
+_IPV6_LINE = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?:\[(?P<bracketed>[^\]\s]+)\](?::(?P<port>\d+))?|(?P<bare>[^\s@\[\]]+))$")
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_spec(spec: str) -> Optional[Tuple[str, str, Optional[str], bool]]:
+    """``[user@]host[:port]`` → (user or "", host, port or None, whether the host was bracketed);
+    None if it is not one. IPv6 addresses as OpenSSH and Ansible write them: ``[::1]:2222``, ``::1``."""
+    m6 = _IPV6_LINE.match(spec)
+    if m6:
+        address = m6.group("bracketed") or m6.group("bare")
+        if address.count(":") >= 2 and _is_ipv6(address):
+            return m6.group("user") or "", address, m6.group("port"), bool(m6.group("bracketed"))
+    m = _TEXT_LINE.match(spec)
+    if not m:
+        return None
+    return m.group("user") or "", m.group("host"), m.group("port"), False
 
 
 class Inventory:
@@ -88,6 +117,7 @@ class Inventory:
         #: where each parent → child link was first made, in order: reports a cycle at its last link
         self.links: Dict[Tuple[str, str], Tuple[int, Source]] = {("all", "ungrouped"): (0, Source("<built-in>"))}
         self._depths: Optional[Dict[str, int]] = None  # cache for depth(); None after any change
+        self._repeats: Dict[str, List[Source]] = {}  # -H / host-list entries naming a host again
 
     # ------------------------------------------------------------ loading
     @classmethod
@@ -141,20 +171,33 @@ class Inventory:
             self.add_host_spec(line, src)
 
     def add_host_spec(self, spec: str, src: Source) -> None:
-        m = _TEXT_LINE.match(spec.strip())
-        if not m:
+        """One ``-H`` entry or host-list line, ``[user@]host[:port]``. A host given with a user or
+        a port is named as given (``deploy@10.0.0.5:2222``): entries that differ in user or port
+        are different hosts, and an exact repeat is one host (with a warning at the end)."""
+        text = spec.strip()
+        parsed = _parse_spec(text)
+        if parsed is None:
             raise src.error(f"{spec!r} is not a host: expected [user@]host[:port], one per line")
-        hvars: Dict[str, Any] = {}
-        if m.group("user"):
-            hvars["user"] = m.group("user")
-        if m.group("port"):
-            port = m.group("port")
-            if len(port) > 5 or not 1 <= int(port) <= 65535:
-                raise src.error(f"port {port} of {spec.strip()!r} is out of range (1-65535)")
-            hvars["port"] = int(port)
-        self.count_entries(m.group("host"), src)
-        for name in self.expand(m.group("host"), src):
+        user, host, port, bracketed = parsed
+        if port is not None and (len(port) > 5 or not 1 <= int(port) <= 65535):
+            raise src.error(f"port {port} of {text!r} is out of range (1-65535)")
+        self.count_entries(host, src)
+        for address in self.expand(host, src):
+            hvars: Dict[str, Any] = {}
+            name = address
+            if user or port:
+                shown = f"[{address}]" if bracketed else address
+                name = f"{user + '@' if user else ''}{shown}{':' + port if port else ''}"
+                hvars["ansible_host"] = address
+                if user:
+                    hvars["ansible_user"] = user
+                if port:
+                    hvars["ansible_port"] = int(port)
+            if name in self.hosts:
+                self._repeats.setdefault(name, [self.hosts[name].source or src]).append(src)
             self.add_host(name, "ungrouped", hvars, {k: src for k in hvars}, src)
+            if hvars and self.hosts[name].address is None:
+                self.hosts[name].address = address
 
     @staticmethod
     def entries_limit() -> int:
@@ -234,8 +277,12 @@ class Inventory:
 
     def _all_depths(self) -> Dict[str, int]:
         if self._depths is None:  # cached until the next link
-            self._depths = groupgraph.depths({name: g.children for name, g in self.groups.items()},
-                                             {name: len(g.parents) for name, g in self.groups.items()})
+            # a group without a parent yet is counted under 'all', where finish() puts it
+            orphans = [n for n, g in self.groups.items() if not g.parents and n != "all"]
+            children = {name: g.children for name, g in self.groups.items()}
+            children["all"] = children["all"] + orphans
+            parents = {name: len(g.parents) or (name != "all") for name, g in self.groups.items()}
+            self._depths = groupgraph.depths(children, parents)
         return self._depths
 
     def add_host(self, name: str, group: str, hvars: Dict[str, Any], sources: Dict[str, Source],
@@ -255,7 +302,14 @@ class Inventory:
             self.groups[group].hosts.append(name)
 
     def finish(self) -> None:
-        """Hosts that only sit in ``all`` belong to ``ungrouped``, as in Ansible."""
+        """What Ansible does once every source is read: groups without a parent go under
+        ``all`` (in the order they were defined), hosts that only sit in ``all`` belong to
+        ``ungrouped``. Then the warnings that need the whole inventory: hosts named twice by
+        ``-H``/host lists, and old short variable names that no longer set the connection."""
+        for name, group in list(self.groups.items()):
+            if name != "all" and not group.parents:
+                self.link("all", name, group.source or Source("inventory"))
+        self.check_group_tree()
         for host in self.hosts.values():
             real = [g for g in host.groups if g != "ungrouped"]
             if real and "ungrouped" in host.groups:
@@ -265,6 +319,18 @@ class Inventory:
                 host.groups = ["ungrouped"]
                 self.groups["all"].hosts.remove(host.name)
                 self.groups["ungrouped"].hosts.append(host.name)
+        self.warnings.extend(self._repeat_warnings())
+        holders: List[Any] = [*self.groups.values(), *self.hosts.values()]
+        if any(k in OLD_SHORT_NAMES for holder in holders for k in holder.vars):
+            self.warnings.extend(short_name_warnings(self.host_vars_with_sources(h) for h in self.hosts))
+
+    def _repeat_warnings(self) -> List[str]:
+        if not self._repeats:
+            return []
+        shown = [f"{name} ({', '.join(s.where() for s in where)})" for name, where in list(self._repeats.items())[:10]]
+        more = len(self._repeats) - len(shown)
+        return [f"host{'s' if len(self._repeats) > 1 else ''} listed more than once, run once: " + "; ".join(shown)
+                + (f"; and {more} more" if more else "")]
 
     # ------------------------------------------------------------ queries
     def ancestors(self, group: str) -> List[str]:
@@ -306,8 +372,12 @@ class Inventory:
         merged: Dict[str, Any] = {}
         sources: Dict[str, Source] = {}
         for g in self.host_groups(name):
-            merged.update(self.groups[g].vars)
+            gvars = self.groups[g].vars
+            merged.update(gvars)
             sources.update(self.groups[g].var_sources)
+            if GROUP_PRIORITY in gvars:  # orders groups; never a host variable (as in Ansible)
+                del merged[GROUP_PRIORITY]
+                sources.pop(GROUP_PRIORITY, None)
         host = self.hosts[name]
         merged.update(host.vars)
         sources.update(host.var_sources)

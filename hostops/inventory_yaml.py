@@ -1,8 +1,12 @@
-"""The YAML inventory reader: Ansible's YAML format, with every group, host and variable
-remembering its file and line (hostops.inventory holds the model it fills)."""
+"""The YAML inventory reader: Ansible's YAML format read as ansible-core's yaml plugin reads
+it (sections in file order, ``host:port`` keys, the string forms ``hosts: web1``), with every
+group, host and variable remembering its file and line (hostops.inventory holds the model).
+
+Must not import hostops.inventory at run time (it imports this module).
+"""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from hostops import hostlist, yamlfile
 from hostops.errors import InventoryError
@@ -17,9 +21,10 @@ if TYPE_CHECKING:
 GROUP_KEYS = ("hosts", "vars", "children")
 
 
-
 def read(inv: Inventory, text: str, path: str) -> None:
-    """Read one YAML inventory (Ansible's format) into ``inv``."""
+    """Read one YAML inventory (Ansible's format) into ``inv``. Top-level groups other than
+    ``all`` get no parent here: ``Inventory.finish`` puts the groups left without one under
+    ``all``, as Ansible does once every source is read."""
     try:
         data = yamlfile.load(text)
     except YamlProblem as exc:
@@ -31,9 +36,24 @@ def read(inv: Inventory, text: str, path: str) -> None:
                              f"not {_type_name(data)}", path, yamlfile.start_line(text))
     _plan_entries(inv, data, path)
     for name, body in data.items():
-        _add_group(inv, str(name), body, "all" if name != "all" else None,
-                        Source(path, data.key_lines.get(name) if isinstance(data, _Map) else None), path)
+        _add_group(inv, name, body, None, _key_source(data, name, path, None), path)
     inv.check_group_tree()
+
+
+def _key_source(mapping: Any, key: Any, path: str, default: Optional[int]) -> Source:
+    return Source(path, mapping.key_lines.get(key, default) if isinstance(mapping, _Map) else default)
+
+
+def _section(body: Dict[Any, Any], key: str) -> Any:
+    """A group's ``hosts``/``vars``/``children``: a lone string is a one-key mapping
+    (``hosts: web1`` is ``hosts: {web1: }``), as Ansible reads it."""
+    value = body.get(key)
+    if isinstance(value, str):
+        mapping = _Map({value: None})
+        mapping.line = body.key_lines.get(key, 0) if isinstance(body, _Map) else 0
+        mapping.key_lines = {value: mapping.line}
+        return mapping
+    return value
 
 
 def _plan_entries(inv: Inventory, data: Dict[Any, Any], path: str) -> None:
@@ -49,22 +69,36 @@ def _plan_entries(inv: Inventory, data: Dict[Any, Any], path: str) -> None:
         body = todo.pop()
         if not isinstance(body, dict):
             continue
-        hosts = body.get("hosts")
+        hosts = _section(body, "hosts")
         if isinstance(hosts, dict):
             for hname in hosts:
                 try:
-                    planned += hostlist.count(str(hname))
+                    planned += hostlist.count(hostlist.split_port(hname)[0] if isinstance(hname, str) else "")
                 except InventoryError:
                     planned += 1
                 if planned > inv.entries_limit():
                     line = hosts.key_lines.get(hname) if isinstance(hosts, _Map) else None
                     raise InventoryError(inv.entries_message(str(hname)), path, line)
-        children = body.get("children")
+        children = _section(body, "children")
         if isinstance(children, dict):
             todo.extend(children.values())
 
 
-def _add_group(inv: Inventory, name: str, body: Any, parent: Optional[str], src: Source, path: str) -> None:
+def _group_name(name: Any, src: Source) -> str:
+    """A group name as Ansible accepts it: a non-empty string (``123:`` is a number: refused,
+    as ansible-core refuses it; ``"123":`` is a name)."""
+    if not isinstance(name, str):
+        raise src.error(f"group name {name!r} is {_type_name(name)}, not a name; put it in quotes "
+                        f"(\"{name}\":) if it really is the group's name")
+    if not name:
+        raise src.error("a group name cannot be empty")
+    return name
+
+
+def _add_group(inv: Inventory, name: Any, body: Any, parent: Optional[str], src: Source, path: str) -> None:
+    """One group and everything under it, its sections read in file order (the later
+    definition of a variable wins, as in Ansible)."""
+    name = _group_name(name, src)
     group = inv.ensure_group(name, src)
     if parent is not None:
         inv.link(parent, name, src)
@@ -73,56 +107,70 @@ def _add_group(inv: Inventory, name: str, body: Any, parent: Optional[str], src:
     if not isinstance(body, dict):
         raise src.error(f"group {name!r} must be a mapping with hosts/vars/children, not {_type_name(body)}")
     for key in body:
+        ksrc = _key_source(body, key, path, src.line)
         if key not in GROUP_KEYS:
-            line = body.key_lines.get(key) if isinstance(body, _Map) else src.line
-            inv.warnings.append(f"{path}:{line}: ignoring unknown key {key!r} in group {name!r} "
-                                 f"(expected {', '.join(GROUP_KEYS)})")
+            inv.warnings.append(f"{ksrc.where()}: ignoring unknown key {key!r} in group {name!r} "
+                                f"(expected {', '.join(GROUP_KEYS)})")
+            continue
+        section = _section(body, key)
+        if section is None:
+            continue
+        raw = body[key]
+        if isinstance(raw, str) and key != "vars" and ("," in raw or " " in raw.strip()):
+            inv.warnings.append(f"{ksrc.where()}: {key}: {raw!r} is one {'host' if key == 'hosts' else 'group'} named "
+                                f"{raw!r} (as Ansible reads it); list several as a mapping, one name per line")
+        if not isinstance(section, dict):
+            what = {"vars": "variable names", "hosts": "host names (host name followed by ':')",
+                    "children": "group names"}[key]
+            raise ksrc.error(f"{key} of group {name!r} must be a mapping of {what}, not {_type_name(section)}")
+        if key == "vars":
+            _add_group_vars(group, section, path)
+        elif key == "hosts":
+            _add_group_hosts(inv, name, section, path)
+        else:
+            for cname, cbody in section.items():
+                _add_group(inv, cname, cbody, name, _key_source(section, cname, path, ksrc.line), path)
 
-    def line_of(key: str) -> Source:
-        return Source(path, body.key_lines.get(key) if isinstance(body, _Map) else src.line)
 
-    _add_group_vars(group, body.get("vars"), line_of("vars"), path)
-    _add_group_hosts(inv, name, body.get("hosts"), line_of("hosts"), path)
-    children = body.get("children")
-    if children is not None:
-        if not isinstance(children, dict):
-            raise line_of("children").error(
-                f"children of group {name!r} must be a mapping of group names, not {_type_name(children)}")
-        for cname, cbody in children.items():
-            csrc = Source(path, children.key_lines.get(cname) if isinstance(children, _Map) else None)
-            _add_group(inv, str(cname), cbody, name, csrc, path)
-
-
-def _add_group_vars(group: "Group", gvars: Any, src: Source, path: str) -> None:
-    if gvars is None:
-        return
-    if not isinstance(gvars, dict):
-        raise src.error(f"vars of group {group.name!r} must be a mapping, not {_type_name(gvars)}")
+def _add_group_vars(group: "Group", gvars: Dict[Any, Any], path: str) -> None:
     for key, value in gvars.items():
-        vsrc = Source(path, gvars.key_lines.get(key) if isinstance(gvars, _Map) else None)
+        vsrc = _key_source(gvars, key, path, None)
         check_var(str(key), value, vsrc)
         group.vars[str(key)] = value
         group.var_sources[str(key)] = vsrc
 
 
-def _add_group_hosts(inv: Inventory, name: str, hosts: Any, src: Source, path: str) -> None:
-    if hosts is None:
-        return
-    if not isinstance(hosts, dict):
-        raise src.error(
-            f"hosts of group {name!r} must be a mapping (host name followed by ':'), not {_type_name(hosts)}")
+def _host_key(hname: Any, hsrc: Source) -> Tuple[str, Optional[int]]:
+    """A host key (``web1``, ``web[01:10]``, ``db1:2222``, ``[::1]:22``) → (name or range, port)."""
+    if not isinstance(hname, str):
+        shown = "null" if hname is None else repr(hname)
+        raise hsrc.error(f"host name {shown} is {_type_name(hname)}, not a name; put it in quotes "
+                         f"(\"{hname}\":) if it really is the host's name (Ansible refuses it too)")
+    if not hname:
+        raise hsrc.error("a host name cannot be empty")
+    pattern, port = hostlist.split_port(hname)
+    if port is not None and not 1 <= port <= 65535:
+        raise hsrc.error(f"port {port} of host {hname!r} is out of range (1-65535)")
+    return pattern, port
+
+
+def _add_group_hosts(inv: Inventory, name: str, hosts: Dict[Any, Any], path: str) -> None:
     for hname, hvars in hosts.items():
-        hsrc = Source(path, hosts.key_lines.get(hname) if isinstance(hosts, _Map) else None)
-        if hname is None or isinstance(hname, (bool, float)):
-            raise hsrc.error(f"{hname!r} is not a valid host name")
+        hsrc = _key_source(hosts, hname, path, None)
+        pattern, port = _host_key(hname, hsrc)
         if hvars is not None and not isinstance(hvars, dict):
             raise hsrc.error(f"variables of host {hname!r} must be a mapping, not {_type_name(hvars)}")
-        sources = {}
+        values: Dict[str, Any] = {}
+        sources: Dict[str, Source] = {}
         for key, value in (hvars or {}).items():
-            vsrc = Source(path, hvars.key_lines.get(key) if isinstance(hvars, _Map) else hsrc.line)
+            vsrc = _key_source(hvars, key, path, hsrc.line)
             check_var(str(key), value, vsrc)
+            values[str(key)] = value
             sources[str(key)] = vsrc
-        inv.count_entries(str(hname), hsrc)
-        for expanded in inv.expand(str(hname), hsrc):
-            inv.add_host(expanded, name, {str(k): v for k, v in (hvars or {}).items()}, sources, hsrc)
-
+        inv.count_entries(pattern, hsrc)
+        for expanded in inv.expand(pattern, hsrc):
+            if port is not None and expanded not in inv.hosts:  # as Ansible: the key's port for a new host only
+                inv.add_host(expanded, name, {"ansible_port": port, **values},
+                             {"ansible_port": hsrc, **sources}, hsrc)
+            else:
+                inv.add_host(expanded, name, values, sources, hsrc)

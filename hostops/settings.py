@@ -186,6 +186,8 @@ def resolve(inventory: Inventory, names: Sequence[str], options: Options) -> Lis
     for name in names:
         hvars = inventory.host_vars(name)
         conn = connection_vars(hvars)
+        if conn.get("host") is not None and conn["host"] == inventory.hosts[name].address:
+            conn["alias"] = True  # -H user@alias:port: ssh_config's HostName applies, as on ssh's command line
         check_host_name(name, conn.get("host"), inventory)
         jump = hvars.get("proxy_jump") or hvars.get("ansible_ssh_proxy_jump")
         if not jump and hvars.get("ansible_ssh_common_args"):
@@ -220,7 +222,7 @@ def _target(name: str, conn: Dict[str, Any], cfg: Any, defaults: HostDefaults, d
 
     cfg = cfg or HostConfig()
     explicit = defaults.explicit
-    hostname = conn.get("host") or cfg.hostname or name
+    hostname = (conn.get("alias") and cfg.hostname) or conn.get("host") or cfg.hostname or name
     port = conn.get("port") or defaults.port or cfg.port or 22
     user = conn.get("user") or defaults.user or cfg.user or default_user
     identities: Tuple[str, ...] = ()
@@ -292,7 +294,8 @@ def check_host_name(name: str, address: Optional[str], inventory: Optional[Inven
     src = None
     if inventory is not None and name in inventory.hosts:
         host = inventory.hosts[name]
-        src = (host.var_sources.get("ansible_host") or host.var_sources.get("host")) if address else host.source
+        sources = inventory.host_vars_with_sources(name)[1]
+        src = (sources.get("ansible_ssh_host") or sources.get("ansible_host")) if address else host.source
     what = "address (ansible_host)" if address is not None else "host name"
     message = (f"{what} {value!r} of host {name!r} is refused: only letters, digits and . - _ : [ ] % are "
                "allowed, and it may not start with '-'")

@@ -44,7 +44,7 @@ def hostops(tmp_path):
 def local_inv(tmp_path):
     """Two hosts run on this machine (connection: local): no SSH needed."""
     path = tmp_path / "local.yml"
-    path.write_text("all:\n  hosts:\n    one: {connection: local}\n    two: {connection: local}\n")
+    path.write_text("all:\n  hosts:\n    one: {ansible_connection: local}\n    two: {ansible_connection: local}\n")
     return str(path)
 
 

@@ -251,7 +251,8 @@ def test_adhoc_hosts_and_cli_settings(hostops, lab, known_hosts):
     run = hostops("exec", "echo adhoc", "-H", f"{lab.user}@127.0.0.1:{lab.port}", "-H", "127.0.0.2",
                   "-p", str(lab.port), "-k", lab.user_key, "--known-hosts", known_hosts, "--json")
     assert run.code == 0, run
-    assert {r["host"] for r in run.json_lines()} == {"127.0.0.1", "127.0.0.2"}
+    # an entry given with a user or a port is named as written (user@address:port identifies it)
+    assert {r["host"] for r in run.json_lines()} == {f"{lab.user}@127.0.0.1:{lab.port}", "127.0.0.2"}
 
 
 def test_ssh_config_supplies_hostname_port_user_identity(hostops, lab, tmp_path, known_hosts):

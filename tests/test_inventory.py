@@ -318,13 +318,16 @@ def test_plain_text_host_file(tmp_path):
         node[01:03]
         """)
     inv = Inventory.load([path])
-    assert list(inv.hosts) == ["web1.example.com", "web2.example.com", "db1", "db2", "node01", "node02", "node03"]
-    assert inv.host_vars("web1.example.com") == {"user": "alice", "port": 2200}
+    # a line with a user or a port is a host named as written (user@address:port identifies it)
+    assert list(inv.hosts) == ["alice@web1.example.com:2200", "web2.example.com", "bob@db1:2222", "bob@db2:2222",
+                               "node01", "node02", "node03"]
+    assert inv.host_vars("alice@web1.example.com:2200") == {
+        "ansible_host": "web1.example.com", "ansible_user": "alice", "ansible_port": 2200}
     assert inv.host_vars("web2.example.com") == {}
-    assert inv.host_vars("db2") == {"user": "bob", "port": 2222}
+    assert inv.host_vars("bob@db2:2222") == {"ansible_host": "db2", "ansible_user": "bob", "ansible_port": 2222}
     assert all(h.groups == ["ungrouped"] for h in inv.hosts.values())
-    conn = connection_vars(inv.host_vars("web1.example.com"))
-    assert conn == {"user": "alice", "port": 2200}
+    conn = connection_vars(inv.host_vars("alice@web1.example.com:2200"))
+    assert conn == {"host": "web1.example.com", "user": "alice", "port": 2200}
 
 
 def test_plain_text_bad_line_names_file_and_line(tmp_path):
@@ -340,10 +343,10 @@ def test_plain_text_bad_line_names_file_and_line(tmp_path):
 
 def test_adhoc_host_specs():
     inv = Inventory.load(hosts=["alice@h1:2200", "h[2:3]", "h4"])
-    assert list(inv.hosts) == ["h1", "h2", "h3", "h4"]
-    assert inv.host_vars("h1") == {"user": "alice", "port": 2200}
+    assert list(inv.hosts) == ["alice@h1:2200", "h2", "h3", "h4"]
+    assert inv.host_vars("alice@h1:2200") == {"ansible_host": "h1", "ansible_user": "alice", "ansible_port": 2200}
     assert inv.host_vars("h4") == {}
-    assert inv.select("ungrouped") == ["h1", "h2", "h3", "h4"]
+    assert inv.select("ungrouped") == ["alice@h1:2200", "h2", "h3", "h4"]
 
 
 def test_adhoc_hosts_merge_with_files(tmp_path):
@@ -380,15 +383,19 @@ def test_connection_vars_legacy_ansible_ssh_names():
     assert conn == {"host": "h", "port": 22, "user": "u"}
 
 
-def test_connection_vars_short_aliases():
-    conn = connection_vars({"host": "h", "port": 2200, "user": "u", "identity_file": "k", "connection": "local"})
-    assert conn == {"host": "h", "port": 2200, "user": "u", "identity_file": "k", "connection": "local"}
+def test_short_names_are_ordinary_variables():
+    """``port``, ``user``, ``host``, ``identity_file``, ``connection`` are an application's
+    variables, as in Ansible: they set nothing."""
+    assert connection_vars({"host": "h", "port": 2200, "user": "u", "identity_file": "k", "connection": "local"}) == {}
 
 
-def test_connection_vars_ansible_name_beats_alias():
-    conn = connection_vars({"user": "alias", "ansible_user": "ansible", "port": 1, "ansible_port": 2})
-    assert conn["user"] == "ansible"
-    assert conn["port"] == 2
+def test_connection_vars_ansible_ssh_names_win():
+    """As Ansible's ssh plugin: ansible_ssh_host/port/user/private_key_file beat the shorter names."""
+    conn = connection_vars({"ansible_host": "a", "ansible_ssh_host": "b", "ansible_port": 1, "ansible_ssh_port": 2,
+                            "ansible_user": "u1", "ansible_ssh_user": "u2",
+                            "ansible_private_key_file": "k1", "ansible_ssh_private_key_file": "k2", "user": "x"})
+    assert conn == {"host": "b", "port": 2, "user": "u2", "identity_file": "k2"}
+    assert connection_vars({"ansible_private_key_file": "~/.ssh/k"}) == {"identity_file": "~/.ssh/k"}
 
 
 def test_connection_vars_empty():
@@ -402,12 +409,15 @@ def test_connection_vars_through_inventory(tmp_path):
             ansible_user: deploy
           hosts:
             h1:
-              port: 2201
+              ansible_port: 2201
+              port: 8080
             h2:
               ansible_connection: local
         """)
     inv = Inventory.load([path])
     assert connection_vars(inv.host_vars("h1")) == {"user": "deploy", "port": 2201}
+    assert inv.host_vars("h1")["port"] == 8080
+    assert inv.warnings == [], "ansible_port is set: the application's port changes nothing, no warning"
     assert connection_vars(inv.host_vars("h2")) == {"user": "deploy", "connection": "local"}
 
 
@@ -534,7 +544,7 @@ def test_host_vars_not_a_mapping(tmp_path):
     ("ansible_port: ssh", "must be a port number"),
     ("ansible_port: 22.5", "must be a port number"),
     ("ansible_port: true", "must be a port number"),
-    ("port: 70000", "out of range"),
+    ("ansible_port: 70000", "out of range"),
     ("ansible_ssh_port: 0", "out of range"),
 ])
 def test_bad_port(tmp_path, line, words):
@@ -573,7 +583,7 @@ def test_bad_port_in_group_vars(tmp_path):
     assert_error_at(err, path, 4)
 
 
-@pytest.mark.parametrize("key", ["ansible_connection", "connection"])
+@pytest.mark.parametrize("key", ["ansible_connection"])
 def test_unsupported_connection(tmp_path, key):
     path = write(tmp_path, "inv.yml", f"""\
         web:

@@ -40,12 +40,17 @@ all:
       ansible_user: invuser
       ansible_ssh_private_key_file: /keys/inv_key
     alias1:
-      host: 10.0.0.7
-      port: 2400
-      user: aliasuser
-      identity_file: /keys/alias_key
+      ansible_host: 10.0.0.99
+      ansible_ssh_host: 10.0.0.7
+      ansible_port: 2999
+      ansible_ssh_port: 2400
+      ansible_user: loser
+      ansible_ssh_user: aliasuser
+      ansible_private_key_file: /keys/alias_key
+      port: 8080
+      user: app
     here:
-      connection: local
+      ansible_connection: local
 """
 
 
@@ -149,7 +154,9 @@ def test_ssh_config_fills_what_inventory_leaves_unset(tmp_path, ssh_config):
     assert (t.hostname, t.user, t.port) == ("10.9.9.9", "ipuser", 2299)
 
 
-def test_short_aliases_work_as_inventory_vars(inv, ssh_config):
+def test_ansible_ssh_names_win_and_short_names_are_ordinary(inv, ssh_config):
+    """ansible_ssh_host/port/user beat ansible_host/port/user (Ansible's ssh plugin);
+    ansible_private_key_file is the key; plain port/user are an application's variables."""
     t = one(inv, "alias1", ssh_config=ssh_config, user="cliuser", port=2022)
     assert (t.hostname, t.port, t.user) == ("10.0.0.7", 2400, "aliasuser")
     assert t.identity_files[0] == "/keys/alias_key"

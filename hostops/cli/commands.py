@@ -295,7 +295,8 @@ def inventory_cmd(inventories, adhoc_hosts, pattern, as_json: bool, graph: bool,
       hostops inventory -i hosts.yml --json
       hostops inventory -i prod.yml -l @failed
     """
-    from hostops.output import inventory_graph, inventory_json, inventory_lines, one_line
+    from hostops.inventory_view import inventory_graph, render_json
+    from hostops.output import inventory_lines, one_line
     from hostops.selection import describe_state
     from hostops.settings import Options, resolve
 
@@ -307,7 +308,7 @@ def inventory_cmd(inventories, adhoc_hosts, pattern, as_json: bool, graph: bool,
     if graph:
         click.echo(inventory_graph(inv, set(names)))
     elif as_json:
-        click.echo(json.dumps(inventory_json(inv, targets), indent=2, sort_keys=False))
+        click.echo(render_json(inv, targets))
     else:
         for line in inventory_lines(targets):
             click.echo(line)
