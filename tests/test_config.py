@@ -38,7 +38,7 @@ def settings(run) -> dict:
 @pytest.fixture
 def local_inv(tmp_path):
     path = tmp_path / "local.yml"
-    path.write_text("all:\n  hosts:\n    one: {connection: local}\n    two: {connection: local}\n")
+    path.write_text("all:\n  hosts:\n    one: {ansible_connection: local}\n    two: {ansible_connection: local}\n")
     return str(path)
 
 
@@ -269,7 +269,7 @@ def test_bad_environment_value_is_exit_2(hostops, local_inv):
 
 def test_inventory_list_in_environment_is_colon_separated(hostops, tmp_path, local_inv):
     other = tmp_path / "other.yml"
-    other.write_text("all:\n  hosts:\n    three: {connection: local}\n")
+    other.write_text("all:\n  hosts:\n    three: {ansible_connection: local}\n")
     run = hostops("exec", "true", "--json", env={"HOSTOPS_INVENTORY": f"{local_inv}{os.pathsep}{other}"})
     assert run.code == 0, run
     assert sorted(r["host"] for r in run.json_lines()) == ["one", "three", "two"]

@@ -497,7 +497,7 @@ def test_pty_batches_and_runbook_steps_are_named(inventory, known_hosts, isolate
 
 def _local_inventory(tmp_path: Path, count: int = 3) -> str:
     path = tmp_path / "local.yml"
-    path.write_text("all:\n  hosts:\n" + "".join(f"    l{i}: {{connection: local}}\n" for i in range(count)))
+    path.write_text("all:\n  hosts:\n" + "".join(f"    l{i}: {{ansible_connection: local}}\n" for i in range(count)))
     return str(path)
 
 

@@ -16,7 +16,7 @@ HINT = "no inventory given: use -i FILE or -H HOST, set HOSTOPS_INVENTORY"
 @pytest.fixture
 def local_inv(tmp_path):
     path = tmp_path / "local.yml"
-    path.write_text("all:\n  hosts:\n    one: {connection: local}\n    two: {connection: local}\n")
+    path.write_text("all:\n  hosts:\n    one: {ansible_connection: local}\n    two: {ansible_connection: local}\n")
     return str(path)
 
 
