@@ -298,7 +298,13 @@ class Inventory:
         layers: List[Tuple[Dict[str, Any], Dict[str, Source]]] = [(g.vars, g.var_sources) for g in groups]
         for entities in ([self.groups["all"]], [g for g in groups if g.name != "all"]):
             layers += [(g.file_vars[d], g.file_var_sources[d]) for d in dirs for g in entities if d in g.file_vars]
-        layers.append((host.vars, host.var_sources))
+        for values, where in layers:
+            merged.update(values)
+            sources.update(where)
+        # a group's rank among its siblings, not a variable: Ansible keeps it out of host variables
+        merged.pop("ansible_group_priority", None)
+        sources.pop("ansible_group_priority", None)
+        layers = [(host.vars, host.var_sources)]
         layers += [(host.file_vars[d], host.file_var_sources[d]) for d in dirs if d in host.file_vars]
         for values, where in layers:
             merged.update(values)

@@ -36,7 +36,11 @@ def add_source(inv: Inventory, path: str) -> None:
     """Read one ``-i`` argument into ``inv`` and remember where its group_vars/ and host_vars/
     live (the directory itself, or the directory holding the file)."""
     if os.path.isdir(path):
+        before = len(inv.sources)
         _read_dir(inv, path, 0, set())
+        if len(inv.sources) == before:
+            inv.warnings.append(f"{path}: no inventory source in this directory (hidden files, group_vars/, "
+                                f"host_vars/ and {', '.join(IGNORED_EXTS)} files are skipped)")
         inv.vars_dirs.append(path)
     elif "," in path and not os.path.exists(path):
         # Ansible's host list: -i 'web1,web2:2222,' (no group_vars are read for it)

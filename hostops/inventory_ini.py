@@ -39,8 +39,8 @@ def looks_like_ini(text: str) -> bool:
         line = raw.strip()
         if not line or line[0] in COMMENT_MARKERS:
             continue
-        if line.startswith("[") and line.endswith("]") and SECTION.match(line):
-            return True
+        if line.startswith("[") and line.endswith("]"):
+            return True  # a section header, or a malformed one the INI reader reports
         head = line.split("#", 1)[0].split()
         if len(head) > 1 and "=" in head[1]:
             return True
@@ -163,8 +163,6 @@ class _Reader:
             raise self.fail(f"cannot read host line {line!r}: {exc}") from None
         pattern, port = self.split_port(tokens[0])
         hvars: Dict[str, Any] = {}
-        if port is not None:
-            hvars["ansible_port"] = port
         for token in tokens[1:]:
             if "=" not in token:
                 raise self.fail(f"expected key=value after the host name, got {token!r} "
@@ -172,6 +170,8 @@ class _Reader:
             key, value = token.split("=", 1)
             hvars[key] = self.value(value)
         src = self.src()
+        if port is not None:
+            check_var("ansible_port", port, src)
         for key, value in hvars.items():
             check_var(key, value, src)
         self.inv.count_entries(pattern, src)
@@ -179,7 +179,11 @@ class _Reader:
             if name.strip() == "---":
                 raise self.fail("host '---' is the start of a YAML document: is this a YAML file? "
                                 "Name it .yml")
-            self.inv.add_host(name, group, dict(hvars), {k: src for k in hvars}, src)
+            hostvars = dict(hvars)
+            if port is not None and name not in self.inv.hosts:
+                # as Ansible: host:port sets the port of a new host only, before its inline vars
+                hostvars = {"ansible_port": port, **hvars}
+            self.inv.add_host(name, group, hostvars, {k: src for k in hostvars}, src)
 
     def split_port(self, token: str) -> Tuple[str, Optional[int]]:
         """``host:port`` → (host, port); ``[v6addr]:port`` too; a bare IPv6 address keeps its colons.
