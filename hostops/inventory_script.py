@@ -60,9 +60,11 @@ def _stderr_tail(data: bytes) -> str:
     return "; its stderr: " + (shown if len(shown) <= 400 else "..." + shown[-397:])
 
 
-def run(path: str, args: List[str], timeout: float = SCRIPT_TIMEOUT) -> str:
+def run(path: str, args: List[str]) -> str:
     """Run ``path args`` (no shell, stdin /dev/null) and return its stdout; InventoryError on a
-    failure to start, a non-zero exit, a timeout, too much output or output that is not UTF-8."""
+    failure to start, a non-zero exit, a timeout (SCRIPT_TIMEOUT), too much output
+    (MAX_SCRIPT_OUTPUT) or output that is not UTF-8."""
+    timeout = SCRIPT_TIMEOUT
     shown = " ".join([path] + args)
     try:
         proc = subprocess.Popen([os.path.abspath(path)] + args, stdin=subprocess.DEVNULL,
