@@ -42,8 +42,9 @@ def _apply(func: Callable, options: list[Callable]) -> Callable:
 # ------------------------------------------------------------------ shared options
 def inventory_options(func: Callable) -> Callable:
     return _apply(func, [
-        click.option("-i", "--inventory", "inventories", multiple=True, metavar="FILE",
-                     help="Inventory file (Ansible YAML, or one host per line). Repeatable: files merge. "
+        click.option("-i", "--inventory", "inventories", multiple=True, metavar="SOURCE",
+                     help="Inventory: an Ansible YAML or INI file, a directory (with group_vars/, "
+                          "host_vars/), a script, --list JSON, or one host per line. Repeatable: sources merge. "
                           "Default: $HOSTOPS_INVENTORY, else the embedded localhost inventory."),
         click.option("-H", "--host", "adhoc_hosts", multiple=True, metavar="[USER@]HOST[:PORT]",
                      help="Add an ad-hoc host (ranges allowed: web[01:05]). Repeatable."),
