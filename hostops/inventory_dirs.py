@@ -105,10 +105,19 @@ def read_file(inv: Inventory, path: str) -> None:
                              "ansible-inventory -i FILE --list -y > FILE.yml", path)
     elif ext == ".ini":
         inventory_ini.read(inv, text, path)
-    elif _is_yaml_mapping(text):
+    else:
+        _read_untyped(inv, text, path)
+
+
+def _read_untyped(inv: Inventory, text: str, path: str) -> None:
+    """A file whose extension says nothing: YAML groups, else INI, else a pssh-style list."""
+    kind = _yaml_kind(text)
+    if kind == "inventory":
         inventory_yaml.read(inv, text, path)
     elif inventory_ini.looks_like_ini(text):
         inventory_ini.read(inv, text, path)
+    elif kind == "mapping":
+        inventory_yaml.read(inv, text, path)  # not an inventory: its reader says why, with the line
     else:
         inv.add_text(text, path)
 
@@ -129,9 +138,14 @@ def _read_json(inv: Inventory, text: str, path: str, is_json: bool) -> None:
         inventory_yaml.read(inv, text, path)
 
 
-def _is_yaml_mapping(text: str) -> bool:
+def _yaml_kind(text: str) -> str:
+    """"inventory" for a YAML mapping of groups (each a mapping or empty), "mapping" for another
+    mapping, "" for anything else. An INI line such as ``h1 msg="a: b"`` parses as a YAML
+    mapping of a string; it is INI, as Ansible finds when its YAML reader gives up."""
     try:
         data = yaml.safe_load(text)
     except (yaml.YAMLError, RecursionError, ValueError):
-        return False
-    return isinstance(data, dict)
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    return "inventory" if all(v is None or isinstance(v, dict) for v in data.values()) else "mapping"

@@ -207,3 +207,9 @@ def test_sectionless_host_list_gives_ansible_s_hosts(tmp_path):
     inv = Inventory.load([path])
     assert sorted(inv.hosts) == ["h1", "h2", "web01", "web02", "web03"]
     assert_same_as_ansible([path], tmp_path)
+
+
+def test_ini_line_that_parses_as_yaml_is_still_ini(tmp_path):
+    path = write(tmp_path, "hosts", 'h1 msg="a: b"\nh2 ansible_host=10.0.0.2\n')
+    inv = assert_same_as_ansible([path], tmp_path)
+    assert inv.host_vars("h1") == {"msg": "a: b"}
