@@ -6,12 +6,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ansible_listing import ANSIBLE_INVENTORY, ansible_env, assert_same_as_ansible
 from hostops.errors import InventoryError
 from hostops.exitcodes import ExitCode
 from hostops.inventory import Inventory
-from hostops.inventory_ini import looks_like_ini
+from hostops.inventory_ini import _Reader, looks_like_ini
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:
@@ -213,3 +215,14 @@ def test_ini_line_that_parses_as_yaml_is_still_ini(tmp_path):
     path = write(tmp_path, "hosts", 'h1 msg="a: b"\nh2 ansible_host=10.0.0.2\n')
     inv = assert_same_as_ansible([path], tmp_path)
     assert inv.host_vars("h1") == {"msg": "a: b"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_.\-]{0,12}\Z"), st.from_regex(r"\A[0-9]{1,3}(\.[0-9]{1,3}){2,4}\Z"),
+                 st.from_regex(r"\A(0|[1-9][0-9]{0,17})\Z"), st.sampled_from(["True", "False", "None", "None.x", "a-1j"])))
+def test_value_fast_paths_agree_with_literal_eval(text):
+    """value() skips ast.literal_eval for plain names, addresses and integers; the result is
+    the one the general path (Ansible's rule) gives."""
+    reader = _Reader(Inventory(), "hosts")
+    assert reader.value(text) == reader.literal(text)
+    assert type(reader.value(text)) is type(reader.literal(text))
