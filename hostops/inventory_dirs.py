@@ -77,8 +77,10 @@ def _read_dir(inv: Inventory, path: str, depth: int, seen: Set[str]) -> None:
             continue
         if os.path.isdir(full):
             _read_dir(inv, full, depth + 1, seen)
-        else:
-            read_file(inv, full)
+        elif os.path.isfile(full) or not os.path.exists(full):
+            read_file(inv, full)  # (a dangling link: read_file says so)
+        else:  # a FIFO or device would block the read: only -i names one on purpose (-i <(cmd))
+            inv.warnings.append(f"{full}: not a regular file (a FIFO, socket or device); skipped")
 
 
 def read_file(inv: Inventory, path: str) -> None:

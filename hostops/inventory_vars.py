@@ -90,7 +90,13 @@ def _unused_reason(entry: str, kind: str, entities: Mapping[str, Entity], used: 
 def _load_entry(inv: Inventory, path: str) -> Tuple[Dict[str, Any], Dict[str, Source]]:
     layer: Dict[str, Any] = {}
     sources: Dict[str, Source] = {}
-    files = _dir_files(inv, path, 0) if os.path.isdir(path) else [path]
+    if os.path.isdir(path):
+        files = _dir_files(inv, path, 0)
+    elif os.path.isfile(path) or not os.path.exists(path):
+        files = [path]  # (a dangling link: _load_file says it cannot be read)
+    else:
+        inv.warnings.append(f"{path}: not a regular file (a FIFO, socket or device); its variables are not applied")
+        files = []
     for file in files:
         _load_file(inv, file, layer, sources)
     return layer, sources

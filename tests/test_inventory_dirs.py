@@ -265,3 +265,30 @@ def test_exec_connects_with_group_vars_settings(hostops, lab, known_hosts, tmp_p
     lines = run.json_lines()
     assert sorted(r["host"] for r in lines) == ["h1", "h2", "h3"]
     assert all(r["status"] == "ok" and r["stdout"] == "ok\n" for r in lines)
+
+
+def test_fifo_in_an_inventory_directory_is_skipped_not_read(tmp_path):
+    import os
+
+    root = tree(tmp_path, BASE)
+    os.mkfifo(root / "inv" / "pipe")  # opening it for reading would block forever
+    inv = Inventory.load([str(root / "inv")])
+    assert sorted(inv.hosts) == ["w1"]
+    assert any("pipe: not a regular file" in w for w in inv.warnings)
+
+
+def test_dangling_link_in_an_inventory_directory_is_an_error(tmp_path):
+    root = tree(tmp_path, BASE)
+    (root / "inv" / "gone").symlink_to(root / "nowhere")
+    err = load_error(str(root / "inv"))
+    assert str(err).startswith(f"{root / 'inv' / 'gone'}: no such inventory file")
+
+
+def test_fifo_in_group_vars_is_reported_not_read(tmp_path):
+    import os
+
+    root = tree(tmp_path, BASE)
+    (root / "inv" / "group_vars").mkdir()
+    os.mkfifo(root / "inv" / "group_vars" / "web")
+    inv = Inventory.load([str(root / "inv")])
+    assert any("group_vars/web: not a regular file" in w for w in inv.warnings), inv.warnings
