@@ -292,3 +292,16 @@ def test_fifo_in_group_vars_is_reported_not_read(tmp_path):
     os.mkfifo(root / "inv" / "group_vars" / "web")
     inv = Inventory.load([str(root / "inv")])
     assert any("group_vars/web: not a regular file" in w for w in inv.warnings), inv.warnings
+
+
+def test_group_vars_apply_to_groups_and_hosts_of_other_sources(tmp_path):
+    """Vars files are matched against the whole inventory once every source is read."""
+    root = tree(tmp_path, {
+        "a/hosts.ini": "[web]\nw1\n",
+        "a/group_vars/late.yml": "from_a: 1\n",
+        "a/host_vars/l1.yml": "host_from_a: 1\n",
+        "b/hosts.yml": "late:\n  hosts:\n    l1:\n    w1:\n",
+    })
+    inv = assert_same_as_ansible([str(root / "a/hosts.ini"), str(root / "b/hosts.yml")], tmp_path)
+    assert inv.host_vars("l1") == {"from_a": 1, "host_from_a": 1}
+    assert inv.warnings == []
