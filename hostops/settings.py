@@ -291,7 +291,8 @@ def check_host_name(name: str, address: Optional[str], inventory: Optional[Inven
     src = None
     if inventory is not None and name in inventory.hosts:
         host = inventory.hosts[name]
-        src = (host.var_sources.get("ansible_host") or host.var_sources.get("host")) if address else host.source
+        sources = inventory.host_vars_with_sources(name)[1]  # the value may come from a group_vars file
+        src = (sources.get("ansible_host") or sources.get("host")) if address else host.source
     what = "address (ansible_host)" if address is not None else "host name"
     message = (f"{what} {value!r} of host {name!r} is refused: only letters, digits and . - _ : [ ] % are "
                "allowed, and it may not start with '-'")

@@ -305,3 +305,13 @@ def test_group_vars_apply_to_groups_and_hosts_of_other_sources(tmp_path):
     inv = assert_same_as_ansible([str(root / "a/hosts.ini"), str(root / "b/hosts.yml")], tmp_path)
     assert inv.host_vars("l1") == {"from_a": 1, "host_from_a": 1}
     assert inv.warnings == []
+
+
+def test_bad_address_from_host_vars_is_reported_at_its_file_and_line(hostops, tmp_path):
+    root = tree(tmp_path, {
+        "inv/hosts.ini": "[web]\nw1\n",
+        "inv/host_vars/w1.yml": "a: 1\nansible_host: -oProxyCommand=touch_pwned\n",
+    })
+    run = hostops("inventory", "-i", str(root / "inv"))
+    assert run.code == 2, run
+    assert f"{root / 'inv/host_vars/w1.yml'}:2: address (ansible_host) '-oProxyCommand=touch_pwned'" in run.err
