@@ -126,7 +126,10 @@ def _kill(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    proc.wait()
+    try:
+        proc.wait(10)  # SIGKILL is not refused; the bound only guards a process stuck in the kernel
+    except subprocess.TimeoutExpired:
+        pass
     for pipe in (proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()

@@ -118,6 +118,17 @@ def test_values_keep_their_file_and_line(tmp_path):
     [g3]
     h1:2022
     """,
+    # host:port forms: addresses, bracketed and bare IPv6, ranges, a name with a colon that is no port
+    """\
+    [g]
+    10.0.0.1:2201
+    [::1]:2202
+    ::2
+    fe80::3%eth0
+    web[1:2]:2203
+    h-x.example.com:2204
+    host_a:bc
+    """,
     # [all] and [ungrouped] sections, comment after a section header
     """\
     [all]
