@@ -91,6 +91,7 @@ class Inventory:
         #: where each -i source's group_vars/ and host_vars/ are looked for, in -i order (repeats kept:
         #: Ansible merges the files once per source naming the directory)
         self.vars_dirs: List[str] = []
+        self._vars_keys: List[str] = []  # their real paths: the keys of Group/Host.file_vars
         self.host_entries = 0  # host entries listed so far (see MAX_HOST_ENTRIES)
         #: where each parent → child link was first made, in order: reports a cycle at its last link
         self.links: Dict[Tuple[str, str], Tuple[int, Source]] = {("all", "ungrouped"): (0, Source("<built-in>"))}
@@ -294,7 +295,9 @@ class Inventory:
         sources: Dict[str, Source] = {}
         groups = [self.groups[g] for g in self.host_groups(name)]
         host = self.hosts[name]
-        dirs = [os.path.realpath(d) for d in self.vars_dirs]
+        if len(self._vars_keys) != len(self.vars_dirs):  # vars_dirs only grows
+            self._vars_keys = [os.path.realpath(d) for d in self.vars_dirs]
+        dirs = self._vars_keys
         layers: List[Tuple[Dict[str, Any], Dict[str, Source]]] = [(g.vars, g.var_sources) for g in groups]
         for entities in ([self.groups["all"]], [g for g in groups if g.name != "all"]):
             layers += [(g.file_vars[d], g.file_var_sources[d]) for d in dirs for g in entities if d in g.file_vars]
