@@ -12,9 +12,7 @@ import os
 import re
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
-import yaml
-
-from hostops import groupgraph, hostlist, inventory_yaml
+from hostops import groupgraph, hostlist, inventory_dirs, inventory_vars
 from hostops.errors import InventoryError
 from hostops.variables import (  # noqa: F401  (re-exported: the inventory API)
     CONNECTION_VARS, CONNECTIONS, GROUP_PRIORITY, OLD_SHORT_NAMES, PASSWORD_VARS, SSH_CONNECTIONS, Source,
@@ -50,6 +48,9 @@ class Group:
     parents: List[str] = dataclasses.field(default_factory=list)
     hosts: List[str] = dataclasses.field(default_factory=list)
     source: Optional[Source] = None
+    #: group_vars/ (host_vars/) files' variables, per directory they were found in (its real path)
+    file_vars: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
+    file_var_sources: Dict[str, Dict[str, Source]] = dataclasses.field(default_factory=dict)
 
     @property
     def priority(self) -> int:
@@ -69,6 +70,9 @@ class Host:
     #: The address a ``-H`` entry or host-list line named (``deploy@alias:2222`` → ``alias``): as
     #: on ssh's command line, ssh_config's HostName for it still applies (settings.resolve).
     address: Optional[str] = None
+    #: host_vars/ files' variables, per directory they were found in (its real path)
+    file_vars: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
+    file_var_sources: Dict[str, Dict[str, Source]] = dataclasses.field(default_factory=dict)
 
 
 # YAML with line numbers lives in hostops.yamlfile (runbooks use it too)
@@ -113,6 +117,10 @@ class Inventory:
         self.hosts: Dict[str, Host] = {}
         self.sources: List[str] = []
         self.warnings: List[str] = []
+        #: where each -i source's group_vars/ and host_vars/ are looked for, in -i order (repeats kept:
+        #: Ansible merges the files once per source naming the directory)
+        self.vars_dirs: List[str] = []
+        self._vars_keys: List[str] = []  # their real paths: the keys of Group/Host.file_vars
         self.host_entries = 0  # host entries listed so far (see MAX_HOST_ENTRIES)
         #: where each parent → child link was first made, in order: reports a cycle at its last link
         self.links: Dict[Tuple[str, str], Tuple[int, Source]] = {("all", "ungrouped"): (0, Source("<built-in>"))}
@@ -129,46 +137,21 @@ class Inventory:
         for spec in hosts:
             inv.add_host_spec(spec, Source("--host"))
         inv.finish()
+        inventory_vars.apply(inv)
         return inv
 
     def add_file(self, path: str) -> None:
-        try:
-            with open(path, "r", encoding="utf-8") as fh:
-                text = fh.read()
-        except FileNotFoundError:
-            raise InventoryError("no such inventory file; check the -i path", path) from None
-        except IsADirectoryError:
-            raise InventoryError("is a directory, not an inventory file", path) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InventoryError(f"cannot read inventory: {exc}", path) from None
-        self.sources.append(path)
-        if self._looks_like_text(path, text):
-            self.add_text(text, path)
-        else:
-            inventory_yaml.read(self, text, path)
-
-    @staticmethod
-    def _looks_like_text(path: str, text: str) -> bool:
-        """YAML files are YAML; other files are a host list unless they parse to a mapping."""
-        if path.endswith((".yml", ".yaml")):
-            return False
-        try:
-            data = yaml.safe_load(text)
-        except (yaml.YAMLError, RecursionError, ValueError):
-            return True
-        return not isinstance(data, dict)
+        """Read one ``-i`` source: a file of any kind, a directory, or ``host1,host2``
+        (detection rules: :mod:`hostops.inventory_dirs`)."""
+        inventory_dirs.add_source(self, path)
 
     def add_text(self, text: str, path: str) -> None:
         """A pssh-style host file: one ``[user@]host[:port]`` per line, ``#`` comments."""
         for lineno, raw in enumerate(text.splitlines(), 1):
             line = raw.split("#", 1)[0].strip()
-            if not line:
+            if not line or line.startswith(";"):
                 continue
-            src = Source(path, lineno)
-            if re.fullmatch(r"\[[^\]:]*(?::(?:vars|children))?\]", line):
-                raise src.error(f"{line} looks like an INI inventory section; hostops reads YAML inventories "
-                                "(convert with: ansible-inventory -i FILE --list -y) or one host per line")
-            self.add_host_spec(line, src)
+            self.add_host_spec(line, Source(path, lineno))
 
     def add_host_spec(self, spec: str, src: Source) -> None:
         """One ``-H`` entry or host-list line, ``[user@]host[:port]``. A host given with a user or
@@ -369,18 +352,32 @@ class Inventory:
         return merged
 
     def host_vars_with_sources(self, name: str) -> Tuple[Dict[str, Any], Dict[str, Source]]:
+        """A host's variables and where each came from, merged in Ansible's order (its
+        VARIABLE_PRECEDENCE, checked against ansible-core): ``all``'s inventory vars, the other
+        groups' inventory vars (by depth, priority, name), then group_vars/all files, then the
+        other groups' group_vars files, then the host's inventory vars, then its host_vars files.
+        Files come per -i source in order, and per group within one source."""
         merged: Dict[str, Any] = {}
         sources: Dict[str, Source] = {}
-        for g in self.host_groups(name):
-            gvars = self.groups[g].vars
-            merged.update(gvars)
-            sources.update(self.groups[g].var_sources)
-            if GROUP_PRIORITY in gvars:  # orders groups; never a host variable (as in Ansible)
-                del merged[GROUP_PRIORITY]
-                sources.pop(GROUP_PRIORITY, None)
+        groups = [self.groups[g] for g in self.host_groups(name)]
         host = self.hosts[name]
-        merged.update(host.vars)
-        sources.update(host.var_sources)
+        if len(self._vars_keys) != len(self.vars_dirs):  # vars_dirs only grows
+            self._vars_keys = [os.path.realpath(d) for d in self.vars_dirs]
+        dirs = self._vars_keys
+        layers: List[Tuple[Dict[str, Any], Dict[str, Source]]] = [(g.vars, g.var_sources) for g in groups]
+        for entities in ([self.groups["all"]], [g for g in groups if g.name != "all"]):
+            layers += [(g.file_vars[d], g.file_var_sources[d]) for d in dirs for g in entities if d in g.file_vars]
+        for values, where in layers:
+            merged.update(values)
+            sources.update(where)
+        # a group's rank among its siblings, not a variable: Ansible keeps it out of host variables
+        merged.pop(GROUP_PRIORITY, None)
+        sources.pop(GROUP_PRIORITY, None)
+        layers = [(host.vars, host.var_sources)]
+        layers += [(host.file_vars[d], host.file_var_sources[d]) for d in dirs if d in host.file_vars]
+        for values, where in layers:
+            merged.update(values)
+            sources.update(where)
         return merged, sources
 
     def group_hosts(self, group: str) -> List[str]:

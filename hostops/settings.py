@@ -294,7 +294,7 @@ def check_host_name(name: str, address: Optional[str], inventory: Optional[Inven
     src = None
     if inventory is not None and name in inventory.hosts:
         host = inventory.hosts[name]
-        sources = inventory.host_vars_with_sources(name)[1]
+        sources = inventory.host_vars_with_sources(name)[1]  # the value may come from a host_vars file
         src = (sources.get("ansible_ssh_host") or sources.get("ansible_host")) if address else host.source
     what = "address (ansible_host)" if address is not None else "host name"
     message = (f"{what} {value!r} of host {name!r} is refused: only letters, digits and . - _ : [ ] % are "

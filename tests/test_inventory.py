@@ -780,40 +780,6 @@ def test_missing_file(tmp_path):
     assert "no such" in str(err)
 
 
-def test_directory(tmp_path):
-    path = str(tmp_path)
-    err = load_error(path)
-    assert err.file == path
-    assert "directory" in str(err)
-
-
-def test_ini_inventory_gets_a_helpful_message(tmp_path):
-    path = write(tmp_path, "hosts.ini", """\
-        # generated
-        [web]
-        web1 ansible_host=10.0.0.1
-        web2
-
-        [db]
-        db1
-        """)
-    err = load_error(path)
-    assert_error_at(err, path, 2)
-    assert "INI" in str(err)
-    assert "YAML" in str(err)
-
-
-@pytest.mark.parametrize("section", ["[all:vars]", "[web:children]"])
-def test_ini_vars_and_children_sections_get_the_ini_message(tmp_path, section):
-    path = write(tmp_path, "hosts", f"""\
-        {section}
-        ansible_user=deploy
-        """)
-    err = load_error(path)
-    assert_error_at(err, path, 1)
-    assert "INI" in str(err)
-
-
 def test_non_hashable_key(tmp_path):
     path = write(tmp_path, "inv.yml", """\
         web:

@@ -43,8 +43,9 @@ def _apply(func: Callable, options: list[Callable]) -> Callable:
 # ------------------------------------------------------------------ shared options
 def inventory_options(func: Callable) -> Callable:
     return _apply(func, [
-        click.option("-i", "--inventory", "inventories", multiple=True, metavar="FILE", shell_complete=complete_file,
-                     help="Inventory file (Ansible YAML, or one host per line). Repeatable: files merge. "
+        click.option("-i", "--inventory", "inventories", multiple=True, metavar="SOURCE", shell_complete=complete_file,
+                     help="Inventory: an Ansible YAML or INI file, a directory (with group_vars/, "
+                          "host_vars/), a script, --list JSON, or one host per line. Repeatable: sources merge. "
                           "Without -i and -H: $HOSTOPS_INVENTORY (FILE[:FILE...]), else the config file's "
                           "'inventory'; none otherwise (-l localhost alone runs on this machine)."),
         click.option("-H", "--host", "adhoc_hosts", multiple=True, metavar="[USER@]HOST[:PORT]",
