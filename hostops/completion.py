@@ -50,6 +50,10 @@ def _names(ctx: click.Context) -> list[str]:
         return []
     try:
         from hostops.inventory import Inventory
+        from hostops.inventory_script import is_script
+
+        if any(os.path.isdir(p) or is_script(p) for p in paths):
+            return []  # a TAB never runs an inventory script (a directory may hold some)
 
         inv = Inventory.load(paths, adhoc)
         groups = [g for g in inv.groups if g not in ("all", "ungrouped")]

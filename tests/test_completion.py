@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import click
 import pytest
 from conftest import ROOT
 
@@ -147,3 +148,24 @@ printf 'reply:%s\\n' "${{COMPREPLY[@]}}"
     lines = proc.stdout.splitlines()
     assert lines[0] == "complete -o nosort -F _hostops_completion hostops", proc
     assert sorted(line[6:] for line in lines[1:]) == ["web", "web01", "web02"], proc
+
+
+def test_a_tab_never_runs_an_inventory_script(tmp_path):
+    """Completion reads inventory files, but an executable inventory (or a directory, which may
+    hold one) is code: pressing TAB must not run it."""
+    import stat
+
+    from hostops.completion import _names
+
+    marker = tmp_path / "ran"
+    script = tmp_path / "inv.py"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\necho '{{\"web\": {{\"hosts\": [\"w1\"]}}}}'\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    ctx = click.Context(click.Command("x"))
+    ctx.params = {"inventories": (str(script),), "adhoc_hosts": ()}
+    assert _names(ctx) == []
+    assert not marker.exists()
+    plain = tmp_path / "inv.yml"
+    plain.write_text("web:\n  hosts:\n    w1:\n")
+    ctx.params = {"inventories": (str(plain),), "adhoc_hosts": ()}
+    assert "w1" in _names(ctx) and "web" in _names(ctx)
