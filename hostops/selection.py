@@ -223,7 +223,17 @@ def _walk(inventory: "Inventory", group: str) -> List[str]:
 
 def _hosts_of(inventory: "Inventory", groups: List[str]) -> List[str]:
     """The hosts of these groups, each once, in the order of the groups and of each group's hosts."""
-    return list(dict.fromkeys(h for g in groups for h in inventory.groups[g].hosts))
+    return list(dict.fromkeys(h for g in groups for h in _own_hosts(inventory, g)))
+
+
+def _own_hosts(inventory: "Inventory", group: str) -> List[str]:
+    """A group's own hosts. Ansible keeps a host written under ``all: hosts:`` in ``all`` (and,
+    if it has no other group, in ``ungrouped`` too); hostops moves such a host to ``ungrouped``
+    only, so ``all``'s own hosts are both lists merged in the order hosts were first read."""
+    if group != "all":
+        return inventory.groups[group].hosts
+    own = set(inventory.groups["all"].hosts) | set(inventory.groups["ungrouped"].hosts)
+    return [h for h in inventory.hosts if h in own]
 
 
 def _from_file(inventory: "Inventory", path: str) -> List[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -341,6 +342,50 @@ def test_pattern_hostops_refuses_on_purpose(pattern, ansible_selects, sandbox):
     proc = hostops_selects(pattern, sandbox)
     assert proc.returncode == 2, proc
     assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def generated_patterns(count: int, seed: int) -> List[str]:
+    """Patterns of one to three terms: names, globs, regexes, subscripts, every separator."""
+    rng = random.Random(seed)
+    atoms = ["web", "db", "prod", "canary", "test1", "test*", "t-?", "all", "*", "ungrouped", "bastion", "lonely",
+             "web0?", "web1", "web01", "10.0.0.1", "~web", "~t-", "w*", "*a*", "nosuch", "[wd]*", "*1", "te?t[12]",
+             "db0[!1]", "app-*", "node0[15]", "h?"]
+    subscripts = ["", "", "", "[0]", "[1]", "[-1]", "[2:]", "[0:1]", "[1:0]", "[3]", "[1-2]", "[01:03]", "[5:9]"]
+    separators = [":", ",", ":&", ":!", ",&", ",!", " "]
+    patterns: Dict[str, None] = {}
+    while len(patterns) < count:
+        pattern = rng.choice(["", "", "!", "&"])
+        for i in range(rng.randint(1, 3)):
+            atom = rng.choice(atoms)
+            pattern += (rng.choice(separators) if i else "") + atom + ("" if atom[0] == "~" else rng.choice(subscripts))
+        patterns[pattern] = None
+    return list(patterns)
+
+
+@pytest.mark.parametrize("case", ["patterns", "yaml_groups", "yaml_order"])
+def test_generated_patterns_select_what_ansible_selects(case, sandbox):
+    """Hundreds of generated patterns through Ansible's pattern code (one process) and hostops's
+    Inventory.select: the same hosts in the same order; where Ansible errors or selects nothing,
+    hostops selects nothing or raises its own error."""
+    from hostops.errors import HostopsError
+    from hostops.inventory import Inventory
+
+    patterns = generated_patterns(400, seed=13)
+    request = {"sources": sources(CASES[case]), "patterns": patterns}
+    proc = run([sys.executable, "-c", ANSIBLE_PATTERNS, json.dumps(request)], sandbox)
+    assert proc.returncode == 0, proc.stderr
+    want = json.loads(proc.stdout)
+    inv = Inventory.load(sources(CASES[case]))
+    differ = {}
+    for pattern in patterns:
+        try:
+            got: Any = inv.select(pattern)
+        except HostopsError as exc:
+            got = {"error": str(exc)}
+        theirs = want[pattern]
+        if not (got == theirs or (not got or isinstance(got, dict)) and (not theirs or isinstance(theirs, dict))):
+            differ[pattern] = {"ansible": theirs, "hostops": got}
+    assert differ == {}, f"{len(differ)} of {len(patterns)} patterns select differently in {case}"
 
 
 @pytest.mark.parametrize("pattern", ["web[1:]", "db:web", "*[0]", "web[9]"])

@@ -406,3 +406,13 @@ def test_address_hosts(nested):
     assert nested.select("10.0.0.1") == ["10.0.0.1"]
     assert nested.select("10.0.0.*") == ["10.0.0.1"]
     assert nested.select("10.0.0.1:22") == []  # one term: no host is called that
+
+
+def test_all_lists_hosts_written_under_all_in_their_order(tmp_path):
+    # a and c sit only in `all`, b in web too: Ansible keeps all three as all's own hosts, in order.
+    path = tmp_path / "inv.yml"
+    path.write_text("all:\n  hosts:\n    a:\n    b:\n    c:\n  children:\n    web:\n      hosts:\n        d:\n        b:\n")
+    inv = Inventory.load([str(path)])
+    assert inv.select("all") == ["a", "b", "c", "d"]
+    assert inv.select("*[1]") == ["b"]
+    assert inv.select("ungrouped") == ["a", "c"]
