@@ -62,12 +62,13 @@ def is_address(text: str) -> bool:
 
 def split_pattern(pattern: str) -> List[str]:
     """Split a pattern into terms as Ansible does: on ``,`` if there is one; else keep one address
-    (``10.0.0.5:2222``, ``fe80::1``) whole; else on ``:`` and whitespace outside brackets."""
+    (``10.0.0.5:2222``, ``fe80::1``, and ``deploy@10.0.0.5:2222``, as hostops names a ``-H`` host)
+    whole; else on ``:`` and whitespace outside brackets."""
     if "," in pattern:
         return [p.strip() for p in pattern.split(",") if p.strip()]
     pattern = pattern.strip()
-    if pattern and is_address(pattern):
-        return [pattern]
+    if pattern and is_address(pattern.split("@", 1)[-1] if "@" in pattern[1:] else pattern):
+        return [pattern]  # also hostops's names of -H hosts, user@address:port
     stray = _TERM.sub("", pattern).replace(":", "").split()
     if stray and pattern.startswith("~") and not re.search(r"[\s:]", pattern):
         return [pattern]  # one regex (Ansible would cut '~web[(' in two): compiled, it says what is wrong

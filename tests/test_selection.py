@@ -297,10 +297,13 @@ def test_split_pattern():
     assert split_pattern("a[01:03]:b[1:2]") == ["a[01:03]", "b[1:2]"]
     assert split_pattern("web:&prod:!db") == ["web", "&prod", "!db"]
     assert split_pattern("a:b,c") == ["a:b", "c"]  # with a comma, ':' separates nothing
+    assert split_pattern("deploy@web:db") == ["deploy@web", "db"]  # 'web:db' is no address
+    assert split_pattern("@failed:web") == ["@failed", "web"]
 
 
 @pytest.mark.parametrize("address", ["10.0.0.5:2222", "web1.example.com:22", "fe80::1", "2001:db8::20",
-                                     "[2001:db8::20]:2222", "web[01:05]", "web[01:05].example.com:22"])
+                                     "[2001:db8::20]:2222", "web[01:05]", "web[01:05].example.com:22",
+                                     "deploy@10.0.0.5:2222", "deploy@[2001:db8::20]:2222"])
 def test_split_pattern_keeps_one_address_whole(address):
     assert split_pattern(address) == [address]
 
