@@ -125,7 +125,9 @@ def match_term(inventory: "Inventory", term: str, state_file: Optional[str] = No
     base, subscript = _split_subscript(term)
     if subscript is None:
         return _enumerate(inventory, base)
-    return _apply_subscript(_enumerate(inventory, base, keep_repeats=True), subscript, term)
+    start, end = subscript
+    last = end if end and end > 0 else start if not end and start >= 0 else None  # the last index used
+    return _apply_subscript(_enumerate(inventory, base, keep_repeats=True, upto=last), subscript, term)
 
 
 def _split_subscript(term: str) -> Tuple[str, Optional[Tuple[int, Optional[int]]]]:
@@ -162,11 +164,13 @@ def _apply_subscript(hosts: List[str], subscript: Tuple[int, Optional[int]], ter
     return [hosts[start]]
 
 
-def _enumerate(inventory: "Inventory", pattern: str, keep_repeats: bool = False) -> List[str]:
+def _enumerate(inventory: "Inventory", pattern: str, keep_repeats: bool = False,
+               upto: Optional[int] = None) -> List[str]:
     """Ansible's ``_enumerate_matches``: the hosts of every group the pattern matches (in the
     order groups were defined), then, if no group matched or the pattern is a glob or regex or
     holds a dot, every host whose name matches. ``keep_repeats`` keeps a host each time a group
-    brings it, as Ansible does before a subscript indexes the list (``test*[2]``)."""
+    brings it, as Ansible does before a subscript indexes the list (``test*[2]``); then the list
+    may stop once it holds index ``upto`` (``*[0]`` need not walk every group of a deep tree)."""
     regex = None
     if pattern.startswith("~") or any(c in pattern for c in _GLOB):
         regex = _compile(pattern)
@@ -185,6 +189,8 @@ def _enumerate(inventory: "Inventory", pattern: str, keep_repeats: bool = False)
             if keep_repeats or h not in seen:
                 seen[h] = None
                 out.append(h)
+        if upto is not None and len(out) > upto:
+            return out
     if not groups or regex is not None or "." in pattern:
         if regex is None:
             names = [pattern] if pattern in inventory.hosts else []

@@ -419,3 +419,14 @@ def test_all_lists_hosts_written_under_all_in_their_order(tmp_path):
     assert inv.select("all") == ["a", "b", "c", "d"]
     assert inv.select("*[1]") == ["b"]
     assert inv.select("ungrouped") == ["a", "c"]
+
+
+def test_subscript_stops_walking_groups_once_it_has_its_index(nested, mocker):
+    from hostops import selection
+
+    walks = mocker.spy(selection, "_walk")
+    assert nested.select("*[0]") == ["solo"]
+    assert walks.call_count == 1  # `all` holds index 0: the other groups are not walked
+    walks.reset_mock()
+    assert nested.select("*[-1]") == ["t-c"]  # counting from the end needs every group
+    assert walks.call_count == len(nested.groups)
