@@ -107,6 +107,22 @@ def select(inventory: "Inventory", pattern: str, state_file: Optional[str] = Non
     return list(chosen)
 
 
+def no_match_hint(inventory: "Inventory", pattern: str) -> str:
+    """For a pattern that selected nothing: why, when a subscript was probably meant as a host-name
+    range (``web0[1:3]``, as pdsh and earlier hostops read it); else ``""``."""
+    try:
+        terms = split_pattern(pattern)
+    except SelectionError:
+        return ""
+    for term in terms:
+        base, subscript = _split_subscript(term.lstrip("&!"))
+        if subscript is not None and subscript[1] is not None and not term.startswith(("@", "~")) \
+                and not _enumerate(inventory, base):
+            return (f" ({term!r} indexes the hosts {base!r} matches, as in Ansible, and {base!r} matches "
+                    f"none: brackets after a name are no host-name range; select names with '{base}*' or a regex)")
+    return ""
+
+
 def match_term(inventory: "Inventory", term: str, state_file: Optional[str] = None) -> List[str]:
     """Hosts matched by one term (no leading ``&``/``!``), in Ansible's order; a name may repeat."""
     if not term:

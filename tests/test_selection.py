@@ -430,3 +430,13 @@ def test_subscript_stops_walking_groups_once_it_has_its_index(nested, mocker):
     walks.reset_mock()
     assert nested.select("*[-1]") == ["t-c"]  # counting from the end needs every group
     assert walks.call_count == len(nested.groups)
+
+
+def test_no_match_hint_names_a_subscript_meant_as_a_range(inv):
+    from hostops.selection import no_match_hint
+
+    hint = no_match_hint(inv, "bastion:web0[1:3]")
+    assert "'web0[1:3]'" in hint and "'web0*'" in hint and "no host-name range" in hint
+    assert no_match_hint(inv, "nosuch") == ""  # no subscript: nothing to explain
+    assert no_match_hint(inv, "web[5:9]") == ""  # web matches hosts: the slice is just past them
+    assert no_match_hint(inv, "web[") == ""

@@ -66,8 +66,10 @@ def load_selection(inventories: Sequence[str], adhoc_hosts: Sequence[str], patte
         warn(warning)
     names = inv.select(pattern, state_file)
     if not names:
+        from hostops.selection import no_match_hint
+
         where = ", ".join(paths + [f"-H {h}" for h in adhoc_hosts]) or "the inventory"
-        raise SelectionError(f"no host matched {pattern!r} in {where}; "
+        raise SelectionError(f"no host matched {pattern!r} in {where}{no_match_hint(inv, pattern)}; "
                              f"see the hosts with: hostops inventory -i FILE --graph")
     return inv, names
 
