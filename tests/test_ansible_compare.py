@@ -209,6 +209,19 @@ def test_connection_is_the_one_ansible_would_use(case, sandbox):
     assert differ == {}, f"connections that differ from Ansible's in {case}"
 
 
+GRAPH_CASES = ["yaml_groups", "ini_full", "dir_layout", "file_vars", "script_meta", "combined"]
+
+
+@pytest.mark.parametrize("case", GRAPH_CASES)
+def test_same_graph(case, sandbox):
+    """``hostops inventory --graph`` draws the tree ``ansible-inventory --graph`` draws, line for line."""
+    theirs = run([ansible_command("ansible-inventory"), *with_i(CASES[case]), "--graph"], sandbox)
+    assert theirs.returncode == 0, theirs.stderr
+    ours = hostops(["inventory", *with_i(CASES[case]), "--graph"], sandbox)
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout.splitlines() == theirs.stdout.splitlines()
+
+
 # ---------------------------------------------------------------- deliberate differences
 REFUSED = {
     # case: (sources, the variable, where hostops must point, the secret that must not be echoed)
