@@ -57,6 +57,15 @@ CASES: Dict[str, List[str]] = {
 ANSIBLE_SOURCES: Dict[str, List[str]] = {"json_list": ["json_list/as_script.py"]}
 
 
+def test_every_fixture_is_compared_and_listed():
+    """A case added to tests/fixtures/ansible/ is run by this file and described in its README."""
+    used = {p.split("/")[0] for paths in list(CASES.values()) + [r[0] for r in REFUSED.values()] for p in paths}
+    present = {p.name for p in FIXTURES.iterdir() if p.is_dir()}
+    assert present == used
+    index = (FIXTURES / "README.md").read_text()
+    assert [name for name in sorted(present) if f"`{name}/`" not in index] == []
+
+
 # ---------------------------------------------------------------- running the two tools
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory) -> Path:
