@@ -371,7 +371,7 @@ def generated_patterns(count: int, seed: int) -> List[str]:
     rng = random.Random(seed)
     atoms = ["web", "db", "prod", "canary", "test1", "test*", "t-?", "all", "*", "ungrouped", "bastion", "lonely",
              "web0?", "web1", "web01", "10.0.0.1", "~web", "~t-", "w*", "*a*", "nosuch", "[wd]*", "*1", "te?t[12]",
-             "db0[!1]", "app-*", "node0[15]", "h?"]
+             "db0[!1]", "app-*", "node0[15]", "h?", "web1", "web[12]", "extra", "solo", "mon*", "cache"]
     subscripts = ["", "", "", "[0]", "[1]", "[-1]", "[2:]", "[0:1]", "[1:0]", "[3]", "[1-2]", "[01:03]", "[5:9]"]
     separators = [":", ",", ":&", ":!", ",&", ",!", " "]
     patterns: Dict[str, None] = {}
@@ -384,7 +384,7 @@ def generated_patterns(count: int, seed: int) -> List[str]:
     return list(patterns)
 
 
-@pytest.mark.parametrize("case", ["patterns", "yaml_groups", "yaml_order"])
+@pytest.mark.parametrize("case", ["patterns", "yaml_groups", "yaml_order", "ini_full", "combined", "dir+file_vars"])
 def test_generated_patterns_select_what_ansible_selects(case, sandbox):
     """Hundreds of generated patterns through Ansible's pattern code (one process) and hostops's
     Inventory.select: the same hosts in the same order; where Ansible errors or selects nothing,
