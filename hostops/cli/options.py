@@ -81,10 +81,12 @@ def load_selection(inventories: Sequence[str], adhoc_hosts: Sequence[str], patte
         warn(warning)
     names = inv.select(pattern, state_file)
     if not names:
+        from hostops.selection import no_match_hint
+
         where = ", ".join(paths + [f"-H {h}" for h in adhoc_hosts]) or "the inventory"
         from_state = "; ".join(describe_state(inv, pattern, state_file))
         raise SelectionError(f"no host matched {pattern!r} in {where}" + (f" ({from_state})" if from_state else "")
-                             + "; see the hosts with: hostops inventory -i FILE --graph")
+                             + f"{no_match_hint(inv, pattern)}; see the hosts with: hostops inventory -i FILE --graph")
     return inv, names
 
 
