@@ -33,7 +33,7 @@ import os
 import re
 import shlex
 import threading
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from hostops import knownhosts, knownhosts_write
 from hostops.errors import HostKeyError
@@ -210,38 +210,19 @@ def take_added() -> List[AddedKey]:
 PROBLEM_RE = re.compile(r"^(jump host \S+ for \S+: )?host key (unknown|unverifiable) for (\S+) "
                         r"\((\S+) (SHA256:\S+)\)")
 
-_NUM_RE = re.compile(r"^(.*?)(\d+)(\D*)$")
 
 
 def host_pattern(hosts: Sequence[str]) -> str:
-    """A ``-l`` pattern naming exactly ``hosts``, folded with Ansible's range syntax
-    (``web01 web02 web03 db2`` → ``db2,web[01:03]``). The caller checks it selects those hosts
-    (a name holding ``,``/``:``/``[`` or equal to a group's name would not)."""
-    runs: dict = {}
-    plain: List[str] = []
-    for name in dict.fromkeys(hosts):
-        m = _NUM_RE.match(name)
-        if not m or "[" in name:
-            plain.append(name)
-            continue
-        runs.setdefault((m.group(1), m.group(3), len(m.group(2)) if m.group(2).startswith("0") else 0),
-                        []).append(m.group(2))
-    terms = list(plain)
-    for (prefix, tail, width), nums in runs.items():
-        values = sorted({int(n) for n in nums})
-        if width == 0 and any(len(n) > 1 and n.startswith("0") for n in nums):
-            terms += [f"{prefix}{n}{tail}" for n in nums]
-            continue
-        start = prev = values[0]
-        for v in values[1:] + [None]:  # type: ignore[list-item]
-            if v is not None and v == prev + 1:
-                prev = v
-                continue
-            a, b = str(start).zfill(width), str(prev).zfill(width)
-            terms.append(f"{prefix}{a}{tail}" if start == prev else f"{prefix}[{a}:{b}]{tail}")
-            if v is not None:
-                start = prev = v
-    return ",".join(sorted(terms))
+    """A ``-l`` pattern naming exactly ``hosts``: their names, comma-separated, in natural order
+    (``web2 web10 db2`` → ``db2,web2,web10``). Ansible's patterns have no name ranges (brackets
+    after a name are a subscript), so names are listed; the caller checks the pattern selects
+    those hosts (a name holding ``,``/``:`` or equal to a group's name would not) and falls back to
+    the user's own pattern when it is long."""
+    return ",".join(sorted(dict.fromkeys(hosts), key=_natural))
+
+
+def _natural(name: str) -> List[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 @dataclasses.dataclass(frozen=True)

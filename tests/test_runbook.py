@@ -485,7 +485,7 @@ def test_example_runbooks_load_and_plan():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     inv = Inventory.load([os.path.join(root, "inventories", "prod.yml")])
     for name in ("rolling-restart.yml", "local-check.yml"):
-        book = rb.load(os.path.join(root, "runbooks", name))
+        book = rb.load(os.path.join(root, "hostops", "examples", "runbooks", name))
         names = inv.select(book.hosts)
         plans = rb.plan(book, inv, names, {"who": "test"}, Options())
         assert len(plans) == len(book.steps) >= 3
