@@ -87,7 +87,7 @@ def exec_cmd(words: Sequence[str], inventories, adhoc_hosts, pattern, stdin_file
     \b
     Examples:
       hostops exec "uptime" -i hosts.yml -l web
-      hostops exec "systemctl restart app" -i hosts.yml -l 'web[01:04]' --sudo --batch 2
+      hostops exec "systemctl restart app" -i hosts.yml -l 'web:&prod' --sudo --batch 2
       hostops exec "df -h /" -i hosts.yml -b              # identical outputs once per host list
       hostops exec "uptime" -H web1 -H db1:2222 --json | jq -r .host
     """
