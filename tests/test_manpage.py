@@ -67,7 +67,7 @@ def test_groff_renders_the_page_without_warnings():
     text = subprocess.run(["groff", "-man", "-Tutf8", manpage.PAGE], capture_output=True, text=True,
                           timeout=60).stdout
     plain = re.sub(r".\x08", "", text)  # overstrike bold/underline
-    assert "hostops keys accept -i hosts.yml -l 'web[01:04]' --fingerprint SHA256:" in plain.replace("\u2010", "-")
+    assert "hostops keys accept -i hosts.yml -l 'web0*' --fingerprint SHA256:" in plain.replace("\u2010", "-")
 
 
 def test_man_command_prints_the_page_and_its_path():
