@@ -15,6 +15,7 @@ import click
 
 from hostops import __version__
 from hostops.cli import commands
+from hostops.cli.connections import connections_group
 from hostops.cli.keys import keys_group
 from hostops.cli.options import CONTEXT
 from hostops.errors import HostopsError
@@ -37,7 +38,7 @@ def cli() -> None:
     """
 
 for _command in (commands.exec_cmd, commands.put_cmd, commands.get_cmd, commands.script_cmd, commands.run_cmd,
-                 commands.inventory_cmd, keys_group):
+                 commands.inventory_cmd, keys_group, connections_group):
     cli.add_command(_command)
 
 
