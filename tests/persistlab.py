@@ -71,3 +71,44 @@ def stop_keeper(runtime: str) -> None:
                 os.kill(w, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# ------------------------------------------------------------------ fixtures (imported by the tests)
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
+
+from sshlab import SSHD  # noqa: E402
+
+ADDRESSES = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+
+
+@pytest.fixture(scope="module")
+def loud_lab(tmp_path_factory):
+    """An sshd of our own at LogLevel INFO: its log has one "Accepted publickey" per login."""
+    server = SSHD(str(tmp_path_factory.mktemp("loud-sshd")), addresses=ADDRESSES, log_level="INFO")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def runtime(monkeypatch):
+    """A keeper directory for this test only (short: a socket path has ~100 bytes); the
+    keeper the test started is stopped at its end."""
+    path = tempfile.mkdtemp(prefix="hk", dir="/tmp")
+    os.chmod(path, 0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", path)
+    monkeypatch.delenv("HOSTOPS_PERSIST", raising=False)
+    yield path
+    stop_keeper(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def setup(loud_lab, tmp_path):
+    """(inventory of 6 hosts on the loud sshd, known_hosts trusting it)."""
+    inv = loud_lab.write_inventory(str(tmp_path / "inv.yml"), 6)
+    kh = loud_lab.write_known_hosts(str(tmp_path / "known_hosts"))
+    return inv, kh

@@ -4,45 +4,12 @@ Each test has its own keeper directory (XDG_RUNTIME_DIR) and stops the keeper it
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import pytest
 
-from persistlab import keeper_pid, stop_keeper, wait_until
-from sshlab import SSHD
+from persistlab import keeper_pid, loud_lab, runtime, setup, wait_until  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(240)
-
-ADDRESSES = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
-
-
-@pytest.fixture(scope="module")
-def loud_lab(tmp_path_factory):
-    """An sshd of our own at LogLevel INFO: its log has one "Accepted publickey" per login."""
-    server = SSHD(str(tmp_path_factory.mktemp("loud-sshd")), addresses=ADDRESSES, log_level="INFO")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def runtime(monkeypatch):
-    """A keeper directory for this test only (short: a socket path has ~100 bytes)."""
-    path = tempfile.mkdtemp(prefix="hk", dir="/tmp")
-    os.chmod(path, 0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", path)
-    monkeypatch.delenv("HOSTOPS_PERSIST", raising=False)
-    yield path
-    stop_keeper(path)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def setup(loud_lab, tmp_path):
-    inv = loud_lab.write_inventory(str(tmp_path / "inv.yml"), 6)
-    kh = loud_lab.write_known_hosts(str(tmp_path / "known_hosts"))
-    return inv, kh
 
 
 def _outcome(run):

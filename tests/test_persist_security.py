@@ -5,28 +5,16 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
 from hostops import keepersock
 from hostops.errors import UsageError
-from persistlab import keeper_pid, stop_keeper, wait_until
+from persistlab import keeper_pid, runtime, wait_until  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(240)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture
-def runtime(monkeypatch):
-    path = tempfile.mkdtemp(prefix="hk", dir="/tmp")
-    os.chmod(path, 0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", path)
-    monkeypatch.delenv("HOSTOPS_PERSIST", raising=False)
-    yield path
-    stop_keeper(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _run_args(inventory, known_hosts):

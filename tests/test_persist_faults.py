@@ -1,0 +1,118 @@
+"""``--persist`` faults: the keeper killed mid-run, two clients at once, Ctrl-C (issue 15)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from persistlab import gone, keeper_pid, loud_lab, runtime, setup, wait_until  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.timeout(240)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _client(isolated_home, *args, **kw):
+    """The CLI in the background (the hostops fixture waits for its end)."""
+    env = dict(os.environ, HOME=str(isolated_home), PYTHONPATH=ROOT)
+    env.pop("SSH_AUTH_SOCK", None)
+    return subprocess.Popen([sys.executable, "-m", "hostops", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=str(isolated_home), **kw)
+
+
+def _pids(directory) -> list:
+    out = []
+    for path in glob.glob(os.path.join(directory, "p.*")):
+        with open(path) as fh:
+            text = fh.read().strip()
+        if text:
+            out.append(int(text))
+    return out
+
+
+def _sleeper(directory) -> str:
+    """A remote command that records its shell's pid, then sleeps (the lab is this machine)."""
+    return f"f=$(mktemp {directory}/p.XXXXXX); echo $$ > $f; sleep 120; echo late"
+
+
+def test_keeper_killed_mid_run_reports_hosts_and_next_run_starts_afresh(hostops, isolated_home, runtime, setup,
+                                                                       tmp_path):
+    inv, kh = setup
+    assert hostops("exec", "true", "-i", inv, "--known-hosts", kh, "--persist", "5m").code == 0
+    pid = keeper_pid(runtime)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    client = _client(isolated_home, "exec", _sleeper(marks), "-i", inv, "--known-hosts", kh, "--persist", "5m",
+                     "--json")
+    try:
+        assert wait_until(lambda: len(_pids(marks)) == 6, 60)
+        os.kill(pid, signal.SIGKILL)
+        out, err = client.communicate(timeout=60)  # a hang guard: it must not wait for the sleeps
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert client.returncode == 5, (out, err)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert sorted(r["host"] for r in lines) == [f"h00{i}" for i in range(1, 7)]
+    assert all(r["status"] == "failed" and "may have run" in r["error"] and str(pid) in r["error"] for r in lines)
+    # its workers die with it and stop the remote commands
+    assert wait_until(lambda: all(gone(p) for p in _pids(marks)), 60)
+    run = hostops("exec", "echo ok", "-i", inv, "--known-hosts", kh, "--persist", "5m", "--json")
+    assert run.code == 0, run
+    assert keeper_pid(runtime) not in (None, pid)
+
+
+def test_two_clients_at_once_are_both_served_unmixed(hostops, isolated_home, runtime, setup):
+    inv, kh = setup
+    assert hostops("exec", "true", "-i", inv, "--known-hosts", kh, "--persist", "5m").code == 0
+    clients = [_client(isolated_home, "exec", f"sleep 0.5; echo {word}", "-i", inv, "--known-hosts", kh,
+                       "--persist", "5m", "--json") for word in ("alpha", "beta")]
+    outs = []
+    try:
+        for c in clients:
+            outs.append(c.communicate(timeout=120))
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
+    for c, (out, err), word in zip(clients, outs, ("alpha", "beta")):
+        assert c.returncode == 0, (out, err)
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert sorted(r["host"] for r in lines) == [f"h00{i}" for i in range(1, 7)]
+        assert {r["stdout"] for r in lines} == {f"{word}\n"}
+
+
+def test_ctrl_c_stops_this_runs_commands_and_the_keeper_stays(hostops, loud_lab, isolated_home, runtime, setup,
+                                                              tmp_path):
+    inv, kh = setup
+    assert hostops("exec", "true", "-i", inv, "--known-hosts", kh, "--persist", "5m").code == 0
+    pid = keeper_pid(runtime)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    client = _client(isolated_home, "exec", _sleeper(marks), "-i", inv, "--known-hosts", kh, "--persist", "5m",
+                     "--json", "--kill-grace", "1")
+    try:
+        assert wait_until(lambda: len(_pids(marks)) == 6, 60)
+        client.send_signal(signal.SIGINT)
+        out, err = client.communicate(timeout=90)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert client.returncode == 130, (out, err)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert sorted(r["host"] for r in lines) == [f"h00{i}" for i in range(1, 7)]
+    assert {r["status"] for r in lines} == {"interrupted"}
+    assert wait_until(lambda: all(gone(p) for p in _pids(marks)), 30)  # stopped on the hosts
+    assert keeper_pid(runtime) == pid  # the keeper survived
+    before = loud_lab.count_logins()
+    run = hostops("exec", "echo ok", "-i", inv, "--known-hosts", kh, "--persist", "5m", "--json")
+    assert run.code == 0, run
+    assert loud_lab.count_logins() == before  # and its connections are still warm
