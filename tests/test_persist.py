@@ -112,3 +112,36 @@ def test_persist_from_the_environment_and_bad_values(hostops, loud_lab, runtime,
     before = loud_lab.count_logins()
     run = hostops("exec", "true", "-i", inv, "--known-hosts", kh, env={"HOSTOPS_PERSIST": "5m"})
     assert run.code == 0 and loud_lab.count_logins() == before, run
+
+
+def test_runbook_put_script_get_warm_with_relative_paths(hostops, loud_lab, runtime, setup, isolated_home, tmp_path):
+    """Runbooks, batches and transfers are unchanged under --persist; local paths relative to
+    the client's directory mean what they mean without it (the keeper runs elsewhere)."""
+    inv, kh = setup
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (isolated_home / "app.conf").write_text("setting = 1\n")
+    (isolated_home / "check.sh").write_text('#!/bin/sh\necho "checked $1 $(cat "$2")"\n')
+    book = isolated_home / "book.yml"
+    book.write_text(
+        "name: warm\nbatch: 2\nsteps:\n"
+        f"  - name: push\n    put: {{src: app.conf, dest: \"{remote}/{{{{ inventory_hostname }}}}.conf\"}}\n"
+        f"  - name: check\n    script: {{src: check.sh, args: [\"{{{{ inventory_hostname }}}}\", "
+        f"\"{remote}/{{{{ inventory_hostname }}}}.conf\"]}}\n"
+        f"  - name: fetch\n    get: {{src: \"{remote}/{{{{ inventory_hostname }}}}.conf\", dest: fetched}}\n")
+    first = hostops("run", "book.yml", "-i", inv, "--known-hosts", kh, "--persist", "5m", "--json")
+    assert first.code == 0, first
+    before = loud_lab.count_logins()
+    (isolated_home / "app.conf").write_text("setting = 2\n")
+    run = hostops("run", "book.yml", "-i", inv, "--known-hosts", kh, "--persist", "5m", "--json")
+    assert run.code == 0, run
+    assert loud_lab.count_logins() == before
+    results = run.json_lines()
+    assert len([r for r in results if r.get("host")]) == 18
+    checks = {r["host"]: r["stdout"] for r in results if r.get("step") == "check"}
+    assert checks == {f"h00{i}": f"checked h00{i} setting = 2\n" for i in range(1, 7)}
+    for i in range(1, 7):
+        assert (isolated_home / "fetched" / f"h00{i}" / f"h00{i}.conf").read_text() == "setting = 2\n"
+    put = hostops("put", "app.conf", str(remote / "plain.conf"), "-i", inv, "--known-hosts", kh, "--persist", "5m")
+    assert put.code == 0 and (remote / "plain.conf").read_text() == "setting = 2\n", put
+    assert loud_lab.count_logins() == before
