@@ -40,9 +40,10 @@ class KeeperThreads(_HostThreads):
         together only runs that share one, so relative local paths mean what they meant)."""
         ctx = self.runs.get(job.run, self.ctx)
         cwd = self.cwds.get(job.run)
-        if cwd is not None and os.getcwd() != cwd:
+        if cwd is not None:
             try:
-                os.chdir(cwd)
+                if os.getcwd() != cwd:
+                    os.chdir(cwd)
             except OSError:
                 pass  # gone since: the action reports the missing local path itself
         return ctx

@@ -44,15 +44,8 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
         return HostResult(name, status, start=start, duration=time.monotonic() - t0, step=job.step, **kw)
 
     needs_connection = job.action.needs_connection  # keys scan: handshake only, no login
-    held = ctx.held if (ctx is not None and needs_connection) else None
-    if held is not None:  # a keeper's worker (--persist): a held connection of the same identity
-        conn, entry = _checkout(job, ctx)
-    else:
-        entry = None
-        conn = ctx.connections.pop(name, None) if (job.keep and ctx is not None and needs_connection) else None
-    if conn is not None and not conn.alive():
-        conn.close()
-        conn = None
+    held = ctx.held if (ctx is not None and needs_connection and job.target.connection != "local") else None
+    conn, entry = _reuse(job, ctx, held)
     if conn is None and needs_connection:
         try:
             conn = connect(job.target, ctx)
@@ -62,7 +55,16 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
             return result(UNREACHABLE, error=f"unexpected error while connecting: {type(exc).__name__}: {exc}")
     keep = job.keep or held is not None
     try:
-        outcome = job.action.run(conn, job.target, ctx, on_output)
+        try:
+            outcome = job.action.run(conn, job.target, ctx, on_output)
+        except ConnectError as exc:
+            if entry is None or exc.stage not in ("channel-open", "sftp"):
+                raise
+            # a held connection that died unnoticed (silently dropped): nothing ran on it; log in afresh, once
+            conn.close()
+            conn = entry = None
+            conn = connect(job.target, ctx)
+            outcome = job.action.run(conn, job.target, ctx, on_output)
     except CommandAborted as exc:
         return result(INTERRUPTED, stdout=exc.stdout, stderr=exc.stderr, error=exc.note or "interrupted")
     except CommandTimeout as exc:
@@ -91,6 +93,21 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
 
         error = SUDO_NO_PASSWORD
     return result(status, exit_code=outcome.exit_code, stdout=outcome.stdout, stderr=outcome.stderr, error=error)
+
+
+def _reuse(job: Job, ctx: Any, held: Any) -> Tuple[Any, Any]:
+    """(a live connection to reuse or None, its held entry or None): a keeper's held one of the
+    same identity (--persist), or the one a runbook kept for this host."""
+    if held is not None:
+        conn, entry = _checkout(job, ctx)
+    else:
+        entry = None
+        keep = job.keep and ctx is not None and job.action.needs_connection
+        conn = ctx.connections.pop(job.target.name, None) if keep else None
+    if conn is not None and not conn.alive():
+        conn.close()
+        conn, entry = None, None
+    return conn, entry
 
 
 def _checkout(job: Job, ctx: Any) -> Tuple[Any, Any]:

@@ -110,3 +110,29 @@ def test_dropped_connections_log_in_again_transparently(hostops, loud_lab, runti
     assert {r["status"] for r in run.json_lines()} == {"ok"}
     assert loud_lab.count_logins() == before + 6
     assert keeper_pid(runtime) is not None
+
+
+def test_silently_dropped_connections_log_in_again(hostops, loud_lab, runtime, setup):
+    """A held connection whose peer stopped answering without closing (a dropped route, a
+    frozen host): the session channel cannot be opened within --connect-timeout, nothing ran
+    on it, so the host is logged in again and its result is as usual."""
+    import signal
+
+    inv, kh = setup
+    assert _warm(hostops, "-i", inv, "--known-hosts", kh).code == 0
+    frozen = _sshd_sessions(loud_lab)
+    assert len(frozen) >= 6
+    try:
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        before = loud_lab.count_logins()
+        run = _warm(hostops, "-i", inv, "--known-hosts", kh, "--connect-timeout", "3")
+        assert run.code == 0, run
+        assert {r["status"] for r in run.json_lines()} == {"ok"}
+        assert loud_lab.count_logins() == before + 6
+    finally:
+        for pid in frozen:  # the frozen sessions this test made: gone for good
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
