@@ -86,13 +86,19 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
             ctx.connections[name] = conn
         else:
             conn.close()
+    status, error = _verdict(outcome)
+    return result(status, exit_code=outcome.exit_code, stdout=outcome.stdout, stderr=outcome.stderr, error=error)
+
+
+def _verdict(outcome: Any) -> Tuple[str, Optional[str]]:
+    """(status, error) of a command's outcome; sudo asking for a password is said plainly."""
     status = outcome.status or (OK if outcome.exit_code == 0 and not outcome.error else FAILED)
     error = outcome.error
     if status == FAILED and error is None and b"sudo: a password is required" in outcome.stderr:
         from hostops.remotecmd import SUDO_NO_PASSWORD
 
         error = SUDO_NO_PASSWORD
-    return result(status, exit_code=outcome.exit_code, stdout=outcome.stdout, stderr=outcome.stderr, error=error)
+    return status, error
 
 
 def _reuse(job: Job, ctx: Any, held: Any) -> Tuple[Any, Any]:
