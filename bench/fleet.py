@@ -507,12 +507,12 @@ def tools(args: argparse.Namespace) -> Dict[str, Tool]:
              note="second run with --persist; the keeper's CPU and RSS are added to the client's"),
         Tool("pssh-warm", lambda lab, a: ["parallel-ssh", "-h", lab.hostfile, "-p", str(a.forks), "-t", str(t),
                                           "-x", f"-F {lab.ssh_config_warm}", "-i", COMMAND],
-             parse_pssh, _command_missing("parallel-ssh", "pssh"), warm_side=warm.MasterWarm("pssh-warm", "ssh_config_warm"),
+             parse_pssh, _command_missing("parallel-ssh", "pssh"), warm_side=warm.MasterWarm("pssh-warm", "cm"),
              note="second run with ControlMaster auto + ControlPersist; the ssh masters' CPU and RSS are added"),
         Tool("ansible-warm", lambda lab, a: [os.path.join(os.path.dirname(py), "ansible"), "all", "-i", lab.ansible_hosts,
                                              "-m", "raw", "-a", COMMAND, "-f", str(a.forks), "-o"],
              parse_ansible, _command_missing(os.path.join(os.path.dirname(py), "ansible"), "ansible-core"),
-             warm_side=warm.AnsibleWarm("ansible-warm", "ssh_config_warm"),
+             warm_side=warm.AnsibleWarm("ansible-warm", "acp"),
              note="ansible -m raw, second run over its ControlPersist masters; their CPU and RSS are added"),
     ]}
 

@@ -178,14 +178,15 @@ class HostopsWarm(Warm):
 
 
 class MasterWarm(Warm):
-    """OpenSSH masters (ControlPersist) found by their ssh_config's path."""
+    """OpenSSH masters (ControlPersist), found by their control socket's directory: a master
+    renames itself "ssh: <ControlPath> [mux]" once it is in the background."""
 
-    def __init__(self, name: str, marker: str):
+    def __init__(self, name: str, subdir: str):
         super().__init__(name)
-        self.marker = marker
+        self.subdir = subdir
 
-    def holders(self, lab) -> List[int]:  # noqa: ARG002
-        return _with_marker(self.marker)
+    def holders(self, lab) -> List[int]:
+        return _with_marker(os.path.join(lab.workdir, self.subdir) + "/")
 
 
 def write_warm_ssh_config(lab) -> str:
