@@ -197,7 +197,9 @@ def write_warm_ssh_config(lab) -> str:
     with open(lab.ssh_config) as fh:
         text = fh.read()
     text = text.replace("  ControlMaster no\n", "  ControlMaster auto\n")
-    text = text.replace("  ControlPath none\n", f"  ControlPath {cm}/%C\n  ControlPersist {PERSIST}\n")
+    # %n (the name given, h001…), not %C: every lab host is the same address, port and user, and
+    # a path from those would share one master among all hosts, which 500 real hosts never could
+    text = text.replace("  ControlPath none\n", f"  ControlPath {cm}/%n\n  ControlPersist {PERSIST}\n")
     with open(path, "w") as fh:
         fh.write(text)
     return path
