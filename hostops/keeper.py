@@ -35,7 +35,7 @@ from hostops.keeperworker import KeeperThreads
 from hostops.pool import _close_parent_ends, _Worker
 from hostops.results import FAILED, HostResult
 from hostops.settings import Options
-from hostops.wire import (STOP, Begin, Begun, Cancel, Control, ControlAnswer, HeldQuery, HeldRows, Job, JobDone,
+from hostops.wire import (ALIVE, STOP, Begin, Begun, Cancel, Control, ControlAnswer, HeldQuery, HeldRows, Job, JobDone,
                           JobOutput, JobStarted, JobUnstarted, Jobs, Refused, ResultsChannel, RunAbort, RunBegin,
                           RunEnd, WorkerFailed)
 from hostops.worker import STREAM_CREDIT, worker_main
@@ -44,6 +44,9 @@ from hostops.worker import STREAM_CREDIT, worker_main
 KEEPER_THREADS = 256
 
 PID_NAME = "keeper.pid"
+
+#: Seconds between the keeper's heartbeats to each run's client.
+HEARTBEAT = 2.0
 
 #: A client that stops reading for this long is dropped (its run cancelled).
 CLIENT_SEND_TIMEOUT = 30
@@ -89,6 +92,7 @@ class Keeper:
         self.agent = os.environ.get("SSH_AUTH_SOCK")
         self.idle_until = time.time() + persist
         self.stopping = False
+        self._last_beat = 0.0
 
     def say(self, text: str) -> None:
         self.log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [{os.getpid()}] {text}\n")
@@ -141,9 +145,20 @@ class Keeper:
                 elif ready in self.clients:
                     self._from_client(ready)
             self._check_workers()
+            self._heartbeat()
             if not self.clients and not self.runs and time.time() > self.idle_until:
                 self.say("idle past --persist: stopping")
                 break
+
+    def _heartbeat(self) -> None:
+        """Every HEARTBEAT seconds each run's client hears from the keeper, busy or not: a
+        client that hears nothing for long knows the keeper is stuck (see keeperclient)."""
+        now = time.monotonic()
+        if now - self._last_beat < HEARTBEAT:
+            return
+        self._last_beat = now
+        for run in list(self.runs.values()):
+            self._to_client(run, ALIVE)
 
     def _accept(self) -> None:
         try:

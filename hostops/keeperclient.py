@@ -36,6 +36,10 @@ from hostops.wire import (Begin, Begun, Cancel, Control, ControlAnswer, Done, Jo
 #: Bounds on starting a keeper and on its first answer (hang guards, not expectations).
 START_TIMEOUT = 30.0
 
+#: A keeper silent this long while a run waits on it (it sends a heartbeat every 2 s) is
+#: stuck (stopped, wedged): the run gives up on it as on a dead one, never hangs.
+KEEPER_SILENCE = 60.0
+
 
 class KeeperError(HostopsError):
     """The keeper could not be started or reached (exit 1: see its log)."""
@@ -175,6 +179,7 @@ class KeeperPool:
             yield from self._keeper_gone(remaining)
             return
         drain_deadline: Optional[float] = None
+        heard = time.monotonic()
         while remaining - given_up:
             if not self.aborting and should_abort():
                 self.aborting = True
@@ -188,6 +193,7 @@ class KeeperPool:
             try:
                 while self.conn.poll(0):
                     msg = self.conn.recv()
+                    heard = time.monotonic()
                     job = self._jobs.get(getattr(msg, "job_id", -1))
                     if job is None or job.id in given_up:
                         continue
@@ -206,6 +212,9 @@ class KeeperPool:
                         self.not_started.append(job)
             except (EOFError, OSError):
                 yield from self._keeper_gone(remaining - given_up)
+                return
+            if time.monotonic() - heard > KEEPER_SILENCE:  # checked after reading what had come
+                yield from self._keeper_gone(remaining - given_up, f"has not answered for {KEEPER_SILENCE:g}s")
                 return
             now = time.monotonic()
             for jid, began in list(self._started.items()):
@@ -231,16 +240,16 @@ class KeeperPool:
         return Done(job, HostResult(job.target.name, status, start=time.time() - elapsed, duration=elapsed,
                                     step=job.step, error=error), by_parent=True)
 
-    def _keeper_gone(self, remaining: Set[int]) -> Iterator[Done]:
-        """The keeper's end mid-run: every host still owed is reported now, honestly."""
+    def _keeper_gone(self, remaining: Set[int], how: str = "ended") -> Iterator[Done]:
+        """The keeper's end (or silence) mid-run: every host still owed is reported now, honestly."""
         who = f"the connection keeper (pid {self.keeper_pid})"
         self.close()
         for jid in sorted(remaining):
             job = self._jobs[jid]
             if jid in self._started:
-                error = (f"{who} ended while this host ran; the command may have run. Not retried: check the host "
+                error = (f"{who} {how} while this host ran; the command may have run. Not retried: check the host "
                          "before running it again")
             else:
-                error = f"not run: {who} ended before this host began; nothing ran there"
+                error = f"not run: {who} {how} before this host began; nothing ran there"
             self._started.pop(jid, None)
             yield Done(job, HostResult(job.target.name, FAILED, step=job.step, error=error), by_parent=True)

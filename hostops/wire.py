@@ -312,3 +312,11 @@ class Control:
 class ControlAnswer:
     rows: Tuple[Any, ...]
     closed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Alive:
+    """The keeper's heartbeat to a run's client (every few seconds, busy or not)."""
+
+
+ALIVE = Alive()

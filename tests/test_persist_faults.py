@@ -116,3 +116,41 @@ def test_ctrl_c_stops_this_runs_commands_and_the_keeper_stays(hostops, loud_lab,
     run = hostops("exec", "echo ok", "-i", inv, "--known-hosts", kh, "--persist", "5m", "--json")
     assert run.code == 0, run
     assert loud_lab.count_logins() == before  # and its connections are still warm
+
+
+def test_a_stopped_keeper_is_given_up_on_not_waited_for(loud_lab, runtime, setup, tmp_path, monkeypatch):
+    """A keeper that is alive but silent (SIGSTOP) sends no heartbeat: the client reports the
+    hosts it owes after KEEPER_SILENCE (shortened here) instead of hanging."""
+    from hostops import keeperclient
+    from hostops.actions import ExecAction
+    from hostops.inventory import Inventory
+    from hostops.settings import Options, resolve
+    from hostops.wire import Done, Job, Started
+
+    inv, kh = setup
+    monkeypatch.setattr(keeperclient, "KEEPER_SILENCE", 5.0)
+    options = Options(known_hosts=(kh,), persist=300.0)
+    inventory = Inventory.load([inv])
+    targets = resolve(inventory, inventory.select("all"), options)[:2]
+    pool = keeperclient.KeeperPool(options, len(targets))
+    pool.start()
+    pid = keeper_pid(runtime)
+    assert pid is not None
+    jobs = [Job(i, t, ExecAction(_sleeper(tmp_path), None, False)) for i, t in enumerate(targets)]
+    results = []
+    stopped = False
+    try:
+        for event in pool.run(jobs):
+            if isinstance(event, Started) and not stopped and len(_pids(tmp_path)) == 0:
+                assert wait_until(lambda: len(_pids(tmp_path)) >= 1, 60)
+                os.kill(pid, signal.SIGSTOP)
+                stopped = True
+            if isinstance(event, Done):
+                results.append(event.result)
+    finally:
+        if stopped:
+            os.kill(pid, signal.SIGCONT)
+        pool.close()
+    assert stopped
+    assert sorted(r.host for r in results) == sorted(t.name for t in targets)
+    assert all(r.status == "failed" and "has not answered for 5s" in r.error for r in results)
