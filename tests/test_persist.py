@@ -67,12 +67,14 @@ def test_keeper_files_are_private(hostops, runtime, setup):
     assert os.stat(os.path.join(directory, "keeper.log")).st_mode & 0o777 == 0o600
     with open(f"/proc/{keeper_pid(runtime)}/net/unix") as fh:  # no network socket: only the unix one
         assert any(os.path.join(directory, "keeper.sock") in line for line in fh)
-    with open(f"/proc/{keeper_pid(runtime)}/net/tcp") as fh:
-        inode_lines = fh.read().splitlines()[1:]
+    inode_lines = []
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        with open(f"/proc/{keeper_pid(runtime)}/net/{table}") as fh:
+            inode_lines += fh.read().splitlines()[1:]
     fds = os.listdir(f"/proc/{keeper_pid(runtime)}/fd")
     socket_inodes = {os.readlink(f"/proc/{keeper_pid(runtime)}/fd/{fd}") for fd in fds}
-    listening = [line.split()[9] for line in inode_lines if line.split()[3] == "0A"]  # TCP_LISTEN
-    assert not [i for i in listening if f"socket:[{i}]" in socket_inodes]
+    network = [line.split()[9] for line in inode_lines]  # any TCP or UDP socket, listening or not
+    assert not [i for i in network if f"socket:[{i}]" in socket_inodes]
 
 
 def test_keeper_exits_by_itself_after_persist(hostops, runtime, setup):
