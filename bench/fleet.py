@@ -37,13 +37,16 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from sshlab import SSHD  # noqa: E402  (reused: the lab sshd, inventory and known_hosts writers)
+sys.path.insert(0, BENCH)
+import warm  # noqa: E402  (the warm rows: --persist, ControlPersist)
 
 PEERS = os.path.join(BENCH, "peers")
 RESULTS = os.path.join(BENCH, "results")
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 CORES = os.cpu_count() or 1
-ALL_TOOLS = ("hostops", "asyncssh", "pssh-lib", "fabric", "naive-pool", "pssh", "clush")
+ALL_TOOLS = ("hostops", "asyncssh", "pssh-lib", "fabric", "naive-pool", "pssh", "clush",
+             "hostops-warm", "pssh-warm", "ansible-warm")
 COMMAND = "echo ok"
 
 
@@ -270,12 +273,15 @@ class Lab:
         self.ssh_kex = ssh_kex
         self.rtt_ms = rtt_ms
         self.workdir = workdir
-        self.sshd = SSHD(os.path.join(workdir, "sshd"))
+        self.sshd = SSHD(os.path.join(workdir, "sshd"), log_level="INFO")  # INFO: logins are counted
         self.proxy: Optional[subprocess.Popen] = None
         self.port = 0
 
     def start(self) -> "Lab":
         self.sshd.start()
+        self.cpu_group = warm.CpuGroup.make("sshd")  # ns-precise sshd CPU, sessions alive or not
+        if self.cpu_group is not None:
+            self.cpu_group.add([self.sshd.proc.pid])  # before any connection: every session inherits it
         self.port = self.sshd.port
         if self.rtt_ms > 0:
             self._start_proxy()
@@ -309,6 +315,8 @@ class Lab:
                 "  ConnectTimeout 60",
                 "  LogLevel ERROR",
             ] + ([f"  KexAlgorithms {self.ssh_kex}"] if self.ssh_kex else [])) + "\n")
+        self.ssh_config_warm = warm.write_warm_ssh_config(self)
+        self.ansible_hosts = warm.write_ansible_inventory(self)
         self.fleet = os.path.join(self.workdir, "fleet.json")
         with open(self.fleet, "w") as fh:
             json.dump({"user": self.sshd.user, "key": self.sshd.user_key, "known_hosts": self.known_hosts,
@@ -348,8 +356,9 @@ class Lab:
         return pids
 
     def cpu(self) -> Dict[str, float]:
-        _own, total = proc_cpu(self.sshd.proc.pid)
-        out = {"sshd": total}
+        """sshd's whole tree: what it reaped and every live session (warm tools keep some open)."""
+        group = getattr(self, "cpu_group", None)
+        out = {"sshd": group.seconds() if group is not None else warm.tree_cpu([self.sshd.proc.pid])}
         if self.proxy is not None:
             out["proxy"] = proc_cpu(self.proxy.pid)[0]
         return out
@@ -366,13 +375,17 @@ class Lab:
                     self.proxy.wait(5)
             self.proxy = None
         self.sshd.stop()
+        if getattr(self, "cpu_group", None) is not None:
+            time.sleep(0.5)
+            self.cpu_group.remove()
 
 
 # ------------------------------------------------------------------ tools
 class Tool:
     def __init__(self, name: str, argv: Callable[["Lab", argparse.Namespace], List[str]],
                  parse: Callable[[str, str], Tuple[int, List[str]]], available: Callable[[], Optional[str]],
-                 note: str = ""):
+                 note: str = "", warm_side: Optional["warm.Warm"] = None):
+        self.warm = warm_side  # a warm row: primed before, its connection holders measured apart
         self.name = name
         self.argv = argv
         self.parse = parse
@@ -487,7 +500,33 @@ def tools(args: argparse.Namespace) -> Dict[str, Tool]:
         Tool("clush", lambda lab, a: ["clush", "--hostfile", lab.hostfile, "-f", str(a.forks),
                                       "-o", f"-F {lab.ssh_config}", "-t", str(t), "-u", str(a.run_timeout), COMMAND],
              parse_clush, _command_missing("clush", "clustershell")),
+        Tool("hostops-warm", lambda lab, a: [py, "-m", "hostops", "exec", COMMAND, "-i", lab.inventory,
+                                             "--known-hosts", lab.known_hosts, "-f", str(a.forks), "--json",
+                                             "--persist", warm.PERSIST] + shlex.split(a.hostops_args),
+             parse_hostops, _module_missing("hostops"), warm_side=warm.HostopsWarm("hostops-warm"),
+             note="second run with --persist; the keeper's CPU and RSS are added to the client's"),
+        Tool("pssh-warm", lambda lab, a: ["parallel-ssh", "-h", lab.hostfile, "-p", str(a.forks), "-t", str(t),
+                                          "-x", f"-F {lab.ssh_config_warm}", "-i", COMMAND],
+             parse_pssh, _command_missing("parallel-ssh", "pssh"), warm_side=warm.MasterWarm("pssh-warm", "cm"),
+             note="second run with ControlMaster auto + ControlPersist; the ssh masters' CPU and RSS are added"),
+        Tool("ansible-warm", lambda lab, a: [os.path.join(os.path.dirname(py), "ansible"), "all", "-i", lab.ansible_hosts,
+                                             "-m", "raw", "-a", COMMAND, "-f", str(a.forks), "-o"],
+             parse_ansible, _command_missing(os.path.join(os.path.dirname(py), "ansible"), "ansible-core"),
+             warm_side=warm.AnsibleWarm("ansible-warm", "acp"),
+             note="ansible -m raw, second run over its ControlPersist masters; their CPU and RSS are added"),
     ]}
+
+
+def parse_ansible(out: str, err: str) -> Tuple[int, List[str]]:
+    """ansible -o: ``host | CHANGED | rc=0 | (stdout) ok``."""
+    ok, reasons = set(), []
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(" | ")]
+        if len(parts) >= 4 and parts[1] in ("CHANGED", "SUCCESS") and parts[2] == "rc=0" and "ok" in parts[3]:
+            ok.add(parts[0])
+        elif line.strip():
+            reasons.append(line.strip()[:200])
+    return len(ok), reasons
 
 
 # ------------------------------------------------------------------ one run
@@ -507,11 +546,19 @@ def run_one(tool: Tool, lab: Lab, args: argparse.Namespace, rnd: int, env: Dict[
     out_path = os.path.join(lab.workdir, f"{tool.name}-r{rnd}-a{attempt}.out")
     err_path = os.path.join(lab.workdir, f"{tool.name}-r{rnd}-a{attempt}.err")
     lab.wait_idle(30)
+    primed = tool.warm.prime(argv, lab, env) if tool.warm else None
+    if tool.warm:
+        env = {**env, **tool.warm.env(lab)}
     reap_adopted(-1, lab.own_pids())   # strays from before this run: not this run's
     waited, load_before = wait_quiet(args.settle_max) if args.settle_max > 0 else (0.0, 0.0)
     times0 = cpu_times()
     busy0 = system_busy()
     cpu0 = lab.cpu()
+    logins0 = lab.sshd.count_logins()
+    held_group = warm.CpuGroup.make(f"held-{rnd}-{attempt}") if tool.warm else None
+    if held_group is not None:  # the processes holding the connections, from here on
+        held_group.add([p for root in tool.warm.holders(lab) for p in warm.tree(root)])
+    held0 = (held_group.seconds() if held_group else warm.tree_cpu(tool.warm.holders(lab))) if tool.warm else 0.0
     overflow0 = listen_overflows()
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     timed_out = threading.Event()
@@ -551,10 +598,20 @@ def run_one(tool: Tool, lab: Lab, args: argparse.Namespace, rnd: int, env: Dict[
                 pass
         _pid, status, ru = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here: Popen must not wait again
+    logins = lab.sshd.count_logins() - logins0
+    held_cpu = held_rss = 0.0
+    if tool.warm:  # measured before the held connections close (closing them is not the run's cost)
+        held = tool.warm.holders(lab)
+        held_cpu = (held_group.seconds() if held_group else warm.tree_cpu(held)) - held0
+        held_rss = warm.tree_rss(held)
+        cpu_warm = lab.cpu()
+        tool.warm.teardown(lab, env)
+        if held_group is not None:
+            held_group.remove()
     idle = lab.wait_idle(60)
     # descendants the tool did not reap were adopted by us (subreaper): count them too
     orphan_cpu, orphans, sshd_orphan_cpu, sshd_orphans = reap_adopted(proc.pid, lab.own_pids())
-    cpu1 = lab.cpu()
+    cpu1 = cpu_warm if tool.warm else lab.cpu()
     self1 = resource.getrusage(resource.RUSAGE_SELF)
     busy1 = system_busy()
     times1 = cpu_times()
@@ -570,14 +627,16 @@ def run_one(tool: Tool, lab: Lab, args: argparse.Namespace, rnd: int, env: Dict[
         "tool": tool.name, "round": rnd, "argv": argv, "exit_code": proc.returncode,
         "timed_out": timed_out.is_set(), "wall_s": round(wall, 3),
         "client_user_s": round(client_user, 3), "client_sys_s": round(client_sys, 3),
-        "client_cpu_s": round(client_user + client_sys + orphan_cpu, 3),
+        "client_cpu_s": round(client_user + client_sys + orphan_cpu + held_cpu, 3),
+        "held_cpu_s": round(held_cpu, 3), "held_rss_mb": round(held_rss / 2**20, 1), "logins": logins,
+        "primed": list(primed) if primed else None,
         "client_unreaped_cpu_s": round(orphan_cpu, 3), "client_unreaped_processes": orphans,
         "sshd_orphans_cpu_s": round(sshd_orphan_cpu, 3), "sshd_orphans": sshd_orphans,
         "sshd_cpu_s": round(sshd_cpu, 3), "floor_s": round(floor, 3),
         "wall_over_floor": round(wall / floor, 2) if floor > 0 else None,
         "peak_rss_mb": round(max(ru.ru_maxrss * 1024, sampler.peak_one) / 2**20, 1),
         "peak_rss_sampled_mb": round(sampler.peak_one / 2**20, 1),
-        "summed_rss_mb": round(sampler.peak_sum / 2**20, 1),
+        "summed_rss_mb": round((sampler.peak_sum + held_rss) / 2**20, 1),
         "peak_processes": sampler.peak_procs, "rss_samples": sampler.samples,
         "hosts": lab.hosts, "hosts_ok": ok,
         "failures": len(reasons), "failure_examples": sorted(set(reasons))[:5],
@@ -627,7 +686,9 @@ def summarize(runs: List[dict], hosts: int) -> List[dict]:
                "hosts_ok_min": min(oks), "hosts_ok_max": max(oks), "hosts": hosts,
                "timeouts": sum(r["timed_out"] for r in rs),
                "disturbed_runs_used": sum(bool(r.get("disturbed")) for r in rs),
-               "other_cpu_s": med("other_cpu_s"), "listen_overflows": med("listen_overflows")}
+               "other_cpu_s": med("other_cpu_s"), "listen_overflows": med("listen_overflows"),
+               "logins": med("logins") if any("logins" in r for r in rs) else None,
+               "held_rss_mb": med("held_rss_mb") if any("held_rss_mb" in r for r in rs) else None}
         if any("proxy_cpu_s" in r for r in rs):
             row["proxy_cpu_s"] = med("proxy_cpu_s")
         rows.append(row)
@@ -636,7 +697,7 @@ def summarize(runs: List[dict], hosts: int) -> List[dict]:
 
 def format_table(rows: List[dict]) -> str:
     head = ["tool", "wall s", "client CPU s", "sshd CPU s", "floor s", "wall/floor", "peak RSS MB",
-            "summed RSS MB", "hosts ok"]
+            "summed RSS MB", "logins", "hosts ok"]
     lines = []
     for r in rows:
         ok = f"{r['hosts_ok_min']}/{r['hosts']}" if r["hosts_ok_min"] == r["hosts_ok_max"] \
@@ -646,7 +707,8 @@ def format_table(rows: List[dict]) -> str:
         name = r["tool"] + (" *" if r["disturbed_runs_used"] else "")
         wf = "-" if r["wall_over_floor"] is None else f"{r['wall_over_floor']:.2f}"
         lines.append([name, f"{r['wall_s']:.2f}", f"{r['client_cpu_s']:.2f}", f"{r['sshd_cpu_s']:.2f}",
-                      f"{r['floor_s']:.2f}", wf, f"{r['peak_rss_mb']:.0f}", f"{r['summed_rss_mb']:.0f}", ok])
+                      f"{r['floor_s']:.2f}", wf, f"{r['peak_rss_mb']:.0f}", f"{r['summed_rss_mb']:.0f}",
+                      "-" if r.get("logins") is None else f"{r['logins']:.0f}", ok])
     widths = [max(len(head[i]), *(len(l[i]) for l in lines)) for i in range(len(head))]
     fmt = lambda cells: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
                                           for i, (c, w) in enumerate(zip(cells, widths))) + " |"
@@ -758,7 +820,8 @@ def report_run(rec: dict, rnd: int, args: argparse.Namespace) -> None:
         flag += f"  [disturbed: {rec['other_cpu_s']:.1f}s CPU used by other processes]"
     print(f"fleet: round {rnd + 1}/{args.rounds} {rec['tool']:<10} wall {rec['wall_s']:7.2f}s "
           f"client {rec['client_cpu_s']:7.2f}s sshd {rec['sshd_cpu_s']:7.2f}s "
-          f"ok {rec['hosts_ok']}/{args.hosts} rc={rec['exit_code']}{flag}", file=sys.stderr)
+          f"ok {rec['hosts_ok']}/{args.hosts} logins {rec.get('logins', '-')} rc={rec['exit_code']}{flag}",
+          file=sys.stderr)
     if rec["hosts_ok"] < args.hosts and rec["failure_examples"]:
         print(f"fleet:   e.g. {rec['failure_examples'][0][:300]}", file=sys.stderr)
 

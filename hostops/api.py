@@ -157,7 +157,7 @@ class Session:
         self.report = report if report is not None else RunReport()
         self.handle_signals = handle_signals
         self.log: Any = None
-        self.pool: Pool | None = None
+        self.pool: Any = None  # a Pool, or with --persist a KeeperPool (hostops.keeperclient)
         self._interrupts: _Interrupts | None = None
         self._hosts: list[str] = []
         self.not_started: list[str] = []
@@ -205,7 +205,7 @@ class Session:
                          "options": _loggable(self.options)}, "start")
         if self.handle_signals:
             self._interrupts = _Interrupts().install()
-        self.pool = Pool(self.options, self.host_count)
+        self.pool = make_pool(self.options, self.host_count)
         self.pool.start()
         return self
 
@@ -242,6 +242,7 @@ class Session:
         result: HostResult = event.result
         if event.by_parent:  # made up by the pool: the worker died or is stuck; clean up after it
             _discard_partial(event.job)
+        if event.by_parent or not self.pool.logs_results:
             if self.log is not None:  # no worker logged it
                 try:
                     self.log.write({"event": "host", **result.to_json()})
@@ -296,6 +297,16 @@ class Session:
                 finally:
                     self.log.close()
                     self.log = None
+
+
+def make_pool(options: Options, host_count: int) -> Any:
+    """The pool a session runs on: its own worker processes, or with ``options.persist`` the
+    connection keeper's (:class:`hostops.keeperclient.KeeperPool`, the same interface)."""
+    if options.persist:
+        from hostops.keeperclient import KeeperPool
+
+        return KeeperPool(options, host_count)
+    return Pool(options, host_count)
 
 
 def _discard_partial(job: Job) -> None:

@@ -95,6 +95,24 @@ def choice(*names: str) -> Kind:
     return Kind("one of " + ", ".join(names), check)
 
 
+def _duration(value: Any) -> str:
+    """A --persist duration: 90, "90s", "10m", "2h", "1d", or 0/off for none."""
+    from hostops.errors import UsageError
+    from hostops.keepersock import parse_duration
+
+    if isinstance(value, bool):  # YAML reads off/no as false
+        value = "0" if not value else "true"
+    text = str(value) if isinstance(value, (int, float, str)) else None
+    if text is None:
+        raise ValueError(f"got {_name(value)}")
+    try:
+        parse_duration(text)
+    except UsageError:
+        raise ValueError(f"got {_name(value)}") from None
+    return text
+
+
+DURATION = Kind("a duration such as 90s, 10m, 2h (0 or off: none)", _duration)
 STRING = Kind("a string", _string)
 PATH = Kind("a file or directory path", _string, is_path=True)
 PATHS = Kind("a path or a list of paths", _strings, is_path=True, is_list=True)
@@ -116,8 +134,7 @@ class Key:
     default: Any = None  # shown by `hostops config` when the parameter has no default of its own
 
 
-#: Every key a config file may hold. Issues 15/16 add e.g.
-#: ``Key("persist", BOOL, "persist", None, "keep connections between runs")``: one line each.
+#: Every key a config file may hold: one line each.
 KEYS: Tuple[Key, ...] = (
     # param None: read by cli.options.default_inventories when a command needs hosts and has no -i/-H
     Key("inventory", PATHS, None, "HOSTOPS_INVENTORY", "inventory file(s), merged in order (-i)",
@@ -140,6 +157,8 @@ KEYS: Tuple[Key, ...] = (
     Key("output", choice("text", "json", "stream", "gather", "quiet"), "output", None,
         "output mode of exec/put/get/script/run (--output)", "text"),
     Key("color", choice("auto", "always", "never"), "color", None, "colour on a terminal (--color)", "auto"),
+    Key("persist", DURATION, "persist", "HOSTOPS_PERSIST", "keep connections warm this long once idle "
+        "(--persist)", "0: no keeper"),
 )
 KEY_BY_NAME: Dict[str, Key] = {k.name: k for k in KEYS}
 ENV_VARS: Tuple[str, ...] = ("HOSTOPS_CONFIG",) + tuple(k.env for k in KEYS if k.env)

@@ -128,6 +128,8 @@ class _Worker:
 class Pool:
     """``processes`` worker processes running at most ``forks`` hosts at once in total."""
 
+    logs_results = True  # the workers write each host's log record (a KeeperPool's do not)
+
     def __init__(self, options: Options, host_count: int):
         self.options = options  # handed to the workers whole
         self.run_options = run = options.run_options()  # the run-wide part (a bad start method: UsageError, exit 2)

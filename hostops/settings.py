@@ -61,6 +61,7 @@ class Options:
     jump: Optional[str] = None       # -J/--jump [user@]host[:port][,…] for every host
     explicit: Tuple[str, ...] = ()   # options given (flag, environment, config file): they beat ssh_config
     state_dir: Optional[str] = None  # where last-run.json goes without --log (None: $XDG_STATE_HOME/hostops)
+    persist: float = 0.0             # --persist: seconds the keeper holds connections once idle (0: no keeper)
 
     def run_options(self) -> "RunOptions":
         """The run-wide part: the same for every host."""
@@ -86,6 +87,8 @@ class Options:
             raise UsageError("-t/--timeout must be more than 0 seconds")
         if self.keepalive < 0 or self.kill_grace < 0:
             raise UsageError("--keepalive and --kill-grace cannot be negative")
+        if self.persist < 0:
+            raise UsageError("--persist cannot be negative")
         if self.max_output < 1024:
             raise UsageError("--max-output must be at least 1 KiB")
         if self.start_method is not None and self.start_method not in START_METHODS:

@@ -120,6 +120,11 @@ class SSHConnection(Connection):
         command, prompt = sudo_prelude(command, opts, sudo, stdin)
         try:
             chan = self.transport.open_session(timeout=opts.connect_timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:  # nothing was sent to run: "channel-open"
+            why = str(exc) or ("the connection closed" if not self.transport.is_active() else type(exc).__name__)
+            raise ConnectError(f"cannot start the command on {self.target.hostname}: {why}", "channel-open") \
+                from None
+        try:
             chan.exec_command(with_pid_report(command))
             if stdin is None and prompt is None:
                 chan.shutdown_write()

@@ -52,6 +52,7 @@ class Job:
     step: Optional[str] = None
     timeout: Optional[float] = None   # None: the action's own
     sudo: Optional[bool] = None       # None: the action's own
+    run: int = 0                      # the keeper's run (--persist): whose options and secrets
 
     def __post_init__(self) -> None:
         if self.timeout is None:
@@ -87,6 +88,40 @@ class Release:
 
 ABORT = Abort()
 STOP = Stop()
+
+
+# ------------------------------------------------------------------ keeper → its workers (--persist)
+@dataclasses.dataclass(frozen=True)
+class RunBegin:
+    """A client's run begins: its options (secrets included: they live only as long as the
+    run) and how long its connections are held once idle."""
+
+    run: int
+    options: Any
+    persist: float
+    cwd: str  # the client's: relative paths of put/get/script resolve there
+
+
+@dataclasses.dataclass(frozen=True)
+class RunEnd:
+    """The run is over: its options and secrets are dropped."""
+
+    run: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunAbort:
+    """Stop this run's commands (its client pressed Ctrl-C or went away); other runs go on."""
+
+    run: int
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldQuery:
+    """List the held connections (``close``: close those whose host matches it first)."""
+
+    tag: int
+    close: Optional[str] = None
 
 
 # ------------------------------------------------------------------ worker → parent (results)
@@ -135,6 +170,16 @@ class WorkerFailed:
     __slots__ = ("message",)
     message: str
     __reduce__ = _by_fields
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldRows:
+    """A worker's answer to :class:`HeldQuery`: one dict per held connection, and how many
+    it closed."""
+
+    tag: int
+    rows: Tuple[Any, ...]
+    closed: int = 0
 
 
 WorkerMessage = Any  # JobStarted | JobOutput | JobDone | JobUnstarted | WorkerFailed (3.9: no `|`)
@@ -222,3 +267,56 @@ class ResultsChannel:
     def __setstate__(self, queue: Any) -> None:
         self._queue = queue
         self._reader, self._writer = _patches.queue_ends(queue)
+
+
+# ------------------------------------------------------------------ client ↔ keeper (the socket)
+@dataclasses.dataclass(frozen=True)
+class Begin:
+    """A client's run: its options (no log: the client writes it) and --persist seconds."""
+
+    options: Any
+    persist: float
+    agent: Optional[str]  # the client's SSH_AUTH_SOCK: a keeper started with another is not used
+    cwd: str              # the client's working directory
+
+
+@dataclasses.dataclass(frozen=True)
+class Begun:
+    keeper_pid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Refused:
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Jobs:
+    jobs: Tuple[Any, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cancel:
+    """Stop this run (a first Ctrl-C): running commands stopped, jobs not begun handed back."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Control:
+    """``hostops connections``: ``list``, ``close`` (hosts matching ``pattern``) or ``stop``."""
+
+    what: str
+    pattern: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlAnswer:
+    rows: Tuple[Any, ...]
+    closed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Alive:
+    """The keeper's heartbeat to a run's client (every few seconds, busy or not)."""
+
+
+ALIVE = Alive()

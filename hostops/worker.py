@@ -45,10 +45,8 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
         return HostResult(name, status, start=start, duration=time.monotonic() - t0, step=job.step, **kw)
 
     needs_connection = job.action.needs_connection  # keys scan: handshake only, no login
-    conn = ctx.connections.pop(name, None) if (job.keep and ctx is not None and needs_connection) else None
-    if conn is not None and not conn.alive():
-        conn.close()
-        conn = None
+    held = ctx.held if (ctx is not None and needs_connection and job.target.connection != "local") else None
+    conn, entry = _reuse(job, ctx, held)
     if conn is None and needs_connection:
         try:
             conn = connect(job.target, ctx)
@@ -56,9 +54,18 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
             return result(UNREACHABLE, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug or an unexpected library error: report, don't crash the worker
             return result(UNREACHABLE, error=f"unexpected error while connecting: {type(exc).__name__}: {exc}")
-    keep = job.keep
+    keep = job.keep or held is not None
     try:
-        outcome = job.action.run(conn, job.target, ctx, on_output)
+        try:
+            outcome = job.action.run(conn, job.target, ctx, on_output)
+        except ConnectError as exc:
+            if entry is None or exc.stage not in ("channel-open", "sftp"):
+                raise
+            # a held connection that died unnoticed (silently dropped): nothing ran on it; log in afresh, once
+            conn.close()
+            conn = entry = None
+            conn = connect(job.target, ctx)
+            outcome = job.action.run(conn, job.target, ctx, on_output)
     except CommandAborted as exc:
         return result(INTERRUPTED, stdout=exc.stdout, stderr=exc.stderr, error=exc.note or "interrupted")
     except CommandTimeout as exc:
@@ -74,17 +81,73 @@ def execute(job: Job, ctx, on_output: Optional[Callable[[str, bytes], None]] = N
     finally:
         if conn is None:
             pass
+        elif held is not None and keep and conn.alive():
+            _checkin(job, ctx, conn, entry)
         elif keep and conn.alive():
             ctx.connections[name] = conn
         else:
             conn.close()
+    status, error = _verdict(outcome)
+    return result(status, exit_code=outcome.exit_code, stdout=outcome.stdout, stderr=outcome.stderr, error=error)
+
+
+def _verdict(outcome: Any) -> Tuple[str, Optional[str]]:
+    """(status, error) of a command's outcome; sudo asking for a password is said plainly."""
     status = outcome.status or (OK if outcome.exit_code == 0 and not outcome.error else FAILED)
     error = outcome.error
     if status == FAILED and error is None and b"sudo: a password is required" in outcome.stderr:
         from hostops.remotecmd import SUDO_NO_PASSWORD
 
         error = SUDO_NO_PASSWORD
-    return result(status, exit_code=outcome.exit_code, stdout=outcome.stdout, stderr=outcome.stderr, error=error)
+    return status, error
+
+
+def _reuse(job: Job, ctx: Any, held: Any) -> Tuple[Any, Any]:
+    """(a live connection to reuse or None, its held entry or None): a keeper's held one of the
+    same identity (--persist), or the one a runbook kept for this host."""
+    if held is not None:
+        conn, entry = _checkout(job, ctx)
+    else:
+        entry = None
+        keep = job.keep and ctx is not None and job.action.needs_connection
+        conn = ctx.connections.pop(job.target.name, None) if keep else None
+    if conn is not None and not conn.alive():
+        conn.close()
+        conn, entry = None, None
+    return conn, entry
+
+
+def _checkout(job: Job, ctx: Any) -> Tuple[Any, Any]:
+    """(a held connection for ``job`` with its entry, or (None, None)): same identity, alive,
+    and its host key still trusted under the run's known_hosts; else it is closed."""
+    from hostops.held import identity, still_trusted
+
+    entry = ctx.held.take(identity(job.target, ctx.options))
+    if entry is None:
+        return None, None
+    conn = entry.conn
+    if not conn.alive() or not still_trusted(conn, job.target, ctx):
+        _close_quietly(conn)
+        return None, None
+    if hasattr(conn, "ctx"):
+        conn.ctx = ctx  # this run's options, secrets and abort flag, for this job only
+    return conn, entry
+
+
+def _checkin(job: Job, ctx: Any, conn: Any, entry: Any) -> None:
+    """Hold ``conn`` again for the next run, with the worker's base context (no secrets)."""
+    from hostops.held import Held, identity
+
+    now = time.time()
+    if entry is None:
+        t = job.target
+        entry = Held(conn, identity(t, ctx.options), t.name, t.user, t.hostname, t.port, now, now, 0, 0.0)
+    entry.conn, entry.name, entry.last_used = conn, job.target.name, now
+    entry.runs += 1
+    entry.persist = ctx.persist
+    if hasattr(conn, "ctx"):
+        conn.ctx = ctx.held.base_ctx
+    ctx.held.put(entry)
 
 
 class _LineSplitter:
@@ -214,9 +277,10 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def worker_main(worker_id: int, inbox: Any, results: ResultsChannel, options: Options, threads: int,
-                parent_pid: int, credit: Any = None) -> None:
+                parent_pid: int, credit: Any = None, threads_class: Any = None) -> None:
     """Entry point of a worker process (must stay importable under spawn). ``credit``: the
-    semaphore bounding --stream pieces in flight (see STREAM_CREDIT)."""
+    semaphore bounding --stream pieces in flight (see STREAM_CREDIT). ``threads_class``: the
+    connection keeper's (:class:`hostops.keeperworker.KeeperThreads`: many runs, connections held)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
 
     def on_term(_signum: int, _frame: Any) -> None:
@@ -232,7 +296,7 @@ def worker_main(worker_id: int, inbox: Any, results: ResultsChannel, options: Op
         results.put(WorkerFailed(f"worker {worker_id} could not start: {exc}"))
         results.close()
         return
-    worker = _HostThreads(options, results, ctx, log, credit)
+    worker = (threads_class or _HostThreads)(options, results, ctx, log, credit)
     pool: List[threading.Thread] = [threading.Thread(target=worker.serve, name=f"host-{i}", daemon=True)
                                     for i in range(threads)]
     for t in pool:
@@ -241,6 +305,8 @@ def worker_main(worker_id: int, inbox: Any, results: ResultsChannel, options: Op
         worker.read_inbox(inbox)
     except _Terminated:
         ctx.request_abort()
+        for run_ctx in list(getattr(worker, "runs", {}).values()):
+            run_ctx.request_abort()
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # cleanup below is bounded; let it finish
         worker.shut_down(pool)
@@ -280,19 +346,21 @@ class _HostThreads:
 
     def serve(self) -> None:
         """One host thread: run jobs until told to stop (None)."""
-        options, results, ctx = self.options, self.results, self.ctx
+        results = self.results
         while True:
             job = self.jobs.get()
             if job is None:
                 return
+            ctx = self.ctx_for(job)
+            options = ctx.options
             if ctx.abort.is_set():
                 results.put(JobUnstarted(job.id))
                 continue
             results.put(JobStarted(job.id))
             splitter = sender = None
             if options.stream_output:
-                def send(stream: str, data: bytes, j: int = job.id) -> None:
-                    results.put(JobOutput(j, stream, options.secrets.redact(data)))
+                def send(stream: str, data: bytes, j: int = job.id, secrets: Secrets = options.secrets) -> None:
+                    results.put(JobOutput(j, stream, secrets.redact(data)))
 
                 sender = _StreamSender(send, self.credit, ctx.abort, job.action.timeout)
                 splitter = _MaskedStreams(options.secrets, _LineSplitter(sender))
@@ -306,10 +374,14 @@ class _HostThreads:
                 splitter.flush()
             if sender is not None and sender.note():
                 res.error = (res.error + "; " if res.error else "") + str(sender.note())
-            self._report(job, res)
+            self._report(job, res, options)
 
-    def _report(self, job: Job, res: HostResult) -> None:
-        redact_result(res, self.options.secrets)  # before it is logged or leaves this process
+    def ctx_for(self, job: Job) -> Any:  # noqa: ARG002  (a keeper's worker has one context per run)
+        """The context ``job`` runs in: the worker's own (one per run in a keeper's worker)."""
+        return self.ctx
+
+    def _report(self, job: Job, res: HostResult, options: Options) -> None:
+        redact_result(res, options.secrets)  # before it is logged or leaves this process
         if self.log is not None:
             try:
                 self.log.write({"event": "host", **res.to_json()})

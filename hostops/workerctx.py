@@ -20,7 +20,7 @@ import contextlib
 import os
 import socket
 import threading
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from hostops.auth import read_key
 from hostops.connection import Connection
@@ -30,6 +30,9 @@ from hostops.local import LocalConnection
 from hostops.settings import Options, Target
 from hostops.ssh import SSHConnection
 
+if TYPE_CHECKING:
+    from hostops.held import HeldStore
+
 MAX_HANDSHAKES_PER_WORKER = 256  # the adaptive limit's ceiling (hostops.limiter)
 CONNECTIONS_PER_WORKER = 64  # hosts from TCP connect to logged in, per worker (connection_slot)
 
@@ -37,8 +40,12 @@ CONNECTIONS_PER_WORKER = 64  # hosts from TCP connect to logged in, per worker (
 class WorkerContext:
     """Per-process state shared by all the connections a worker makes."""
 
-    def __init__(self, options: Options):
+    def __init__(self, options: Options, held: Optional["HeldStore"] = None):
         self.options = options
+        #: In a keeper's worker (--persist): the connections held between runs, shared by
+        #: every run's context in the process (None in an ordinary run).
+        self.held = held
+        self.persist = 0.0  # seconds this run's connections stay held once idle (keeper only)
         self._hostkeys = None
         self._keys: Dict[str, object] = {}
         self._lock = threading.Lock()
@@ -129,17 +136,44 @@ class WorkerContext:
 
     def jump_connection(self, hops: Tuple[Target, ...]) -> "SSHConnection":
         """The connection to the last of ``hops`` (through the ones before it), shared by every
-        host of this worker behind the same jump chain; opened on first use."""
+        host of this worker behind the same jump chain; opened on first use. In a keeper's
+        worker the jump connections are held between runs too (keyed by their identity, their
+        host key checked again before reuse)."""
+        jumps: Dict[Any, SSHConnection] = self._jumps
+        locks: Dict[Any, threading.Lock] = self._jump_locks
+        key: Any = hops
+        if self.held is not None:
+            from hostops.held import identity
+
+            jumps, locks, key = self.held.jumps, self.held.jump_locks, (hops, identity(hops[-1], self.options))
         with self._lock:
-            lock = self._jump_locks.setdefault(hops, threading.Lock())
+            lock = locks.setdefault(key, threading.Lock())
         with lock:
-            conn = self._jumps.get(hops)
-            if conn is not None and conn.alive():
+            conn = jumps.get(key)
+            if conn is not None and conn.alive() and self._still_trusted(conn, hops[-1]):
                 return conn
             via = self.jump_connection(hops[:-1]) if len(hops) > 1 else None
             conn = SSHConnection.open(hops[-1], self, via=via)
-            self._jumps[hops] = conn
+            if self.held is not None:
+                conn.ctx = self.held.base_ctx  # held past this run: no run's secrets through it
+            jumps[key] = conn
             return conn
+
+    def _still_trusted(self, conn: "SSHConnection", hop: Target) -> bool:
+        if self.held is None:
+            return True
+        from hostops.held import still_trusted
+
+        return still_trusted(conn, hop, self)
+
+    def close(self) -> None:
+        """A run's context in a keeper's worker is done: its wake-up pipe and DNS threads go."""
+        self._dns.shutdown(wait=False)
+        for fd in (self._abort_r, self._abort_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def close_jumps(self) -> None:
         for conn in list(self._jumps.values())[::-1]:

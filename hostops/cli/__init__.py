@@ -16,6 +16,7 @@ import click
 from hostops import __version__
 from hostops.cli import commands
 from hostops.cli.config import apply_config, config_cmd
+from hostops.cli.connections import connections_group
 from hostops.cli.keys import keys_group
 from hostops.cli.options import CONTEXT
 from hostops.cli.report import report_cmd
@@ -47,7 +48,7 @@ def cli(ctx: click.Context) -> None:
     apply_config(ctx)
 
 for _command in (commands.exec_cmd, commands.put_cmd, commands.get_cmd, commands.script_cmd, commands.run_cmd,
-                 commands.inventory_cmd, keys_group, report_cmd, config_cmd):
+                 commands.inventory_cmd, keys_group, report_cmd, config_cmd, connections_group):
     cli.add_command(_command)
 cli.add_command(completion_cmd)  # hostops completion bash|zsh|fish (hostops/completion.py)
 cli.add_command(man_cmd)         # hostops man (hostops/manpage.py)

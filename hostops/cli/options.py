@@ -207,6 +207,9 @@ def connection_options(func: Callable) -> Callable:
                      help="Probe a silent connection every S seconds; 3 unanswered probes drop it (0: off)."),
         click.option("--kill-grace", type=click.FloatRange(min=0), default=5.0, show_default=True, metavar="S",
                      help="When stopping a remote command (timeout, Ctrl-C): TERM, then KILL after S seconds."),
+        click.option("--persist", default=None, metavar="DURATION", envvar="HOSTOPS_PERSIST",
+                     help="Keep the connections open in a background keeper for DURATION of idleness (10m, "
+                          "2h); the next run with --persist reuses them without a new login. Or $HOSTOPS_PERSIST."),
         click.option("--max-output", type=SIZE, default="4M", show_default=True, metavar="SIZE",
                      help="Output kept per host and stream (K/M/G suffixes); the middle of longer output "
                           "is dropped with a visible marker."),
@@ -314,6 +317,7 @@ def check_local_usage(kw: dict, stdin: str | None = None, sudo_steps: bool = Fal
 
 
 def build_options(kw: dict, stdin: str | None = None, sudo_steps: bool = False) -> Options:
+    from hostops.keepersock import parse_duration
     from hostops.settings import Options
 
     check_local_usage(kw, stdin, sudo_steps)
@@ -326,6 +330,7 @@ def build_options(kw: dict, stdin: str | None = None, sudo_steps: bool = False) 
         kill_grace=kw["kill_grace"], max_output=kw["max_output"], sudo_user=kw.get("sudo_user"),
         secrets=build_secrets(kw), jump=kw.get("jump"), explicit=_given_on_command_line(),
         state_dir=kw.get("state_dir"),
+        persist=parse_duration(kw.get("persist")),
     )
 
 
