@@ -30,7 +30,15 @@ def _duration(seconds: float) -> str:
 @click.group("connections", context_settings=CONTEXT, invoke_without_command=True)
 @click.pass_context
 def connections_group(ctx: click.Context) -> None:
-    """The connections kept warm by --persist (default: list them)."""
+    """The connections kept warm by --persist (default: list them).
+
+    \b
+    Examples:
+      hostops exec uptime -i hosts.yml --persist 10m   # the keeper holds the logins 10 minutes
+      hostops connections                              # what it holds
+      hostops connections close 'web*'
+      hostops connections stop
+    """
     if ctx.invoked_subcommand is None:
         ctx.invoke(list_cmd)
 
@@ -38,7 +46,13 @@ def connections_group(ctx: click.Context) -> None:
 @connections_group.command("list", context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per connection.")
 def list_cmd(as_json: bool = False) -> None:
-    """Held connections: host, user, age, idle time, runs served."""
+    """Held connections: host, user, age, idle time, runs served.
+
+    \b
+    Examples:
+      hostops connections list
+      hostops connections list --json | jq -r .host
+    """
     from hostops.output import one_line
 
     answer = _ask("list")
@@ -61,7 +75,13 @@ def list_cmd(as_json: bool = False) -> None:
 @connections_group.command("close", context_settings=CONTEXT)
 @click.argument("pattern", default="*")
 def close_cmd(pattern: str) -> None:
-    """Close the held connections whose host matches PATTERN (shell wildcards; default all)."""
+    """Close the held connections whose host matches PATTERN (shell wildcards; default all).
+
+    \b
+    Examples:
+      hostops connections close 'db*'
+      hostops connections close
+    """
     answer = _ask("close", pattern)
     if answer is None:
         click.echo("hostops: no connection keeper is running", err=True)
@@ -71,7 +91,12 @@ def close_cmd(pattern: str) -> None:
 
 @connections_group.command("stop", context_settings=CONTEXT)
 def stop_cmd() -> None:
-    """Stop the keeper: every held connection is closed."""
+    """Stop the keeper: every held connection is closed.
+
+    \b
+    Examples:
+      hostops connections stop
+    """
     answer = _ask("stop")
     if answer is None:
         click.echo("hostops: no connection keeper is running", err=True)
