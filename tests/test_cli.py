@@ -105,21 +105,29 @@ def test_inventory_command_lists_json_and_graph(hostops, tmp_path):
                                       "  |  |--web03", "  |--@db:", "  |  |--db1"]
 
 
-def test_ctrl_c_prints_what_finished_and_exits_130(lab, inventory, known_hosts, isolated_home):
+def test_ctrl_c_prints_what_finished_and_exits_130(lab, inventory, known_hosts, isolated_home, tmp_path):
     inv = inventory(6, addresses=["127.0.0.1", "127.0.0.2"])
-    cmd = 'set -- $SSH_CONNECTION; if [ "$3" = 127.0.0.1 ]; then echo fast; else sleep 60; fi'
+    started = tmp_path / "started"
+    started.mkdir()
+    # the slow hosts say they run (a file each) before sleeping: Ctrl-C comes once they all do, so on a
+    # loaded machine no slow host is still connecting (it would be "not started", with no record)
+    cmd = (f'set -- $SSH_CONNECTION; if [ "$3" = 127.0.0.1 ]; then echo fast; '
+           f'else mktemp {started}/XXXXXX >/dev/null; sleep 60; fi')
     env = dict(os.environ, HOME=str(isolated_home), PYTHONPATH=ROOT)
     proc = subprocess.Popen([sys.executable, "-m", "hostops", "exec", cmd, "-i", inv, "--known-hosts",
                              known_hosts, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)
     try:
         seen = []
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while len(seen) < 3 and time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
                 break
             seen.append(json.loads(line))
+        while len(os.listdir(started)) < 3 and time.monotonic() < deadline:  # bounded: a hang guard
+            time.sleep(0.05)
+        assert len(os.listdir(started)) == 3, "the three slow hosts never started their command"
         assert {r["host"] for r in seen} == {"h001", "h003", "h005"}, seen
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C goes to the whole process group
         out, err = proc.communicate(timeout=30)
