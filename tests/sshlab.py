@@ -44,8 +44,11 @@ class SSHD:
     """One sshd process. ``addresses`` are loopback addresses it listens on (same port)."""
 
     def __init__(self, workdir: str, addresses: Sequence[str] = ("127.0.0.1",), user_key: Optional[str] = None,
-                 host_key_name: str = "ssh_host_ed25519_key", extra_config: str = "", log_level: str = "ERROR"):
+                 host_key_name: str = "ssh_host_ed25519_key", extra_config: str = "", log_level: str = "ERROR",
+                 wrap: Sequence[str] = (), port: int = 0):
         self.workdir = workdir
+        self.wrap = list(wrap)  # a command sshd runs under, e.g. ["ip", "netns", "exec", NS]
+        self.fixed_port = port  # 0: a free port, found at start
         self.addresses = list(addresses)
         self.user = getpass.getuser()
         os.makedirs(workdir, exist_ok=True)
@@ -73,11 +76,11 @@ class SSHD:
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation dir
         last_error = ""
-        for _attempt in range(5):  # a free port can be taken between probe and bind: retry
-            self.port = free_port(self.addresses[0])
+        for _attempt in range(1 if self.fixed_port else 5):  # a free port can be taken between probe and bind
+            self.port = self.fixed_port or free_port(self.addresses[0])
             config = self._write_config()
             log = open(self.log_path, "ab")
-            self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", config], stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen([*self.wrap, sshd, "-D", "-e", "-f", config], stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log)
             log.close()
             if self._wait_ready(timeout):
