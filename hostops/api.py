@@ -149,7 +149,8 @@ class Session:
 
     def __init__(self, options: Options, host_count: int, *, events: Events | None = None,
                  handle_signals: bool = False, keep_connections: bool = False,
-                 report: RunReport | None = None):
+                 report: RunReport | None = None, pool_factory: Callable[[Options, int], Any] | None = None):
+        self.pool_factory = pool_factory or make_pool  # the engine seam: Pool or KeeperPool, or e.g. hostops.cluster.ClusterPool
         self.events: Events = events if events is not None else NoEvents()
         self.options = fit_forks(options, host_count, self.events.warning)
         self.host_count = host_count
@@ -157,7 +158,7 @@ class Session:
         self.report = report if report is not None else RunReport()
         self.handle_signals = handle_signals
         self.log: Any = None
-        self.pool: Any = None  # a Pool, or with --persist a KeeperPool (hostops.keeperclient)
+        self.pool: Any = None  # a Pool, a KeeperPool (--persist), or what pool_factory makes (--cluster)
         self._interrupts: _Interrupts | None = None
         self._hosts: list[str] = []
         self.not_started: list[str] = []
@@ -205,7 +206,7 @@ class Session:
                          "options": _loggable(self.options)}, "start")
         if self.handle_signals:
             self._interrupts = _Interrupts().install()
-        self.pool = make_pool(self.options, self.host_count)
+        self.pool = self.pool_factory(self.options, self.host_count)
         self.pool.start()
         return self
 
@@ -370,7 +371,7 @@ def run_rollout(targets: Sequence[Target], steps: Sequence[StepRun], options: Op
                 spec: RolloutSpec | None = None, events: Events | None = None, *,
                 lock: str | None = None, state_file: str | None = None, what: str | None = None,
                 keep_connections: bool = False, handle_signals: bool = True,
-                warn_unchecked_keys: bool = True) -> RunReport:
+                warn_unchecked_keys: bool = True, pool_factory: Callable[[Options, int], Any] | None = None) -> RunReport:
     """Run ``steps`` over ``targets``, rolled out per ``spec`` (batches, max_fail, canary,
     pause), reporting to ``events``; return the :class:`RunReport` (``report.exit_code`` is
     the run's exit status).
@@ -393,7 +394,7 @@ def run_rollout(targets: Sequence[Target], steps: Sequence[StepRun], options: Op
         if warn_unchecked_keys:
             _warn_unchecked_keys(targets, options, events.warning)
         session = Session(options, len(targets), events=events, handle_signals=handle_signals,
-                          keep_connections=keep_connections, report=report)
+                          keep_connections=keep_connections, report=report, pool_factory=pool_factory)
         shown = _drive(session, targets, steps, spec if spec is not None else RolloutSpec(), what)
         for result in report.results:  # reported while closing (abandoned after a second Ctrl-C)
             if id(result) not in shown:

@@ -135,7 +135,7 @@ class HostKeyChecker:
         if rec.outcome == REVOKED_KEY:
             raise revoked_error(rec.verdict)  # type: ignore[arg-type]
         if rec.outcome == "added":
-            _note_added(AddedKey(name, key.get_name(), fingerprint(key), path))
+            _note_added(AddedKey(name, key.get_name(), fingerprint(key), path, key.asbytes()))
         entry = knownhosts.parse_line(knownhosts_write.format_line(name, key.get_name(), key.asbytes(), False), path,
                                       rec.line or 0)
         if entry is not None:
@@ -184,6 +184,7 @@ class AddedKey:
     key_type: str
     fingerprint: str
     path: str
+    blob: bytes = b""  # the public key itself: --cluster's client records what a worker learned (issue 16)
 
 
 #: Per host thread: the keys written while it connected its host (and that host's jump hosts).
