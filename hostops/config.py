@@ -159,6 +159,7 @@ KEYS: Tuple[Key, ...] = (
     Key("color", choice("auto", "always", "never"), "color", None, "colour on a terminal (--color)", "auto"),
     Key("persist", DURATION, "persist", "HOSTOPS_PERSIST", "keep connections warm this long once idle "
         "(--persist)", "0: no keeper"),
+    Key("cluster", STRING, "cluster", "HOSTOPS_CLUSTER", "Dask scheduler to run through (--cluster)", "none"),
 )
 KEY_BY_NAME: Dict[str, Key] = {k.name: k for k in KEYS}
 ENV_VARS: Tuple[str, ...] = ("HOSTOPS_CONFIG",) + tuple(k.env for k in KEYS if k.env)

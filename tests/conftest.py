@@ -28,7 +28,8 @@ def isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     for name in ("HOSTOPS_INVENTORY", "HOSTOPS_CONFIG", "HOSTOPS_FORKS", "HOSTOPS_USER", "HOSTOPS_IDENTITY",
-                 "HOSTOPS_KNOWN_HOSTS", "HOSTOPS_LOG", "HOSTOPS_STATE_DIR", "XDG_CONFIG_HOME"):
+                 "HOSTOPS_KNOWN_HOSTS", "HOSTOPS_LOG", "HOSTOPS_STATE_DIR", "XDG_CONFIG_HOME",
+                 "HOSTOPS_CLUSTER"):
         monkeypatch.delenv(name, raising=False)  # the developer's own defaults stay out of the tests
     monkeypatch.delenv("NO_COLOR", raising=False)
     return home

@@ -15,6 +15,7 @@ import click
 
 from hostops import __version__
 from hostops.cli import commands
+from hostops.cli.cluster import cluster_group
 from hostops.cli.config import apply_config, config_cmd
 from hostops.cli.connections import connections_group
 from hostops.cli.keys import keys_group
@@ -52,6 +53,7 @@ for _command in (commands.exec_cmd, commands.put_cmd, commands.get_cmd, commands
     cli.add_command(_command)
 cli.add_command(completion_cmd)  # hostops completion bash|zsh|fish (hostops/completion.py)
 cli.add_command(man_cmd)         # hostops man (hostops/manpage.py)
+cli.add_command(cluster_group)   # hostops cluster scheduler|worker (hostops/cli/cluster.py)
 
 
 # ------------------------------------------------------------------ entry point

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from hostops.cli.cluster import cluster_options, pool_factory
 from hostops.cli.options import (
     CONTEXT,
     build_options,
@@ -53,7 +54,8 @@ def roll_out(targets: Sequence[Any], action: Any, options: Any, kw: dict, *, sta
     events = with_key_advice(renderer, kw, targets)  # "Permanently added …"; pasteable host-key hints (cli/hints.py)
     try:
         report = run_rollout(targets, steps, options, spec, events, lock=kw.get("lock_path"),
-                             state_file=state_file, what=what, keep_connections=keep_connections)
+                             state_file=state_file, what=what, keep_connections=keep_connections,
+                             pool_factory=pool_factory(kw, targets, options))  # --cluster (hostops/cli/cluster.py)
     finally:
         renderer.close()  # the progress line gone before any error is printed
     return int(report.exit_code)
@@ -74,6 +76,7 @@ def command_line(words: Sequence[str]) -> str:
 @output_options
 @output_format_option
 @rollout_options
+@cluster_options
 @click.option("--stdin", "stdin_file", metavar="FILE", default=None,
               help="Send FILE to the command's stdin on every host.")
 def exec_cmd(words: Sequence[str], inventories, adhoc_hosts, pattern, stdin_file, **kw: Any) -> int:
@@ -119,6 +122,7 @@ def exec_cmd(words: Sequence[str], inventories, adhoc_hosts, pattern, stdin_file
 @output_options
 @output_format_option
 @rollout_options
+@cluster_options
 def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, inventories, adhoc_hosts, pattern,
             **kw: Any) -> int:
     """Copy SRC (a local file, or a tree with -r) to DEST on every selected host.
@@ -154,6 +158,7 @@ def put_cmd(src: str, dest: str, recursive: bool, mode, owner, checksum: bool, i
 @output_options
 @output_format_option
 @rollout_options
+@cluster_options
 def get_cmd(src: str, dest: str, recursive: bool, follow_links: bool, inventories, adhoc_hosts, pattern,
             **kw: Any) -> int:
     """Copy SRC from every selected host into DEST/<host>/ (files from different hosts never
@@ -186,6 +191,7 @@ def get_cmd(src: str, dest: str, recursive: bool, follow_links: bool, inventorie
 @output_options
 @output_format_option
 @rollout_options
+@cluster_options
 def script_cmd(script: str, args, stdin_file, inventories, adhoc_hosts, pattern, **kw: Any) -> int:
     """Upload SCRIPT to a private temporary directory on every selected host, run it with
     ARGS (after '--'), and remove it afterwards whatever happened.
@@ -219,6 +225,7 @@ def script_cmd(script: str, args, stdin_file, inventories, adhoc_hosts, pattern,
 @output_options
 @output_format_option
 @rollout_options
+@cluster_options
 def run_cmd(runbook: str, extra, dry_run: bool, start_at, no_reuse: bool, inventories, adhoc_hosts, pattern,
             **kw: Any) -> int:
     """Play RUNBOOK: ordered steps (exec, put, get, script) over the runbook's hosts (or -l),

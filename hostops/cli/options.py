@@ -80,6 +80,9 @@ def load_selection(inventories: Sequence[str], adhoc_hosts: Sequence[str], patte
     for warning in inv.warnings:
         warn(warning)
     names = inv.select(pattern, state_file)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:  # --cluster reads the zones (hostops_zone) of what was selected: hostops/cli/cluster.py
+        ctx.meta["hostops.selection"] = (inv, names)
     if not names:
         from hostops.selection import no_match_hint
 
