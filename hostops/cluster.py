@@ -24,13 +24,13 @@ import queue
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from hostops.clusterconn import ClusterSpec, check_cluster, check_paths, check_secrets, connect, zone_resource
 from hostops.clusterkeys import record_on_client
 from hostops.log import maybe_open
 from hostops.results import FAILED, INTERRUPTED, HostResult
-from hostops.secrets import Secrets, redact_result
+from hostops.secrets import Secrets, StreamMasker, redact_result
 from hostops.settings import Options
 from hostops.shard import POLL, claims_key, control_key, run_shard, topic
 from hostops.wire import Done, Job, Output, Started
@@ -79,6 +79,7 @@ class ClusterPool:
         self._jobs: Dict[int, Job] = {}
         self._log: Any = None
         self._secrets: Secrets = options.secrets
+        self._maskers: Dict[Tuple[int, str], StreamMasker] = {}  # (job id, stream) → its --stream masker
         self.by_zone: Dict[str, List[str]] = {}
 
     @classmethod
@@ -225,17 +226,40 @@ class ClusterPool:
         elif kind == "o":
             jid = event[2]
             if jid in self._jobs and jid not in done:
-                yield Output(self._jobs[jid], event[3], self._secrets.redact(event[4]))
+                yield from self._masked_output(jid, event[3], event[4])
         elif kind == "d":
             jid, result = event[2], event[3]
             if result is not None and jid in self._jobs and jid not in done:
-                yield self._finish(jid, result, done)
+                yield from self._finish(jid, result, done)
         elif kind == "f":
             shard = shards.pop(event[1], None)
             if shard is not None:
                 yield from self._shard_ended(shard, shards, done, moves, retried)
 
-    def _finish(self, jid: int, result: HostResult, done: Set[int]) -> Done:
+    def _masked_output(self, jid: int, stream: str, data: bytes) -> Iterator[Output]:
+        """A --stream piece, masked here (the shards never see the values to mask): a value
+        that straddles two pieces is caught too, as the local engine's worker does
+        (:class:`hostops.secrets.StreamMasker` holds back what could be a value's start)."""
+        if not self._secrets.all():
+            yield Output(self._jobs[jid], stream, data)
+            return
+        masker = self._maskers.get((jid, stream))
+        if masker is None:
+            masker = self._maskers[(jid, stream)] = StreamMasker(self._secrets)
+        shown = masker.feed(data)
+        if shown:
+            yield Output(self._jobs[jid], stream, shown)
+
+    def _finish(self, jid: int, result: HostResult, done: Set[int]) -> Iterator[Any]:
+        """The host's last streamed bytes held back by its maskers, then its result."""
+        for stream in ("stdout", "stderr"):
+            masker = self._maskers.pop((jid, stream), None)
+            rest = masker.flush() if masker is not None else b""
+            if rest:
+                yield Output(self._jobs[jid], stream, rest)
+        yield self._done(jid, result, done)
+
+    def _done(self, jid: int, result: HostResult, done: Set[int]) -> Done:
         done.add(jid)
         self._running.discard(jid)
         if result.keys_added:  # accept-new on the worker: recorded here, once (hostops/clusterkeys.py)
@@ -268,7 +292,7 @@ class ClusterPool:
         if claimed is None:  # the scheduler cannot say who started: every host may have, none is retried
             for job in shard.jobs:
                 if job.id not in done:
-                    yield self._finish(job.id, HostResult(job.target.name, FAILED, error=SCHEDULER_LOST,
+                    yield from self._finish(job.id, HostResult(job.target.name, FAILED, error=SCHEDULER_LOST,
                                                           step=job.step), done)
             return
         lost = _is_lost(error)
@@ -278,12 +302,12 @@ class ClusterPool:
                 continue
             if job.id in claimed and not (lost and self.spec.retry_lost and job.id not in retried):
                 why = LOST if lost else f"its shard failed ({_short(error)}); the command may have run; not retried"
-                yield self._finish(job.id, HostResult(job.target.name, FAILED, error=why, step=job.step), done)
+                yield from self._finish(job.id, HostResult(job.target.name, FAILED, error=why, step=job.step), done)
             elif self.aborting:
                 self.not_started.append(job)
             elif not lost or moves.get(job.id, 0) >= MAX_MOVES:  # an error of its own would only repeat
                 why = f"its shard was lost {MAX_MOVES} times" if lost else "its shard failed"
-                yield self._finish(job.id, HostResult(job.target.name, FAILED, step=job.step, error=(
+                yield from self._finish(job.id, HostResult(job.target.name, FAILED, step=job.step, error=(
                     f"not run: {why} before it started ({_short(error)})")), done)
             else:
                 if job.id in claimed:
@@ -298,7 +322,7 @@ class ClusterPool:
         """A shard's task returned: its complete record (events may have brought some already)."""
         for jid, result in sorted(out["done"].items()):
             if jid not in done:
-                yield self._finish(jid, result, done)
+                yield from self._finish(jid, result, done)
         for jid in out["unstarted"]:
             if jid not in done:
                 self.not_started.append(self._jobs[jid])
@@ -335,7 +359,7 @@ class ClusterPool:
             if job.id in done or job.id in left:
                 continue
             if job.id in self._running:
-                yield self._finish(job.id, HostResult(job.target.name, INTERRUPTED, step=job.step, error=(
+                yield from self._finish(job.id, HostResult(job.target.name, INTERRUPTED, step=job.step, error=(
                     "interrupted; no word from its Dask worker on cleanup, the remote command may still be "
                     "running")), done)
             else:

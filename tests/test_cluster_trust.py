@@ -142,3 +142,17 @@ def test_two_workers_learning_different_keys_for_one_name_is_host_key_changed(la
     (bad,) = [r for r in lines if r["status"] == "failed"]
     assert bad["error"].startswith("HOST KEY CHANGED for [shared-name]:") and "the command ran" in bad["error"]
     assert [line.split()[0] for line in known.read_text().splitlines()] == [f"[shared-name]:{lab.port}"]
+
+
+def test_a_masked_value_split_across_two_stream_pieces_is_masked_on_the_client(inventory, known_hosts, isolated_home):
+    """--stream cuts a line longer than 64 KiB into pieces on the worker, which has no values to
+    mask: 65530 bytes and "opensesa" go first (65538 bytes, cut at 65536), "me" a second later,
+    so the value straddles the cut, and must still never be shown."""
+    command = "head -c 65530 /dev/zero | tr '\\0' a; printf opensesa; sleep 1; echo me; echo done"
+    proc = subprocess.run([sys.executable, "-m", "hostops", "exec", command, "-i", inventory(2), "--known-hosts",
+                           known_hosts, "--stream", "--cluster", "local:1", "--secret-env", "LABSECRET"],
+                          capture_output=True, text=True, timeout=300, cwd=str(isolated_home),
+                          env=hostops_env(isolated_home, LABSECRET="opensesame"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "opense" not in proc.stdout and "same" not in proc.stdout
+    assert proc.stdout.count("********") == 2 and proc.stdout.count(": done") == 2, proc.stdout[-400:]
