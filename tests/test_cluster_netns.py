@@ -26,15 +26,22 @@ from hostops.cluster import LOST  # noqa: E402
 def _netns_usable() -> bool:
     if os.geteuid() != 0 or shutil.which("ip") is None or find_sshd() is None:
         return False
-    name = f"hostops-probe-{os.getpid()}"
-    ok = subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode == 0
-    if ok:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
-    return ok
+    name, outside, inside = f"hostops-probe-{os.getpid()}", f"hzp{os.getpid()}o", f"hzp{os.getpid()}i"
+    if subprocess.run(["ip", "netns", "add", name], capture_output=True, timeout=30).returncode != 0:
+        return False
+    try:  # the test needs a veth pair with one end inside (some containers allow namespaces but not veth)
+        ok = subprocess.run(["ip", "link", "add", outside, "type", "veth", "peer", "name", inside],
+                            capture_output=True, timeout=30).returncode == 0
+        ok = ok and subprocess.run(["ip", "link", "set", inside, "netns", name], capture_output=True,
+                                   timeout=30).returncode == 0
+        subprocess.run(["ip", "link", "del", outside], capture_output=True, timeout=30)
+        return ok
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
 pytestmark = [pytest.mark.timeout(900),
-              pytest.mark.skipif(not _netns_usable(), reason="needs root and ip netns")]
+              pytest.mark.skipif(not _netns_usable(), reason="needs root, ip netns and veth pairs")]
 
 ZONES = {"a": 1, "b": 2}  # zone → its subnet's third octet: 10.201.N.1 (root side), 10.201.N.2 (inside)
 
