@@ -277,7 +277,10 @@ def _body(state: str, reps: Sequence[KeyReport], accepting: bool, write_path: st
         lines.append(f"the host sent:   {rep.key_type} {rep.fingerprint}")
         if accepting and rep.error and "meanwhile" in rep.error:
             lines.append(rep.error)
-        files = list(reselect.known_hosts) or ([write_path] if write_path else [])
+        # the files holding the old entry (ssh_config's UserKnownHostsFile may name one forget would not read)
+        files = list(reselect.known_hosts) or sorted({k["file"] for k in rep.known
+                                                      if k["file"] not in knownhosts.GLOBAL_FILES}) or (
+            [write_path] if write_path else [])
         forget = " ".join(["hostops", "keys", "forget", shlex.quote(rep.address)]
                           + [shlex.quote(a) for f in files for a in ("--known-hosts", f)])
         accept = reselect.command("accept", hosts, ["--fingerprint", rep.fingerprint or ""])

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import stat
 import struct
@@ -295,3 +296,34 @@ def test_keys_usage_errors(hostops, lab, tmp_path):
     run = hostops("keys", "accept", "-i", inv, "--known-hosts", str(link))
     assert run.code == 2 and "symbolic link" in run.err, run
     assert not (tmp_path / "real").exists()
+
+
+def test_scan_and_accept_use_the_ssh_config_user_known_hosts_file(hostops, lab, tmp_path, isolated_home):
+    """ssh_config's UserKnownHostsFile names where a run checks keys: keys accept records there
+    (not in ~/.ssh/known_hosts, which the run would never read), and scan judges against it."""
+    ssh = isolated_home / ".ssh"
+    ssh.mkdir(mode=0o700)
+    fleet = tmp_path / "fleet_known_hosts"
+    (ssh / "config").write_text(f"Host *\n    UserKnownHostsFile {fleet}\n")
+    inv = lab.write_inventory(str(tmp_path / "inv.yml"), 3, addresses=["127.0.0.1", "127.0.0.2"])
+    assert hostops("exec", "true", "-i", inv).code == 4  # strict: nothing known yet
+    run = hostops("keys", "accept", "-i", inv)
+    assert run.code == 0, run
+    assert str(fleet) in run.err, run  # the summary names the file written
+    assert sorted(fleet.read_text().splitlines()) == sorted(
+        lab.known_hosts_line(a) for a in ("127.0.0.1", "127.0.0.2"))
+    assert not (ssh / "known_hosts").exists()
+    run = hostops("keys", "scan", "-i", inv, "--json")
+    assert {r["state"] for r in run.json_lines()} == {"known"}, run
+    assert hostops("exec", "true", "-i", inv).code == 0
+    # a changed key there: the advice's forget edits that file (the default files do not hold it)
+    lines = fleet.read_text().splitlines()
+    fake = f"{lines[0].split()[0]} ssh-ed25519 {_blob('ssh-ed25519')}"
+    fleet.write_text("\n".join([fake] + lines[1:]) + "\n")
+    run = hostops("keys", "scan", "-i", inv)
+    assert run.code == 4, run
+    forget = re.findall(r"`(hostops keys forget [^`]*)`", run.out)
+    assert forget and all(f"--known-hosts {fleet}" in f for f in forget), run
+    done = hostops(*shlex.split(forget[0])[1:])
+    assert done.code == 0, done
+    assert fake not in fleet.read_text() and len(fleet.read_text().splitlines()) == 1

@@ -10,7 +10,7 @@ Must not import: hostops.cli.commands or hostops.cli's ``__init__`` (no cycle), 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -58,11 +58,12 @@ class _Judge:
     """The events handler of a scan: a progress line, and each host's key judged against
     known_hosts as its result arrives."""
 
-    def __init__(self, targets: Sequence[Any], known: Any, progress: bool | None, color: str = "auto"):
+    def __init__(self, targets: Sequence[Any], known: Callable[[Any], Any], progress: bool | None,
+                 color: str = "auto"):
         from hostops.output import make_progress
 
         self.by_name = {t.name: t for t in targets}
-        self.known = known
+        self.known = known  # target → the KnownHosts its run would check against
         self.progress = make_progress(sys.stderr, len(targets), progress, color)
         self.reports: list[Any] = []
 
@@ -76,7 +77,8 @@ class _Judge:
         from hostops.keys import judge
 
         self.progress.finished(result.host, result.ok)
-        self.reports.append(judge(result, self.by_name[result.host], self.known))
+        target = self.by_name[result.host]
+        self.reports.append(judge(result, target, self.known(target)))
 
     def section(self, title: str, total: int) -> None:
         pass
@@ -90,9 +92,9 @@ class _Judge:
 
 
 def _scan(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str,
-          kw: dict) -> tuple[Any, Any, Any, Any]:
+          kw: dict) -> tuple[Any, Any, Any, Any, dict]:
     """Fetch the selected hosts' keys through the worker pool and judge them:
-    (key reports, the run's report, options, how to re-select hosts in a hint)."""
+    (key reports, the run's report, options, how to re-select hosts in a hint, name → target)."""
     import dataclasses
 
     from hostops.cli.hints import reselect_from_context
@@ -111,9 +113,18 @@ def _scan(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str,
 
         warn(f"skipped {len(local)} host(s) with connection: local (no SSH, no host key): {compact(local)}")
     targets = [t for t in targets if t.connection != "local"]
-    known = KnownHosts(read_files(options.known_hosts))
-    for warning in known.warnings:
-        warn(warning)
+    loaded: dict[tuple[str, ...], Any] = {}
+
+    def known(target: Any) -> Any:
+        """The files this host's run reads: --known-hosts, else ssh_config's UserKnownHostsFile,
+        else ~/.ssh/known_hosts{,2} (and the global files)."""
+        files = tuple(known_files(target, options))
+        if files not in loaded:
+            loaded[files] = KnownHosts(read_files(files))
+            for warning in loaded[files].warnings:
+                warn(warning)
+        return loaded[files]
+
     judged = _Judge(targets, known, kw.get("progress"), kw.get("color") or "auto")
     action = ScanAction()
     try:
@@ -122,7 +133,13 @@ def _scan(inventories: Sequence[str], adhoc_hosts: Sequence[str], pattern: str,
     finally:
         judged.progress.close()  # gone before any error is printed
     reselect = dataclasses.replace(reselect_from_context(), select=inv.select)
-    return judged.reports, report, options, reselect
+    return judged.reports, report, options, reselect, judged.by_name
+
+
+def known_files(target: Any, options: Any) -> Sequence[str]:
+    """A host's own known_hosts files (ssh_config UserKnownHostsFile, or --known-hosts, which
+    :func:`hostops.settings.resolve` puts first), else the run's."""
+    return tuple(target.known_hosts) if target is not None and target.known_hosts else tuple(options.known_hosts)
 
 
 def _finish(reports: Sequence[Any], report: Any, mode: str, *, accepting: bool = False,
@@ -173,7 +190,7 @@ def scan_cmd(inventories, adhoc_hosts, pattern, **kw: Any) -> int:
       hostops keys scan -H 10.0.0.5:2222 --known-hosts ./known_hosts --json
     """
     mode = _check_modes(kw)
-    reports, report, _options, reselect = _scan(inventories, adhoc_hosts, pattern, kw)
+    reports, report, _options, reselect, _targets = _scan(inventories, adhoc_hosts, pattern, kw)
     return _finish(reports, report, mode, reselect=reselect)
 
 
@@ -187,7 +204,8 @@ def scan_cmd(inventories, adhoc_hosts, pattern, **kw: Any) -> int:
               help="Write hashed names (|1|…) or plain ones. Default: HashKnownHosts in your ssh_config.")
 def accept_cmd(inventories, adhoc_hosts, pattern, fingerprints, hash_known_hosts, **kw: Any) -> int:
     """Scan the selected hosts and record their new keys in the first --known-hosts file,
-    else ~/.ssh/known_hosts.
+    else the first UserKnownHostsFile your ssh_config gives each host, else ~/.ssh/known_hosts:
+    where the next run checks them.
 
     With --fingerprint, only keys whose fingerprint is given are recorded (and only then
     the key of an UNVERIFIABLE host). A changed key is never replaced: see hostops keys
@@ -206,8 +224,11 @@ def accept_cmd(inventories, adhoc_hosts, pattern, fingerprints, hash_known_hosts
     for fp in fingerprints:
         if not normalize_fingerprint(fp)[7:]:
             raise UsageError(f"--fingerprint {fp!r} is empty; give it as ssh-keygen -l prints it (SHA256:…)")
-    reports, report, options, reselect = _scan(inventories, adhoc_hosts, pattern, kw)
-    path = write_file(options.known_hosts)
+    reports, report, options, reselect, targets = _scan(inventories, adhoc_hosts, pattern, kw)
+    by_path: dict[str, list[Any]] = {}  # each key goes where its host's run will look for it
+    for rep in reports:
+        by_path.setdefault(write_file(known_files(targets.get(rep.host), options)), []).append(rep)
+    path = ", ".join(by_path) or write_file(options.known_hosts)
     if hash_known_hosts is None:
         def hashed(name: str) -> bool:  # noqa: ARG001  (per-name callback; one answer for all)
             return hash_wanted(name, options.ssh_config)
@@ -215,7 +236,8 @@ def accept_cmd(inventories, adhoc_hosts, pattern, fingerprints, hash_known_hosts
         def hashed(name: str) -> bool:  # noqa: ARG001  (per-name callback; one answer for all)
             return bool(hash_known_hosts)
     if not report.interrupted:
-        accept(reports, path, fingerprints, hashed)
+        for file, reps in by_path.items():
+            accept(reps, file, fingerprints, hashed)
     code = _finish(reports, report, mode, accepting=True, write_path=path, reselect=reselect)
     seen = {r.fingerprint for r in reports if r.fingerprint}
     unmatched = [fp for fp in fingerprints if normalize_fingerprint(fp) not in seen]
