@@ -90,6 +90,7 @@ class Keeper:
         self.clients: Dict[Any, Optional[_Run]] = {}
         self.queries: Dict[int, Dict[str, Any]] = {}
         self.agent = os.environ.get("SSH_AUTH_SOCK")
+        self.code = keepersock.code_id()  # the code this keeper loaded; clients must run the same
         self.idle_until = time.time() + persist
         self.stopping = False
         self._last_beat = 0.0
@@ -188,6 +189,11 @@ class Keeper:
     def _handle(self, conn: Any, msg: Any) -> None:
         run = self.clients.get(conn)
         if isinstance(msg, Begin):
+            if getattr(msg, "code", "") != self.code:
+                conn.send(Refused("the running connection keeper runs another hostops (started before an upgrade, "
+                                  "or from another install); stop it with 'hostops connections stop', then run "
+                                  "again, or run without --persist"))
+                return
             if msg.agent != self.agent:
                 conn.send(Refused("the running keeper was started with another ssh-agent (SSH_AUTH_SOCK); stop it "
                                   "with 'hostops connections stop', or run without --persist"))

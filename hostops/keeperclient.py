@@ -125,7 +125,8 @@ class KeeperPool:
         conn = ensure_keeper(self.options.persist)
         options = dataclasses.replace(self.options, log=None)  # the client writes the log
         try:
-            conn.send(Begin(options, self.options.persist, os.environ.get("SSH_AUTH_SOCK"), os.getcwd()))
+            conn.send(Begin(options, self.options.persist, os.environ.get("SSH_AUTH_SOCK"), os.getcwd(),
+                            keepersock.code_id()))
             if not conn.poll(START_TIMEOUT):
                 raise KeeperError("the connection keeper did not answer")
             answer = conn.recv()

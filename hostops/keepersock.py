@@ -11,11 +11,15 @@ The keeper holds logged-in (often root) sessions to a fleet, so its one door is 
   unpickled: the keeper serves only its own uid, a client talks only to a keeper of its uid.
 
 Messages are pickles framed by :class:`multiprocessing.connection.Connection` (safe only
-because both ends are the same user, checked above). Must not import: keeper, keeperclient,
-pool, worker, api, cli.
+because both ends are the same user, checked above). A client and a keeper also run the same
+hostops code (:func:`code_id`): a keeper started before an upgrade would read new options with
+old code, and ignore what it does not know. Must not import: keeper, keeperclient, pool,
+worker, api, cli.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import socket
 import stat
@@ -28,6 +32,27 @@ from hostops.errors import UsageError
 SOCKET_NAME = "keeper.sock"
 LOCK_NAME = "keeper.lock"
 LOG_NAME = "keeper.log"
+
+
+@functools.lru_cache(maxsize=1)
+def code_id() -> str:
+    """Which hostops code this process runs: its version, and each module's name, size and
+    modification time (an upgrade, or an edited checkout, changes it). A keeper takes it once,
+    at its start."""
+    import hostops
+
+    digest = hashlib.sha256(hostops.__version__.encode())
+    root = os.path.dirname(os.path.abspath(hostops.__file__))
+    for dirpath, dirnames, files in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            digest.update(f"{os.path.relpath(path, root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 class KeeperRefused(UsageError):

@@ -278,6 +278,7 @@ class Begin:
     persist: float
     agent: Optional[str]  # the client's SSH_AUTH_SOCK: a keeper started with another is not used
     cwd: str              # the client's working directory
+    code: str = ""        # the client's hostops code (keepersock.code_id): a keeper running other code is not used
 
 
 @dataclasses.dataclass(frozen=True)

@@ -147,3 +147,35 @@ def test_runbook_put_script_get_warm_with_relative_paths(hostops, loud_lab, runt
     put = hostops("put", "app.conf", str(remote / "plain.conf"), "-i", inv, "--known-hosts", kh, "--persist", "5m")
     assert put.code == 0 and (remote / "plain.conf").read_text() == "setting = 2\n", put
     assert loud_lab.count_logins() == before
+
+
+def test_a_keeper_running_other_hostops_code_is_not_used(hostops, runtime, setup, tmp_path):
+    """After an upgrade, the keeper still running was started by the old code: it would read the
+    new run's options with old code. The run is refused (exit 2, saying what to do) instead;
+    `connections stop` works across versions, and the next run starts a keeper of its own."""
+    import shutil
+
+    from conftest import ROOT
+
+    inv, kh = setup
+    upgraded = tmp_path / "upgraded"
+    shutil.copytree(os.path.join(ROOT, "hostops"), upgraded / "hostops",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(upgraded / "hostops" / "output.py", "a") as fh:
+        fh.write("\n# upgraded\n")  # another size and mtime: other code
+    new = {"PYTHONPATH": str(upgraded)}
+    first = hostops("exec", "true", "-i", inv, "--known-hosts", kh, "--persist", "5m")
+    assert first.code == 0, first
+    old_pid = keeper_pid(runtime)
+    assert old_pid is not None
+    refused = hostops("exec", "true", "-i", inv, "--known-hosts", kh, "--persist", "5m", env=new)
+    assert refused.code == 2, refused
+    assert "runs another hostops" in refused.err and "hostops connections stop" in refused.err, refused
+    assert refused.json_lines() == [] and "h001" not in refused.out
+    assert hostops("connections", "stop", env=new).code == 0
+    assert wait_until(lambda: keeper_pid(runtime) is None, 60), old_pid
+    again = hostops("exec", "true", "-i", inv, "--known-hosts", kh, "--persist", "5m", env=new)
+    assert again.code == 0, again
+    assert keeper_pid(runtime) not in (None, old_pid)
+    # and the same code reuses it (the check is not a refusal of everyone)
+    assert hostops("exec", "true", "-i", inv, "--known-hosts", kh, "--persist", "5m", env=new).code == 0
