@@ -40,15 +40,23 @@ def _sleeper(directory) -> str:
     return f"f=$(mktemp {directory}/p.XXXXXX); echo $$ > $f; sleep 120; echo late"
 
 
-def test_keeper_killed_mid_run_reports_hosts_and_next_run_starts_afresh(hostops, isolated_home, runtime, setup,
-                                                                       tmp_path):
+def _sleepers_on_a_warm_keeper(hostops, isolated_home, runtime, setup, tmp_path, *extra: str):
+    """A keeper warmed by one run, then a client (started, not waited for) whose 6 hosts each
+    run :func:`_sleeper`: (the keeper's pid, the directory of their pid files, the client)."""
     inv, kh = setup
     assert hostops("exec", "true", "-i", inv, "--known-hosts", kh, "--persist", "5m").code == 0
     pid = keeper_pid(runtime)
     marks = tmp_path / "marks"
     marks.mkdir()
     client = _client(isolated_home, "exec", _sleeper(marks), "-i", inv, "--known-hosts", kh, "--persist", "5m",
-                     "--json")
+                     "--json", *extra)
+    return pid, marks, client
+
+
+def test_keeper_killed_mid_run_reports_hosts_and_next_run_starts_afresh(hostops, isolated_home, runtime, setup,
+                                                                       tmp_path):
+    inv, kh = setup
+    pid, marks, client = _sleepers_on_a_warm_keeper(hostops, isolated_home, runtime, setup, tmp_path)
     try:
         assert wait_until(lambda: len(_pids(marks)) == 6, 60)
         os.kill(pid, signal.SIGKILL)
@@ -92,12 +100,8 @@ def test_two_clients_at_once_are_both_served_unmixed(hostops, isolated_home, run
 def test_ctrl_c_stops_this_runs_commands_and_the_keeper_stays(hostops, loud_lab, isolated_home, runtime, setup,
                                                               tmp_path):
     inv, kh = setup
-    assert hostops("exec", "true", "-i", inv, "--known-hosts", kh, "--persist", "5m").code == 0
-    pid = keeper_pid(runtime)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    client = _client(isolated_home, "exec", _sleeper(marks), "-i", inv, "--known-hosts", kh, "--persist", "5m",
-                     "--json", "--kill-grace", "1")
+    pid, marks, client = _sleepers_on_a_warm_keeper(hostops, isolated_home, runtime, setup, tmp_path,
+                                                    "--kill-grace", "1")
     try:
         assert wait_until(lambda: len(_pids(marks)) == 6, 60)
         client.send_signal(signal.SIGINT)
