@@ -79,6 +79,7 @@ class ClusterPool:
         self._jobs: Dict[int, Job] = {}
         self._log: Any = None
         self._secrets: Secrets = options.secrets
+        self._masking = bool(options.secrets.all())  # values to mask in --stream pieces (decided once per run)
         self._maskers: Dict[Tuple[int, str], StreamMasker] = {}  # (job id, stream) → its --stream masker
         self.by_zone: Dict[str, List[str]] = {}
 
@@ -240,7 +241,7 @@ class ClusterPool:
         """A --stream piece, masked here (the shards never see the values to mask): a value
         that straddles two pieces is caught too, as the local engine's worker does
         (:class:`hostops.secrets.StreamMasker` holds back what could be a value's start)."""
-        if not self._secrets.all():
+        if not self._masking:
             yield Output(self._jobs[jid], stream, data)
             return
         masker = self._maskers.get((jid, stream))
