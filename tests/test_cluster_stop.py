@@ -3,7 +3,6 @@
 missing heartbeat and stop)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -50,13 +49,9 @@ def test_ctrl_c_stops_remote_commands_on_every_worker_exit_130(dask_cluster, inv
         wait_for(lambda: len(sleepers(tag)) >= 12 or proc.poll() is not None, 300, "every host's command to start")
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, err
-    lines = [json.loads(x) for x in out.splitlines() if x.strip()]
+        code, lines, err = finish(proc, 120)
+    assert code == 130, err
     assert len(lines) == 12 and {r["status"] for r in lines} == {"interrupted"}, lines
     wait_for(lambda: not sleepers(tag), 60, "the remote commands to be stopped")
 

@@ -44,11 +44,15 @@ WEB = ["web01", "web02", "web03", "web04"]
 DB = ["db01", "db02"]
 
 
+def _load(tmp_path, name: str, text: str) -> Inventory:
+    path = tmp_path / name
+    path.write_text(text)
+    return Inventory.load([str(path)])
+
+
 @pytest.fixture
 def inv(tmp_path):
-    path = tmp_path / "inv.yml"
-    path.write_text(FIXTURE)
-    return Inventory.load([str(path)])
+    return _load(tmp_path, "inv.yml", FIXTURE)
 
 
 def test_all(inv):
@@ -309,13 +313,11 @@ def test_split_pattern_keeps_one_address_whole(address):
 
 
 def test_select_on_text_inventory(tmp_path):
-    path = tmp_path / "hosts"
-    path.write_text(textwrap.dedent("""\
+    inv = _load(tmp_path, "hosts", textwrap.dedent("""\
         n1
         n2
         n3
         """))
-    inv = Inventory.load([str(path)])
     assert inv.select("n[2:3]") == []  # the subscript of 'n', which names nothing
     assert inv.select("n[!1]") == ["n2", "n3"]  # a glob class does
     assert inv.select("ungrouped[0]") == ["n1"]
@@ -359,9 +361,7 @@ NESTED_ALL = ["solo", "10.0.0.1", "web03", "web01", "web02", "db02", "db01", "t-
 
 @pytest.fixture
 def nested(tmp_path):
-    path = tmp_path / "nested.yml"
-    path.write_text(NESTED)
-    return Inventory.load([str(path)])
+    return _load(tmp_path, "nested.yml", NESTED)
 
 
 def test_all_lists_own_hosts_then_children_level_by_level(nested):
@@ -413,9 +413,8 @@ def test_address_hosts(nested):
 
 def test_all_lists_hosts_written_under_all_in_their_order(tmp_path):
     # a and c sit only in `all`, b in web too: Ansible keeps all three as all's own hosts, in order.
-    path = tmp_path / "inv.yml"
-    path.write_text("all:\n  hosts:\n    a:\n    b:\n    c:\n  children:\n    web:\n      hosts:\n        d:\n        b:\n")
-    inv = Inventory.load([str(path)])
+    inv = _load(tmp_path, "inv.yml",
+                "all:\n  hosts:\n    a:\n    b:\n    c:\n  children:\n    web:\n      hosts:\n        d:\n        b:\n")
     assert inv.select("all") == ["a", "b", "c", "d"]
     assert inv.select("*[1]") == ["b"]
     assert inv.select("ungrouped") == ["a", "c"]
